@@ -1,0 +1,1 @@
+"""Corpus building, datasets, features and the DataModule."""

@@ -1,0 +1,88 @@
+"""Shared entry-point plumbing: config resolvers, one-line errors, run-dir outputs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from emformer_variants.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+if not OmegaConf.has_resolver("ev_root"):
+    OmegaConf.register_new_resolver("ev_root", lambda: str(PROJECT_ROOT))
+
+log = logging.getLogger("emformer_variants")
+
+
+def one_line_errors(fn):
+    """Print a UserError (also one raised in a DataLoader worker) as one line; exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            lines = [ln for ln in str(e).splitlines() if ln.strip()]
+            msg = lines[-1] if lines else "unknown error"
+            prefix = "emformer_variants.errors.UserError: "
+            msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(max(1, int(n)))
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+_TABLE_KEYS = ["wer", "cer", "rtf", "ttft_s", "chunk_ms_p50", "chunk_ms_p90", "chunk_ms_p99",
+               "gflops_per_audio_s", "gflops_per_audio_s_encoder", "gflops_per_audio_s_encoder_analytic",
+               "params_total", "params_active", "kv_cache_bytes", "peak_rss_mb", "num_utterances",
+               "audio_s", "features_ms_per_chunk", "encoder_ms_per_chunk", "decoder_ms_per_chunk"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def metrics_table(columns: dict[str, dict]) -> str:
+    """Markdown table: one row per metric, one column per model (e.g. base / fine-tuned)."""
+    names = list(columns)
+    keys = [k for k in _TABLE_KEYS if any(k in c for c in columns.values())]
+    keys += sorted({k for c in columns.values() for k in c} - set(keys) - {"ref_words"})
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(_fmt(columns[n].get(k)) for n in names) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""The DataModule: owns corpus splits, validation of entries, datasets and loaders."""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from emformer_variants.data.audio import audio_duration
+from emformer_variants.data.dataset import DurationBatchSampler, UtteranceDataset, collate
+from emformer_variants.data.manifest import Utterance
+from emformer_variants.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def validate_utterances(utts: list[Utterance], split: str, skip_bad: bool
+                        ) -> tuple[list[Utterance], list[str]]:
+    """Cheap checks before any work: non-empty transcript, readable audio header.
+
+    Returns (good utterances, one reason per skipped one). Without ``skip_bad`` the first
+    bad entry raises a UserError naming the file and the fix.
+    """
+    good, skipped = [], []
+    for u in utts:
+        problem = None
+        if not u.text.strip():
+            problem = f"{u.audio}: empty transcript in split '{split}'; fix the text or set data.skip_bad=true"
+        else:
+            try:
+                dur = u.duration if u.duration > 0 else audio_duration(u.audio)
+                u = Utterance(u.audio, u.text, dur, u.speaker)
+            except UserError as e:
+                problem = f"{e} (or set data.skip_bad=true)"
+        if problem is None:
+            good.append(u)
+        elif skip_bad:
+            skipped.append(problem)
+        else:
+            raise UserError(problem)
+    return good, skipped
+
+
+class ASRDataModule(L.LightningDataModule):
+    def __init__(self, source, batch_seconds: float = 60.0, eval_batch_seconds: float = 120.0,
+                 num_workers: int = 0, augment: dict | None = None, skip_bad: bool = False,
+                 max_train_seconds: float = 20.0, max_dev_utterances: int | None = None,
+                 train_split: str = "train", val_split: str = "dev", seed: int = 0,
+                 sort_first_epoch: bool = True, path: str | None = None, root: str | None = None):
+        # ``path``/``root`` are the user-facing shortcuts (data.path=DIR, data.root=DIR) that
+        # the data configs interpolate into their source; the source itself reads them.
+        super().__init__()
+        self.source = source
+        self.batch_seconds = batch_seconds
+        self.eval_batch_seconds = eval_batch_seconds
+        self.num_workers = num_workers
+        self.augment_cfg = dict(augment or {})
+        self.skip_bad = skip_bad
+        self.max_train_seconds = max_train_seconds
+        self.max_dev_utterances = max_dev_utterances
+        self.train_split, self.val_split = train_split, val_split
+        self.seed = seed
+        self.sort_first_epoch = sort_first_epoch
+        self._splits: dict[str, list[Utterance]] | None = None
+        self.skipped: dict[str, list[str]] = {}
+        self.features = self.tokenizer = None
+
+    # ---- corpus
+    def splits(self) -> dict[str, list[Utterance]]:
+        if self._splits is None:
+            self._splits = self.source.splits()
+        return self._splits
+
+    def utterances(self, split: str) -> list[Utterance]:
+        """Validated utterances of one split (bad ones raise, or are skipped and counted)."""
+        splits = self.splits()
+        if split not in splits:
+            raise UserError(f"data split '{split}' not found; this corpus has {sorted(splits)}")
+        good, skipped = validate_utterances(splits[split], split, self.skip_bad)
+        if skipped:
+            self.skipped[split] = skipped
+            log.warning("split %s: skipped %d bad entries (data.skip_bad=true), first: %s",
+                        split, len(skipped), skipped[0])
+        if not good:
+            raise UserError(f"data split '{split}' has no usable utterances")
+        return good
+
+    def bind(self, features, tokenizer) -> None:
+        """Attach the model's feature extractor (with global stats) and tokenizer."""
+        self.features, self.tokenizer = features, tokenizer
+
+    def _augment(self):
+        if not self.augment_cfg.get("enabled", False):
+            return None
+        from emformer_variants.data.augment import AugmentConfig
+
+        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment_cfg.items()
+               if k != "enabled"}
+        try:
+            return AugmentConfig(**cfg)
+        except TypeError as e:
+            raise UserError(f"data.augment: {e}") from None
+
+    # ---- Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if self.features is None:
+            raise RuntimeError("ASRDataModule.bind(features, tokenizer) must be called before setup")
+        if stage in (None, "fit"):
+            train = [u for u in self.utterances(self.train_split) if u.duration <= self.max_train_seconds]
+            self.train_set = UtteranceDataset(train, self.features, self.tokenizer, self._augment(),
+                                              self.seed, self.skip_bad)
+        if stage in (None, "fit", "validate"):
+            dev = self.utterances(self.val_split)
+            if self.max_dev_utterances:
+                dev = dev[: self.max_dev_utterances]
+            self.val_set = UtteranceDataset(dev, self.features, self.tokenizer, None, self.seed,
+                                            self.skip_bad)
+
+    def _ddp(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        replicas, rank = self._ddp()
+        epoch = self.trainer.current_epoch if getattr(self, "trainer", None) else 0
+        sampler = DurationBatchSampler([u.duration for u in self.train_set.utts], self.batch_seconds,
+                                       shuffle=True, seed=self.seed,
+                                       sort_first_epoch=self.sort_first_epoch,
+                                       num_replicas=replicas, rank=rank)
+        sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        replicas, rank = self._ddp()
+        sampler = DurationBatchSampler([u.duration for u in self.val_set.utts],
+                                       self.eval_batch_seconds, shuffle=False,
+                                       num_replicas=replicas, rank=rank)
+        return self._loader(self.val_set, sampler)
+
+    def _loader(self, dataset, sampler) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=self.num_workers, persistent_workers=False,
+                          worker_init_fn=_one_thread if self.num_workers else None)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)

@@ -1,0 +1,134 @@
+"""Streaming evaluation of a Recognizer on a list of utterances -> flat metrics dict.
+
+WER/CER are corpus-level after ``text_norm.normalize_text``. Latency follows the
+streaming-ASR convention: algorithmic latency (chunk + right context) apart from compute
+latency (per-chunk p50/p90/p99). Time to first token simulates a live stream: chunk k is
+ready when its last needed sample (incl. right context) has arrived, starts when ready and
+the previous chunk is done; TTFT is when the chunk that emits the first token finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from emformer_variants.data.audio import load_audio
+from emformer_variants.data.manifest import Utterance
+from emformer_variants.decoding import make_beam_search
+from emformer_variants.errors import UserError
+from emformer_variants.metrics.latency import chunk_ready_times, percentiles, simulate_live_stream
+from emformer_variants.metrics.memory import peak_rss_mb
+from emformer_variants.metrics.params import count_params
+from emformer_variants.metrics.wer import error_rates
+from emformer_variants.streaming import stream_decode
+
+log = logging.getLogger(__name__)
+
+
+def measure_flops(rec, wave: torch.Tensor, beam: int) -> dict:
+    """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
+    encoder alone, with the analytic encoder count beside it as a cross-check."""
+    from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops, measured_flops
+
+    search = make_beam_search(rec)
+    audio_s = wave.numel() / rec.features.cfg.sample_rate
+    total, result = measured_flops(stream_decode, rec, wave, beam, search)
+    num_chunks = len(result.encoder_s)
+    # Encoder alone over the same chunks.
+    from emformer_variants.streaming import chunk_windows
+
+    cfg = rec.features.cfg
+    windows = list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples))
+
+    def run_encoder():
+        state = None
+        with torch.inference_mode():
+            for w in windows:
+                feats = rec.features.streaming(w).unsqueeze(0)
+                _, _, state = rec.model.transcribe_streaming(feats, torch.tensor([feats.shape[1]]), state)
+
+    enc_flops, _ = measured_flops(run_encoder)
+    out = {
+        "gflops_per_audio_s": total / audio_s / 1e9,
+        "gflops_per_audio_s_encoder": enc_flops / audio_s / 1e9,
+    }
+    if not rec.variants:  # variants bring their own analytic counts (surgery reports)
+        analytic = sum(analytic_emformer_rnnt_flops(rec.arch, chunk_index=k)["encoder"]
+                       for k in range(num_chunks))
+        out["gflops_per_audio_s_encoder_analytic"] = analytic / audio_s / 1e9
+    return out
+
+
+def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
+                        skip_bad: bool = False, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Decode every utterance in streaming mode; return (metrics, per-utterance rows)."""
+    if beam < 1:
+        raise UserError(f"beam={beam}: must be at least 1")
+    rec.eval()
+    search = make_beam_search(rec)
+    cfg = rec.features.cfg
+    refs, hyps, rows = [], [], []
+    chunk_ms, feat_ms, enc_ms, dec_ms, ttfts, rtfs = [], [], [], [], [], []
+    state_bytes, compute_s, audio_s, skipped = 0, 0.0, 0.0, []
+    warmed = False
+    t_start = time.perf_counter()
+    for i, utt in enumerate(utts):
+        try:
+            wave = load_audio(utt.audio)
+        except UserError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        if not warmed:  # one untimed pass: allocator and kernel warm-up
+            stream_decode(rec, wave[: cfg.window_samples * 2], beam, search)
+            warmed = True
+        res = stream_decode(rec, wave, beam, search)
+        refs.append(utt.text)
+        hyps.append(res.text)
+        chunks = res.chunk_s
+        chunk_ms.extend(1000 * c for c in chunks)
+        feat_ms.extend(1000 * c for c in res.features_s)
+        enc_ms.extend(1000 * c for c in res.encoder_s)
+        dec_ms.extend(1000 * c for c in res.decoder_s)
+        compute_s += sum(chunks)
+        audio_s += res.audio_s
+        rtfs.append(sum(chunks) / max(res.audio_s, 1e-9))
+        state_bytes = max(state_bytes, res.state_bytes)
+        ttft = None
+        if res.first_token_chunk is not None:
+            ready = chunk_ready_times(len(chunks), cfg.chunk_seconds, cfg.right_context_seconds,
+                                      res.audio_s)
+            ttft = simulate_live_stream(ready, chunks)[res.first_token_chunk]
+            ttfts.append(ttft)
+        rows.append({"audio": utt.audio, "ref": utt.text, "hyp": res.text, "audio_s": res.audio_s,
+                     "rtf": rtfs[-1], "ttft_s": ttft, "chunk_ms": [round(1000 * c, 3) for c in chunks]})
+        if progress and (i + 1) % max(1, len(utts) // 10) == 0:
+            log.info("decoded %d/%d utterances (%.0f s)", i + 1, len(utts), time.perf_counter() - t_start)
+    if not refs:
+        raise UserError("evaluation: no utterance could be decoded")
+    rates = error_rates(refs, hyps)
+    total, active = count_params(rec.model)
+    p = percentiles(chunk_ms)
+    metrics = {
+        "wer": rates["wer"], "cer": rates["cer"],
+        "rtf": compute_s / audio_s,
+        "ttft_s": sum(ttfts) / len(ttfts) if ttfts else None,
+        "chunk_ms_p50": p["p50"], "chunk_ms_p90": p["p90"], "chunk_ms_p99": p["p99"],
+        "features_ms_per_chunk": sum(feat_ms) / len(feat_ms),
+        "encoder_ms_per_chunk": sum(enc_ms) / len(enc_ms),
+        "decoder_ms_per_chunk": sum(dec_ms) / len(dec_ms),
+        "algorithmic_latency_s": cfg.chunk_seconds + cfg.right_context_seconds,
+        "params_total": total, "params_active": active,
+        "kv_cache_bytes": state_bytes,
+        "num_utterances": len(refs), "num_skipped": len(skipped), "audio_s": audio_s,
+        "beam": beam, "threads": torch.get_num_threads(),
+        "ref_words": rates["ref_words"],
+    }
+    if flops:
+        first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
+        metrics.update(measure_flops(rec, first[: 16000 * 8], beam))
+    metrics["peak_rss_mb"] = peak_rss_mb()
+    return metrics, rows

@@ -1,0 +1,188 @@
+"""LightningModule: RNN-T (+ optional auxiliary CTC) loss, steps, logging, optimizer wiring.
+
+Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torchaudio
+
+from emformer_variants.decoding import decode_full, make_beam_search
+from emformer_variants.errors import UserError
+from emformer_variants.metrics.wer import error_rates
+from emformer_variants.models.recognizer import Recognizer, recognizer_payload
+
+
+class SpecAugment(torch.nn.Module):
+    """Frequency and time masks on (B, T, F) features (Park et al. 2019), train mode only."""
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2,
+                 time_width: int = 40, time_p: float = 0.1):
+        super().__init__()
+        self.freq = torch.nn.ModuleList(
+            torchaudio.transforms.FrequencyMasking(freq_width) for _ in range(freq_masks)
+        )
+        self.time = torch.nn.ModuleList(
+            torchaudio.transforms.TimeMasking(time_width, p=time_p) for _ in range(time_masks)
+        )
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = feats.transpose(1, 2)  # (B, F, T)
+        for m in [*self.freq, *self.time]:
+            x = m(x)
+        return x.transpose(1, 2)
+
+
+class RNNTModule(L.LightningModule):
+    def __init__(self, recognizer: Recognizer, optimizer: Callable, scheduler: Callable | None = None,
+                 spec_augment: dict | None = None, ctc_weight: float = 0.0, val_beam: int = 4,
+                 loss_impl: str = "fast", max_bad_batches: int = 20, distill: dict | None = None,
+                 teacher: Recognizer | None = None):
+        super().__init__()
+        self.recognizer = recognizer
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
+        self.ctc_weight = ctc_weight
+        # Auxiliary CTC head on encoder outputs: helps the RNN-T start emitting early
+        # (calibration runs on this CPU); not part of the recognizer, dropped after training.
+        self.ctc_head = (torch.nn.Linear(recognizer.arch["encoding_dim"], recognizer.tokenizer.num_symbols)
+                         if ctc_weight > 0 else None)
+        self.val_beam = val_beam
+        if loss_impl not in ("fast", "torchaudio"):
+            raise UserError(f"module.loss_impl={loss_impl!r}: choose 'fast' or 'torchaudio'")
+        self.loss_impl = loss_impl
+        self.max_bad_batches = max_bad_batches
+        self.bad_batches_in_a_row = 0
+        self.bad_batches_total = 0
+        self.distill = dict(distill or {})
+        self.teacher = teacher
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False).eval()
+        self._val_refs: list[str] = []
+        self._val_hyps: list[str] = []
+        self._search = None
+
+    # ---- loss
+    def _rnnt_loss(self, logits, targets, logit_lengths, target_lengths):
+        if self.loss_impl == "fast":
+            from emformer_variants.losses.rnnt import rnnt_loss
+        else:
+            from torchaudio.functional import rnnt_loss
+        return rnnt_loss(logits.float(), targets, logit_lengths, target_lengths,
+                         blank=self.recognizer.blank, reduction="mean")
+
+    def compute_losses(self, batch: dict, augment: bool) -> dict[str, torch.Tensor]:
+        model = self.recognizer.model
+        feats, lengths = batch["features"], batch["feature_lengths"]
+        targets, target_lengths = batch["targets"], batch["target_lengths"]
+        if augment and self.spec_augment is not None:
+            feats = self.spec_augment(feats)
+        enc, enc_lengths = model.transcribe(feats, lengths)  # (B, T', D_enc)
+        blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
+                           device=targets.device)
+        pred, pred_lengths, _ = model.predict(torch.cat([blank, targets], dim=1), target_lengths + 1, None)
+        logits, _, _ = model.join(enc, enc_lengths, pred, pred_lengths)  # (B, T', U+1, V)
+        losses = {"rnnt": self._rnnt_loss(logits, targets, enc_lengths.int(), target_lengths)}
+        total = losses["rnnt"]
+        if self.ctc_head is not None and augment:
+            log_probs = self.ctc_head(enc).float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
+            losses["ctc"] = torch.nn.functional.ctc_loss(
+                log_probs, targets, enc_lengths, target_lengths, blank=self.recognizer.blank,
+                reduction="mean", zero_infinity=True)
+            total = (1 - self.ctc_weight) * total + self.ctc_weight * losses["ctc"]
+        if self.teacher is not None and self.distill.get("weight", 0) > 0 and augment:
+            losses["distill"] = self._distill_loss(feats, lengths, enc)
+            total = total + self.distill["weight"] * losses["distill"]
+        losses["loss"] = total
+        return losses
+
+    def _distill_loss(self, feats, lengths, enc) -> torch.Tensor:
+        """MSE between student and frozen-teacher encoder outputs (valid frames only)."""
+        with torch.no_grad():
+            t_enc, t_len = self.teacher.model.transcribe(feats, lengths)
+        mask = (torch.arange(enc.shape[1], device=enc.device)[None] < t_len[:, None]).unsqueeze(-1)
+        diff = (enc.float() - t_enc.float()) ** 2 * mask
+        return diff.sum() / (mask.sum() * enc.shape[-1]).clamp_min(1)
+
+    # ---- steps
+    def training_step(self, batch: dict, batch_idx: int):
+        if batch["features"].shape[0] == 0:
+            return None
+        losses = self.compute_losses(batch, augment=True)
+        if not torch.isfinite(losses["loss"]):
+            # Skip the batch (no backward, no step) and count; stop after too many in a row.
+            self.bad_batches_in_a_row += 1
+            self.bad_batches_total += 1
+            self.log("train/bad_batches", float(self.bad_batches_total), batch_size=1)
+            if self.bad_batches_in_a_row >= self.max_bad_batches:
+                raise UserError(
+                    f"training stopped: {self.bad_batches_in_a_row} consecutive batches had a "
+                    "non-finite loss; lower optimizer.lr or check the data (module.max_bad_batches)")
+            return None
+        self.bad_batches_in_a_row = 0
+        bs = batch["features"].shape[0]
+        for name, value in losses.items():
+            self.log(f"train/{name}" if name != "loss" else "train/loss", value.detach(),
+                     prog_bar=name == "loss", batch_size=bs)
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_refs, self._val_hyps = [], []
+        self._search = make_beam_search(self.recognizer)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if batch["features"].shape[0] == 0:
+            return
+        bs = batch["features"].shape[0]
+        losses = self.compute_losses(batch, augment=False)
+        self.log("val/loss", losses["rnnt"], batch_size=bs, sync_dist=True)
+        hyps = decode_full(self.recognizer, batch["features"], batch["feature_lengths"],
+                           self.val_beam, self._search)
+        self._val_refs.extend(batch["texts"])
+        self._val_hyps.extend(hyps)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_refs:
+            return
+        rates = error_rates(self._val_refs, self._val_hyps)
+        # Corpus-level WER; with DDP each rank scores its own share (approximation).
+        self.log("val/wer", float(rates["wer"]), prog_bar=True, sync_dist=True)
+        self.log("val/cer", float(rates["cer"]), sync_dist=True)
+        self._search = None
+
+    # ---- optimizer
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints carry everything needed to rebuild the recognizer
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["emformer_variants"] = recognizer_payload(self.recognizer)
+        # The frozen teacher is rebuilt from its own source; never stored.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith("teacher.")}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.teacher is not None:
+            for k, v in self.teacher.state_dict().items():
+                checkpoint["state_dict"].setdefault(f"teacher.{k}", v)
+
+    def state_dict_for_export(self) -> dict:
+        return self.recognizer.state_dict()
+
+
+def is_finite_number(x) -> bool:
+    return x is not None and math.isfinite(float(x))

@@ -1,0 +1,58 @@
+"""Recognizers from config: the base (loaded) or a fresh one (init=scratch)."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from emformer_variants.data.audio import load_audio
+from emformer_variants.data.manifest import Utterance
+from emformer_variants.errors import UserError
+from emformer_variants.models.features import FeatureConfig, FeatureExtractor, compute_global_stats
+from emformer_variants.models.recognizer import Recognizer, _torch_load, load_recognizer
+from emformer_variants.models.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_base(model_cfg: DictConfig) -> Recognizer:
+    """The configured base weights (``model.base``: a loader with its arguments)."""
+    return hydra.utils.instantiate(model_cfg.base)
+
+
+def build_scratch(model_cfg: DictConfig, train: list[Utterance], stats_utterances: int = 300,
+                  seed: int = 0) -> Recognizer:
+    """New SentencePiece model from training transcripts, global stats from training audio,
+    randomly initialised weights."""
+    if "arch" not in model_cfg:
+        raise UserError(f"model={model_cfg.get('name')}: init=scratch needs model.arch and "
+                        "model.features in the model config")
+    tok_cfg = OmegaConf.to_container(model_cfg.get("tokenizer", {}), resolve=True) or {}
+    tokenizer = train_tokenizer([u.text for u in train], model_type=tok_cfg.get("model_type", "char"),
+                                vocab_size=tok_cfg.get("vocab_size", 0))
+    feats = FeatureConfig(**OmegaConf.to_container(model_cfg.features, resolve=True))
+    sample = random.Random(seed).sample(train, min(stats_utterances, len(train)))
+    mean, invstd = compute_global_stats(FeatureExtractor(feats), (load_audio(u.audio) for u in sample))
+    log.info("scratch init: %d-piece tokenizer, stats from %d utterances", tokenizer.vocab_size,
+             len(sample))
+    return Recognizer(OmegaConf.to_container(model_cfg.arch, resolve=True), feats, tokenizer, mean, invstd)
+
+
+def resolve_checkpoint(ckpt: str, model_cfg: DictConfig) -> Recognizer:
+    """``base`` -> the model config's base; a project checkpoint -> itself; a raw torchaudio
+    RNNT state dict -> the model config's loader with ``ckpt`` replaced."""
+    if ckpt == "base":
+        return load_base(model_cfg)
+    obj = _torch_load(__import__("pathlib").Path(ckpt))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        base_cfg = OmegaConf.to_container(model_cfg.base, resolve=False)
+        if "ckpt" not in base_cfg:
+            raise UserError(f"ckpt={ckpt} is a raw state dict; pass model=emformer_base (or a model "
+                            "config whose loader takes ckpt) so the tokenizer and stats are known")
+        base_cfg["ckpt"] = ckpt
+        return hydra.utils.instantiate(OmegaConf.create(base_cfg))
+    return load_recognizer(ckpt)

@@ -1,0 +1,116 @@
+"""Fine-tune a variant from the base (or pretrain with init=scratch):
+python train.py variant=dense|... [experiment=...]
+
+Flow: base -> evaluate -> surgery -> evaluate -> fine-tune -> evaluate; prints all three.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic
+from emformer_variants.errors import UserError
+from emformer_variants.evaluation import evaluate_recognizer
+from emformer_variants.models.build import build_scratch, load_base
+from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.surgery import apply_variant_spec_
+
+log = logging.getLogger("train")
+
+
+def _evaluate(rec, utts, cfg: DictConfig) -> dict:
+    threads = torch.get_num_threads()
+    set_threads(cfg.eval.threads)
+    try:
+        metrics, _ = evaluate_recognizer(rec, utts, beam=cfg.eval.beam, flops=cfg.eval.flops,
+                                         progress=False)
+    finally:
+        set_threads(threads)
+    rec.train()
+    return metrics
+
+
+def _resolve_resume(ckpt_path: str | None, cfg: DictConfig) -> str | None:
+    if ckpt_path != "last":
+        if ckpt_path and not Path(ckpt_path).is_file():
+            raise UserError(f"ckpt_path={ckpt_path}: file not found")
+        return ckpt_path
+    runs = sorted(Path(cfg.paths.root_dir, "outputs", cfg.task_name).glob("*/checkpoints/last.ckpt"),
+                  key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise UserError(f"ckpt_path=last: no last.ckpt under outputs/{cfg.task_name}/*/checkpoints")
+    return str(runs[-1])
+
+
+@one_line_errors
+def run(cfg: DictConfig) -> dict:
+    set_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    spec = OmegaConf.to_container(cfg.variant, resolve=True)
+    resume = _resolve_resume(cfg.ckpt_path, cfg)
+
+    dm = hydra.utils.instantiate(cfg.data)
+    if cfg.init == "base":
+        rec = load_base(cfg.model)
+    elif cfg.init == "scratch":
+        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed)
+    else:
+        raise UserError(f"init={cfg.init}: choose base or scratch")
+    eval_utts = dm.utterances(cfg.eval.split)[: cfg.eval.max_utterances]
+
+    results: dict[str, dict] = {}
+    base = copy.deepcopy(rec)
+    if cfg.eval.before and cfg.init == "base":
+        results["base"] = _evaluate(rec, eval_utts, cfg)
+    report = apply_variant_spec_(rec, spec, init="convert")
+    log.info(report.summary())
+    if spec["name"] != "dense" and cfg.eval.before:
+        results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
+
+    dm.bind(rec.features, rec.tokenizer)
+    teacher = base if cfg.module.distill.weight > 0 else None
+    module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
+    ckpt_dir = out_dir / "checkpoints"
+    callbacks = [
+        L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/wer",
+                                            mode="min", save_last=True, save_top_k=1),
+        L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
+    ]
+    logger = hydra.utils.instantiate(cfg.logger)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                                      default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+
+    final = out_dir / "final.pt"
+    save_recognizer(rec, final, meta={"variant": spec, "steps": trainer.global_step,
+                                      "surgery": report.summary()})
+    log.info("saved %s", final)
+    if cfg.eval.after:
+        results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
+    summary = {"results": results, "final": str(final), "steps": trainer.global_step,
+               "surgery": {"replaced": len(report.replaced), "params_before": report.params_before,
+                           "params_after": report.params_after}}
+    write_json_atomic(out_dir / "metrics.json", summary)
+    if results:
+        print(metrics_table(results))
+    print(f"final checkpoint: {final}\nmetrics: {out_dir / 'metrics.json'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

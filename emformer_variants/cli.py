@@ -29,7 +29,10 @@ def one_line_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a UserError is behind it
+            e = _user_error_in_chain(exc)
+            if e is None:
+                raise
             lines = [ln for ln in str(e).splitlines() if ln.strip()]
             msg = lines[-1] if lines else "unknown error"
             prefix = "emformer_variants.errors.UserError: "
@@ -38,6 +41,17 @@ def one_line_errors(fn):
             sys.exit(2)
 
     return wrapper
+
+
+def _user_error_in_chain(exc: BaseException) -> BaseException | None:
+    """The UserError behind ``exc`` (Hydra's InstantiationException wraps it as __cause__)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def set_threads(n: int) -> None:

@@ -18,11 +18,13 @@ def make_beam_search(rec) -> RNNTBeamSearch:
 @torch.no_grad()
 def decode_full(rec, features: torch.Tensor, lengths: torch.Tensor, beam: int,
                 search: RNNTBeamSearch | None = None) -> list[str]:
-    """Full-context beam search per utterance: features (B, T, F), lengths (B,)."""
+    """Full-context beam search per utterance: features (B, T, F) with the right-context
+    padding after each utterance, lengths (B,) of valid frames (without that padding)."""
     search = search or make_beam_search(rec)
+    rc = rec.features.cfg.right_context_length
     texts = []
     for i in range(features.shape[0]):
-        n = int(lengths[i])
+        n = int(lengths[i]) + rc
         hyps = search(features[i, :n], torch.tensor([n]), beam)
         texts.append(hypothesis_text(rec.tokenizer, hyps[0]))
     return texts

@@ -59,7 +59,7 @@ class UtteranceDataset(Dataset):
         with torch.no_grad():
             feats = self.features.full(wave)
         tokens = self.tokenizer.encode(utt.text)
-        return {"features": feats, "tokens": torch.tensor(tokens, dtype=torch.int32),
+        return {"features": feats, "num_frames": feats.shape[0] - self.features.cfg.right_context_length, "tokens": torch.tensor(tokens, dtype=torch.int32),
                 "text": utt.text, "audio_s": wave.numel() / 16000, "index": index}
 
 
@@ -75,7 +75,9 @@ def collate(items: list[dict | None]) -> dict:
     targets = torch.nn.utils.rnn.pad_sequence([it["tokens"] for it in items], batch_first=True)
     return {
         "features": feats,
-        "feature_lengths": torch.tensor([it["features"].shape[0] for it in items], dtype=torch.int32),
+        # Valid frames, excluding the right-context padding that ``FeatureExtractor.full``
+        # appends (torchaudio's recipe: the training forward consumes it as right context).
+        "feature_lengths": torch.tensor([it["num_frames"] for it in items], dtype=torch.int32),
         "targets": targets.to(torch.int32),
         "target_lengths": torch.tensor([it["tokens"].numel() for it in items], dtype=torch.int32),
         "texts": [it["text"] for it in items],

@@ -24,7 +24,9 @@ from emformer_variants.text_norm import normalize_text
 
 AUSTEN_PACKAGE = "r-cran-janeaustenr"
 MIN_WORDS, MAX_WORDS = 5, 25
-_CACHE_NAME = f"austen_sentences_{MIN_WORDS}-{MAX_WORDS}_v2.txt"
+# Bump when the extraction changes: corpora record it and rebuild.
+SENTENCES_VERSION = f"austen-{MIN_WORDS}-{MAX_WORDS}-v2"
+_CACHE_NAME = f"{SENTENCES_VERSION}.txt"
 
 # Abbreviations after which a period does not end a sentence (Gutenberg spellings).
 _ABBREVIATIONS = {"mr", "mrs", "dr", "st", "messrs", "esq", "col", "capt", "gen", "rev"}
@@ -36,6 +38,12 @@ _BOUNDARY = re.compile(r"[.!?]+[\"')_\]]*\s+")
 _LAST_WORD = re.compile(r"([A-Za-z]+)\W*$")
 # Characters that signal a line the normaliser would mangle or a TTS would misread.
 _REJECT = re.compile(r"[0-9&\[\]{}<>|@$%#*=+~^\\]")
+
+
+def default_cache_dir() -> Path:
+    """``$EMFORMER_VARIANTS_CACHE``, else ``~/.cache/emformer_variants``: downloads, text caches."""
+    env = os.environ.get("EMFORMER_VARIANTS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "emformer_variants"
 
 
 def fetch_deb(package: str, cache_dir: Path) -> Path:
@@ -138,7 +146,7 @@ def load_austen_sentences(cache_dir: Path) -> list[str]:
     """~16k distinct normalised sentences of 5-25 words from Austen's six novels.
 
     Order is deterministic (novels by name, then order of appearance; first occurrence
-    kept). The list is cached as ``<cache_dir>/austen_sentences_*.txt``.
+    kept). The list is cached as ``<cache_dir>/<SENTENCES_VERSION>.txt``.
     """
     cache_dir = Path(cache_dir)
     cached = cache_dir / _CACHE_NAME

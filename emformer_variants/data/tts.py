@@ -220,6 +220,8 @@ def _flite(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple
 
 
 def _pitch_relabel(wave: np.ndarray, sr: int, pitch: float) -> tuple[np.ndarray, int]:
+    if abs(pitch - 1.0) < 1e-6:
+        return wave, sr
     # Round to a multiple of 400 Hz so resampling to 16 kHz keeps a small kernel.
     return wave, int(round(sr * pitch / 400.0)) * 400
 

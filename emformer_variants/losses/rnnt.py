@@ -23,6 +23,8 @@ from torch import Tensor
 # exp(_NEG - x) is 0 for any real log-probability; sums of a few thousand stay finite in
 # float32 (max ~3.4e38), unlike -inf, whose differences are NaN.
 _NEG = -1e30
+# exp() of inputs below about -87.3 (float32 denormals and underflow) is many times slower.
+_EXP_MIN = -87.0
 # A cost above this means no alignment has finite probability.
 _INFEASIBLE = 1e29
 
@@ -114,6 +116,12 @@ def _check_shapes(logits, targets, logit_lengths, target_lengths) -> None:
             raise ValueError(f"{name} must be ({batch},), got {tuple(lengths.shape)}")
         if batch and not bool(((lengths >= low) & (lengths <= high)).all()):
             raise ValueError(f"{name} must lie in [{low}, {high}], got {lengths.tolist()}")
+
+
+def _exp(x: Tensor) -> Tensor:
+    """In-place exp that maps inputs below _EXP_MIN to exactly 0 without the slow path."""
+    underflow = x < _EXP_MIN
+    return x.clamp_(min=_EXP_MIN).exp_().masked_fill_(underflow, 0.0)
 
 
 def _skew_index(frames: int, cols: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -222,17 +230,18 @@ def _costs_and_grads(
     # d cost / d log-prob of an arc = -(posterior probability of using that arc), eq. 16.
     log_norm = log_prob.masked_fill(infeasible, 0.0)[:, None]
     reach = alpha[:, :, 1:] - log_norm
-    grad_blank = _unskew((reach + blank_d + beta[1:, :, :-1]).exp_().neg_(), frames)
-    grad_label = _unskew((reach + label_d + beta[1:, :, 1:]).exp_().neg_(), frames)
+    grad_blank = _unskew(_exp(reach + blank_d + beta[1:, :, :-1]).neg_(), frames)
+    grad_label = _unskew(_exp(reach + label_d + beta[1:, :, 1:]).neg_(), frames)
     grad_blank[infeasible] = 0.0
     grad_label[infeasible] = 0.0
 
     if fused:
         # Through log_softmax: g_v - softmax_v * sum_k g_k, built in the log-probs buffer.
-        # Cells outside the utterance have zero arc gradients; masking their log-probs first
-        # keeps non-finite padded logits from turning 0 * inf into NaN.
+        # Cells outside the utterance have zero arc gradients; zeroing their log-probs
+        # keeps non-finite padded logits from turning 0 * inf into NaN. Probabilities below
+        # exp(_EXP_MIN) ~ 1.6e-38 are rounded up: exp of smaller inputs takes a slow path.
         cell_ok = frame_ok & (pos <= target_lengths[:, None])[:, None]
-        grads = log_probs.masked_fill_(~cell_ok[..., None], _NEG).exp_()
+        grads = log_probs.clamp_(min=_EXP_MIN).masked_fill_(~cell_ok[..., None], 0.0).exp_()
         grads.mul_((grad_blank + grad_label).neg_()[..., None])
     else:
         grads = torch.zeros_like(log_probs)

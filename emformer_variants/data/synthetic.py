@@ -1,0 +1,301 @@
+"""A synthetic multi-speaker read-speech corpus: Austen sentences spoken by offline TTS voices.
+
+Splits:
+- ``train``: sentences of the training pool, training voices (``tts.default_voices()``).
+- ``dev``, ``test``: held-out sentences (never in train, disjoint from each other),
+  training voices.
+- ``test_voice``: the first ``num_test_voice`` sentences of ``test``, spoken by the
+  held-out voice (``tts.held_out_voice()``): same sentences, unseen speaker.
+
+Sentences go to the train/dev/test pools by a hash of their text, so the held-out pools
+do not move with the seed or corpus size. Each utterance's voice, rate, pitch, gain and
+padding come from ``numpy.random.default_rng([seed, split, index])``: the corpus does not
+depend on the number of workers.
+
+Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.flac``
+(16 kHz mono 16-bit), ``corpus.json`` (config + statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
+from emformer_variants.data.text import SENTENCES_VERSION, default_cache_dir, load_austen_sentences
+from emformer_variants.data.tts import Voice, default_voices, held_out_voice, synthesize
+from emformer_variants.errors import UserError
+
+SAMPLE_RATE = 16000
+SPLITS = ("train", "dev", "test", "test_voice")
+FORMAT_VERSION = 1
+# Per-utterance jitter on top of each training voice's own settings.
+RATE_RANGE = (0.9, 1.1)
+PITCH_RANGE = (0.92, 1.08)
+PEAK_DBFS_RANGE = (-12.0, -1.0)
+PAD_SECONDS_RANGE = (0.05, 0.25)  # silence kept at each end after trimming
+TRIM_DB = 40.0  # frames quieter than peak frame - TRIM_DB count as silence
+HELD_OUT_BUCKETS = 20  # 1/20 of sentences for dev, 1/20 for test
+
+
+@dataclass(frozen=True)
+class _Job:
+    split: str
+    index: int
+    text: str
+    voice: Voice
+    rate: float
+    pitch: float
+    peak_dbfs: float
+    pad_seconds: float
+    tts_seed: int
+    path: str
+
+
+def sentence_pool(text: str) -> str:
+    """'dev', 'test' or 'train': a fixed assignment by a hash of the sentence."""
+    bucket = int(hashlib.sha1(text.encode()).hexdigest(), 16) % HELD_OUT_BUCKETS
+    return {0: "dev", 1: "test"}.get(bucket, "train")
+
+
+def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int) -> dict[str, list[str]]:
+    pools: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
+    for s in sentences:
+        pools[sentence_pool(s)].append(s)
+    for name, pool in pools.items():
+        random.Random(f"{seed}-{name}").shuffle(pool)
+    for split in ("dev", "test"):
+        if counts[split] > len(pools[split]):
+            raise UserError(f"num_{split}={counts[split]}: only {len(pools[split])} held-out "
+                            f"{split} sentences exist; ask for fewer")
+    if counts["test_voice"] > len(pools["test"]):
+        raise UserError(f"num_test_voice={counts['test_voice']}: only {len(pools['test'])} "
+                        "held-out test sentences exist; ask for fewer")
+    train = pools["train"]
+    # More train utterances than sentences: reuse sentences (with other voices).
+    reps = -(-counts["train"] // len(train)) if counts["train"] else 0
+    return {
+        "train": (train * reps)[: counts["train"]],
+        "dev": pools["dev"][: counts["dev"]],
+        "test": pools["test"][: counts["test"]],
+        "test_voice": pools["test"][: counts["test_voice"]],
+    }
+
+
+def _plan(texts: dict[str, list[str]], seed: int, root: Path) -> list[_Job]:
+    voices = default_voices()
+    jobs = []
+    for split_id, split in enumerate(SPLITS):
+        # Voices in a shuffled round-robin: every voice gets an equal share of each split.
+        order = np.random.default_rng([seed, split_id, 1 << 30]).permutation(len(voices))
+        for i, text in enumerate(texts[split]):
+            rng = np.random.default_rng([seed, split_id, i])
+            if split == "test_voice":
+                voice, rate, pitch = held_out_voice(), 1.0, 1.0
+            else:
+                voice = voices[order[i % len(voices)]]
+                rate, pitch = rng.uniform(*RATE_RANGE), rng.uniform(*PITCH_RANGE)
+            jobs.append(_Job(split, i, text, voice, float(rate), float(pitch),
+                             float(rng.uniform(*PEAK_DBFS_RANGE)), float(rng.uniform(*PAD_SECONDS_RANGE)),
+                             int(rng.integers(2**31)), str(root / split / f"{split}-{i:06d}.flac")))
+    return jobs
+
+
+def trim_silence(wave: np.ndarray, sample_rate: int, pad_seconds: float) -> np.ndarray:
+    """Cut leading/trailing silence (10 ms frames TRIM_DB below the loudest), keep a pad."""
+    hop = sample_rate // 100
+    n = len(wave) // hop
+    if n == 0:
+        return wave
+    energy = (wave[: n * hop].reshape(n, hop).astype(np.float64) ** 2).mean(axis=1)
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (-TRIM_DB / 10))
+    pad = int(pad_seconds * sample_rate)
+    start = max(0, loud[0] * hop - pad)
+    end = min(len(wave), (loud[-1] + 1) * hop + pad)
+    return wave[start:end]
+
+
+def _render(job: _Job) -> Utterance:
+    import soundfile as sf
+    import torch
+    import torchaudio.functional as AF
+
+    wave, sr = synthesize(job.voice, job.text + ".", rate=job.rate, pitch=job.pitch, seed=job.tts_seed)
+    if wave.size == 0 or not np.isfinite(wave).all() or np.abs(wave).max() == 0:
+        raise RuntimeError(f"voice {job.voice.name} produced no audio for {job.text!r}")
+    if sr != SAMPLE_RATE:
+        wave = AF.resample(torch.from_numpy(wave), sr, SAMPLE_RATE).numpy()
+    wave = trim_silence(wave, SAMPLE_RATE, job.pad_seconds)
+    wave = wave * (10 ** (job.peak_dbfs / 20) / np.abs(wave).max())
+    Path(job.path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(job.path, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return Utterance(job.path, job.text, round(len(wave) / SAMPLE_RATE, 4), job.voice.name)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _config(counts: dict[str, int], seed: int) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "counts": counts,
+        "sample_rate": SAMPLE_RATE,
+        "sentences": SENTENCES_VERSION,
+        "voices": [{"name": v.name, "engine": v.engine, "options": v.options} for v in default_voices()],
+        "held_out_voice": {"name": held_out_voice().name, "engine": held_out_voice().engine},
+        "jitter": {"rate": RATE_RANGE, "pitch": PITCH_RANGE, "peak_dbfs": PEAK_DBFS_RANGE,
+                   "pad_seconds": PAD_SECONDS_RANGE},
+    }
+
+
+def _remove_stale_tmp(out_dir: Path) -> None:
+    for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed build
+        except (ValueError, PermissionError):
+            pass
+
+
+def _existing(out_dir: Path, config: dict) -> dict[str, Path] | None:
+    meta = out_dir / "corpus.json"
+    if not out_dir.exists():
+        return None
+    try:
+        found = json.loads(meta.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise UserError(f"{out_dir}: exists but has no valid corpus.json; delete it or pick another --out")
+    if found != json.loads(json.dumps(config)):
+        raise UserError(f"{meta}: built with another config; delete {out_dir} or pick another --out")
+    return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+
+
+def build_synthetic_corpus(
+    out_dir: Path,
+    *,
+    num_train: int,
+    num_dev: int,
+    num_test: int,
+    num_test_voice: int,
+    seed: int = 0,
+    workers: int = 2,
+    cache_dir: Path,
+) -> dict[str, Path]:
+    """Build (or find) the corpus; returns split name -> manifest path.
+
+    Idempotent: an ``out_dir`` holding the same config returns at once; one built with
+    another config is an error. Crash-safe: built in ``<out_dir>.tmp-<pid>``, renamed
+    when complete. ``workers`` <= 1 renders in this process.
+    """
+    out_dir = Path(out_dir).absolute()
+    counts = {"train": num_train, "dev": num_dev, "test": num_test, "test_voice": num_test_voice}
+    for split, n in counts.items():
+        if n < 0:
+            raise UserError(f"num_{split}={n}: must be >= 0")
+    config = _config(counts, seed)
+    found = _existing(out_dir, config)
+    if found is not None:
+        return found
+    sentences = load_austen_sentences(Path(cache_dir))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(out_dir)
+    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    jobs = _plan(_pick_sentences(sentences, counts, seed), seed, tmp)
+    # Slow held-out-voice jobs first, so they spread over the workers instead of trailing.
+    jobs.sort(key=lambda j: (j.split != "test_voice", SPLITS.index(j.split), j.index))
+    print(f"[synthetic] building {out_dir} ({len(jobs)} utterances, {max(workers, 1)} workers)", flush=True)
+
+    start = time.perf_counter()
+    results: dict[tuple[str, int], Utterance] = {}
+    seconds = 0.0
+    last_report = start
+
+    def record(job_key, utt):
+        nonlocal seconds, last_report
+        results[job_key] = utt
+        seconds += utt.duration
+        now = time.perf_counter()
+        if now - last_report > 15 or len(results) == len(jobs):
+            last_report = now
+            print(f"[synthetic] {len(results)}/{len(jobs)} utterances, {seconds / 3600:.2f} h, "
+                  f"{len(results) / (now - start):.1f} utt/s", flush=True)
+
+    try:
+        if workers <= 1:
+            _init_worker()
+            for job in jobs:
+                record((job.split, job.index), _render(job))
+        else:
+            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+                for job, utt in zip(jobs, pool.imap(_render, jobs, chunksize=4)):
+                    record((job.split, job.index), utt)
+        stats = {}
+        for split in SPLITS:
+            utts = [results[(split, i)] for i in range(counts[split])]
+            write_manifest(tmp / f"{split}.jsonl", utts)
+            stats[split] = {"utterances": len(utts), "hours": round(sum(u.duration for u in utts) / 3600, 4),
+                            "speakers": len({u.speaker for u in utts})}
+        elapsed = time.perf_counter() - start
+        meta = {"config": config, "stats": stats, "build_seconds": round(elapsed, 1)}
+        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if _existing(out_dir, config) is None:  # not a concurrent identical build
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"[synthetic] done in {elapsed:.0f} s: {seconds / 3600:.2f} h of audio "
+          f"({len(jobs) / elapsed:.1f} utt/s, {seconds / elapsed:.0f}x real time)", flush=True)
+    return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="corpus folder to create")
+    p.add_argument("--num-train", type=int, default=2000)
+    p.add_argument("--num-dev", type=int, default=200)
+    p.add_argument("--num-test", type=int, default=200)
+    p.add_argument("--num-test-voice", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="downloads + sentence cache (default $EMFORMER_VARIANTS_CACHE or ~/.cache)")
+    args = p.parse_args(argv)
+    try:
+        manifests = build_synthetic_corpus(
+            args.out, num_train=args.num_train, num_dev=args.num_dev, num_test=args.num_test,
+            num_test_voice=args.num_test_voice, seed=args.seed, workers=args.workers,
+            cache_dir=args.cache_dir or default_cache_dir(),
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for split, path in manifests.items():
+        print(f"{split}: {path} ({len(read_manifest(path))} utterances)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

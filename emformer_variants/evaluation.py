@@ -40,13 +40,14 @@ def measure_flops(rec, wave: torch.Tensor, beam: int) -> dict:
     from emformer_variants.streaming import chunk_windows
 
     cfg = rec.features.cfg
-    windows = list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples))
+    with torch.inference_mode():
+        chunks = [rec.features.streaming(w).unsqueeze(0)
+                  for w in chunk_windows(wave, cfg.segment_samples, cfg.window_samples)]
 
     def run_encoder():
         state = None
         with torch.inference_mode():
-            for w in windows:
-                feats = rec.features.streaming(w).unsqueeze(0)
+            for feats in chunks:
                 _, _, state = rec.model.transcribe_streaming(feats, torch.tensor([feats.shape[1]]), state)
 
     enc_flops, _ = measured_flops(run_encoder)

@@ -129,26 +129,35 @@ class AudioFolderSource:
 
 
 def _read_audiofolder(root: Path) -> dict[str, list[tuple[str, str]]]:
-    """{hf split: [(audio path, text)]} via datasets' audiofolder builder, audio undecoded."""
+    """{split: [(audio path, text)]} from audiofolder metadata files, read with ``datasets``.
+
+    Follows the audiofolder layout: ``file_name`` is relative to the metadata file's folder;
+    a top-level folder named train/validation/valid/dev/test is that split, anything else is
+    ``train``. (Audio is decoded by soundfile: datasets' Audio feature needs torchcodec.)
+    """
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        dsd = datasets.load_dataset("audiofolder", data_dir=str(root), drop_labels=True)
-    except Exception as e:  # noqa: BLE001 - datasets raises many types for bad folders
-        raise UserError(f"data.path={root}: cannot read as an audiofolder ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:150]})") from None
-    out = {}
-    for split, ds in dsd.items():
+    out: dict[str, list[tuple[str, str]]] = {}
+    metas = sorted(p for p in root.rglob("metadata.*") if p.suffix in (".csv", ".jsonl"))
+    for meta in metas:
+        builder = "csv" if meta.suffix == ".csv" else "json"
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(meta), split="train")
+        except Exception as e:  # noqa: BLE001 - datasets raises many types for bad files
+            raise UserError(f"{meta}: cannot read metadata ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150]})") from None
         cols = ds.column_names
         text_col = "text" if "text" in cols else "transcription" if "transcription" in cols else None
-        if text_col is None:
-            raise UserError(f"data.path={root}: metadata has columns {cols}; it needs a 'text' or "
-                            "'transcription' column next to 'file_name'")
-        ds = ds.cast_column("audio", datasets.Audio(decode=False))
-        out[split] = [(row["audio"]["path"], row[text_col]) for row in ds]
+        if "file_name" not in cols or text_col is None:
+            raise UserError(f"{meta}: has columns {cols}; it needs 'file_name' and 'text' "
+                            "(or 'transcription')")
+        rel = meta.parent.relative_to(root).parts
+        split = rel[0] if rel and rel[0] in _HF_SPLITS else "train"
+        rows = out.setdefault(split, [])
+        for row in ds:
+            rows.append((str(meta.parent / row["file_name"]), row[text_col] or ""))
     return out
 
 

@@ -9,8 +9,10 @@ Splits:
 
 Sentences go to the train/dev/test pools by a hash of their text, so the held-out pools
 do not move with the seed or corpus size. Each utterance's voice, rate, pitch, gain and
-padding come from ``numpy.random.default_rng([seed, split, index])``: the corpus does not
-depend on the number of workers.
+padding come from ``numpy.random.default_rng([seed, split, index])``: texts, voices and
+settings do not depend on the number of workers. The audio is close but not bit-exact
+across runs: espeak-ng's pitch-flutter phase is library state that carries over from one
+utterance to the next in a process, and piper samples its own noise.
 
 Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.flac``
 (16 kHz mono 16-bit), ``corpus.json`` (config + statistics).

@@ -24,8 +24,12 @@ def make_inputs(batch: int, frames: int, labels: int, vocab: int, seed: int = 0)
     logits = torch.randn(batch, frames, labels + 1, vocab, generator=gen)
     targets = torch.randint(0, vocab - 1, (batch, labels), dtype=torch.int32, generator=gen)
     # Realistic padding: lengths spread over the upper half, the longest fills the tensor.
-    logit_lengths = torch.randint(frames // 2, frames + 1, (batch,), dtype=torch.int32, generator=gen)
-    target_lengths = torch.randint(labels // 2, labels + 1, (batch,), dtype=torch.int32, generator=gen)
+    logit_lengths = torch.randint(
+        frames // 2, frames + 1, (batch,), dtype=torch.int32, generator=gen
+    )
+    target_lengths = torch.randint(
+        labels // 2, labels + 1, (batch,), dtype=torch.int32, generator=gen
+    )
     logit_lengths[0], target_lengths[0] = frames, labels
     return logits.requires_grad_(), targets, logit_lengths, target_lengths
 
@@ -46,7 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{'B':>3} {'T':>4} {'U':>3} {'V':>4}  {'torchaudio ms':>13}  {'ours ms':>8}  {'speed-up':>8}")
+    header = ("B", "T", "U", "V", "torchaudio ms", "ours ms", "speed-up")
+    print("{:>3} {:>4} {:>3} {:>4}  {:>13}  {:>8}  {:>8}".format(*header))
     for shape in SHAPES:
         inputs = make_inputs(*shape)
         ref = time_ms(torchaudio.functional.rnnt_loss, inputs, args.repeats)

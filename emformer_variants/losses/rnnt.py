@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 # exp(_NEG - x) is 0 for any real log-probability; sums of a few thousand stay finite in
 # float32 (max ~3.4e38), unlike -inf, whose differences are NaN.
@@ -73,7 +74,13 @@ def rnnt_loss(
         )
     else:
         costs, _ = _costs_and_grads(
-            logits, targets, logit_lengths, target_lengths, blank, clamp, fused_log_softmax,
+            logits,
+            targets,
+            logit_lengths,
+            target_lengths,
+            blank,
+            clamp,
+            fused_log_softmax,
             need_grads=False,
         )
     if reduction == "mean":
@@ -93,6 +100,7 @@ class _RNNTLossFunction(torch.autograd.Function):
         return costs
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_costs):
         (grads,) = ctx.saved_tensors
         grad_logits = grads * grad_costs.to(grads.dtype).view(-1, 1, 1, 1)
@@ -103,6 +111,8 @@ def _check_shapes(logits, targets, logit_lengths, target_lengths) -> None:
     if logits.dim() != 4 or not logits.is_floating_point():
         raise ValueError(f"logits must be a float (B, T, U+1, V) tensor, got {tuple(logits.shape)}")
     batch, frames, labels_plus_one, _ = logits.shape
+    if targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
     if targets.shape != (batch, labels_plus_one - 1):
         raise ValueError(
             f"targets must be (B, U) = {(batch, labels_plus_one - 1)} to match logits "
@@ -194,17 +204,22 @@ def _costs_and_grads(
     alpha = torch.full((diags, batch, cols + 1), _NEG, device=device)
     alpha[0, :, 1] = 0.0
     label_shift = torch.nn.functional.pad(label_d, (1, 0), value=_NEG)[:, :, :-1]
+    # Views made once: indexing inside the loop costs more than the arithmetic.
+    blank_rows, label_rows, shift_rows = blank_d.unbind(0), label_d.unbind(0), label_shift.unbind(0)
     stay = torch.empty(batch, cols, device=device)
     move = torch.empty(batch, cols, device=device)
+    alpha_here, alpha_left = alpha[:, :, 1:].unbind(0), alpha[:, :, :-1].unbind(0)
     for d in range(1, diags):
-        torch.add(alpha[d - 1, :, 1:], blank_d[d - 1], out=stay)
-        torch.add(alpha[d - 1, :, :-1], label_shift[d - 1], out=move)
-        torch.logaddexp(stay, move, out=alpha[d, :, 1:])
+        torch.add(alpha_here[d - 1], blank_rows[d - 1], out=stay)
+        torch.add(alpha_left[d - 1], shift_rows[d - 1], out=move)
+        torch.logaddexp(stay, move, out=alpha_here[d])
 
     rows = torch.arange(batch, device=device)
     last_frame = logit_lengths - 1
     end_diag = last_frame + target_lengths
-    log_prob = alpha[end_diag, rows, target_lengths + 1] + blank_lp[rows, last_frame, target_lengths]
+    log_prob = (
+        alpha[end_diag, rows, target_lengths + 1] + blank_lp[rows, last_frame, target_lengths]
+    )
     infeasible = log_prob < -_INFEASIBLE
     costs = (-log_prob).masked_fill_(infeasible, float("inf")).to(logits.dtype)
     if not need_grads:
@@ -217,15 +232,14 @@ def _costs_and_grads(
     finals: dict[int, list[int]] = {}
     for b, d in enumerate((end_diag + 1).tolist()):
         finals.setdefault(d, []).append(b)
-    for d in range(diags, -1, -1):
+    beta_here, beta_right = beta[:, :, :-1].unbind(0), beta[:, :, 1:].unbind(0)
+    for d in range(diags, 0, -1):
         if d in finals:
             ends = torch.tensor(finals[d], device=device)
             beta[d, ends, target_lengths[ends]] = 0.0
-        if d == 0:
-            break
-        torch.add(beta[d, :, :-1], blank_d[d - 1], out=stay)
-        torch.add(beta[d, :, 1:], label_d[d - 1], out=move)
-        torch.logaddexp(stay, move, out=beta[d - 1, :, :-1])
+        torch.add(beta_here[d], blank_rows[d - 1], out=stay)
+        torch.add(beta_right[d], label_rows[d - 1], out=move)
+        torch.logaddexp(stay, move, out=beta_here[d - 1])
 
     # d cost / d log-prob of an arc = -(posterior probability of using that arc), eq. 16.
     log_norm = log_prob.masked_fill(infeasible, 0.0)[:, None]
@@ -237,16 +251,20 @@ def _costs_and_grads(
 
     if fused:
         # Through log_softmax: g_v - softmax_v * sum_k g_k, built in the log-probs buffer.
-        # Cells outside the utterance have zero arc gradients; zeroing their log-probs
-        # keeps non-finite padded logits from turning 0 * inf into NaN. Probabilities below
-        # exp(_EXP_MIN) ~ 1.6e-38 are rounded up: exp of smaller inputs takes a slow path.
-        cell_ok = frame_ok & (pos <= target_lengths[:, None])[:, None]
-        grads = log_probs.clamp_(min=_EXP_MIN).masked_fill_(~cell_ok[..., None], 0.0).exp_()
+        # Probabilities below exp(_EXP_MIN) ~ 1.6e-38 are rounded up to it: exp of smaller
+        # inputs takes a slow path.
+        grads = log_probs.clamp_(min=_EXP_MIN).exp_()
         grads.mul_((grad_blank + grad_label).neg_()[..., None])
     else:
         grads = torch.zeros_like(log_probs)
     grads[..., blank] += grad_blank
     grads.scatter_add_(3, labels, grad_label[..., None])
+    # Padded cells get exactly zero, even where non-finite padded logits made 0 * inf = NaN.
+    for b, (frames_b, labels_b) in enumerate(
+        zip(logit_lengths.tolist(), target_lengths.tolist(), strict=True)
+    ):
+        grads[b, frames_b:] = 0.0
+        grads[b, :frames_b, labels_b + 1 :] = 0.0
     if clamp > 0:
         grads.clamp_(-clamp, clamp)
     return costs, grads.to(logits.dtype)

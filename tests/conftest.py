@@ -1,0 +1,67 @@
+"""Shared fixtures: a few seconds of real TTS audio as a manifest corpus, tiny model sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SENTENCES = [
+    "it is a truth universally acknowledged",
+    "she was the youngest of the two daughters",
+    "emma woodhouse handsome clever and rich",
+    "the family of dashwood had long been settled in sussex",
+    "my dear mister bennet said his lady to him one day",
+    "he had not been at home long",
+    "they walked towards the house together",
+    "nothing could be more pleasant than the evening",
+]
+
+# Overrides that shrink model=tiny to test size (same code paths).
+TINY_ARCH = [
+    "model.arch.time_reduction_input_dim=16",
+    "model.arch.transformer_num_heads=2",
+    "model.arch.transformer_ffn_dim=64",
+    "model.arch.transformer_num_layers=2",
+    "model.arch.encoding_dim=32",
+    "model.arch.symbol_embedding_dim=32",
+    "model.arch.num_lstm_layers=1",
+]
+
+
+@pytest.fixture(scope="session")
+def mini_corpus(tmp_path_factory) -> Path:
+    """8 train / 2 dev / 2 test utterances of espeak-ng speech, 16 kHz FLAC + manifests."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    from emformer_variants.data.manifest import Utterance, write_manifest
+    from emformer_variants.data.tts import default_voices, synthesize
+
+    out = tmp_path_factory.mktemp("mini_corpus")
+    voices = [v for v in default_voices() if v.engine == "espeak"]
+    rows: dict[str, list] = {"train": [], "dev": [], "test": []}
+    for i, text in enumerate(SENTENCES + SENTENCES[:4]):
+        wave, sr = synthesize(voices[i % len(voices)], text)
+        wave = AF.resample(torch.from_numpy(wave), sr, 16000).numpy()
+        path = out / f"u{i}.flac"
+        sf.write(path, wave, 16000)
+        split = "train" if i < 8 else "dev" if i < 10 else "test"
+        rows[split].append(Utterance(str(path), text, len(wave) / 16000, "espeak"))
+    for split, utts in rows.items():
+        write_manifest(out / f"{split}.jsonl", utts)
+    return out
+
+
+def run_cli(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run train.py / evaluate.py as a user would, in a subprocess."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

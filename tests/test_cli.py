@@ -1,0 +1,118 @@
+"""End-to-end through the real CLIs on a few seconds of real audio (tmp output dirs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import TINY_ARCH, run_cli
+
+REQUIRED_KEYS = {
+    "wer", "cer", "rtf", "ttft_s", "chunk_ms_p50", "chunk_ms_p90", "chunk_ms_p99",
+    "gflops_per_audio_s", "params_total", "params_active", "kv_cache_bytes", "peak_rss_mb",
+    "num_utterances", "audio_s", "features_ms_per_chunk", "encoder_ms_per_chunk",
+    "decoder_ms_per_chunk",
+}
+
+
+@pytest.fixture(scope="module")
+def trained(mini_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_run")
+    proc = run_cli(
+        "train.py", "data=manifest", f"data.root={mini_corpus}", "init=scratch", *TINY_ARCH,
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "eval.max_utterances=2",
+        "eval.beam=2", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_train_writes_checkpoints_and_metrics(trained):
+    out, proc = trained
+    assert (out / "final.pt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["steps"] == 4
+    assert REQUIRED_KEYS <= set(summary["results"]["fine_tuned"])
+    assert "| wer |" in proc.stdout
+
+
+@pytest.mark.parametrize("which", ["final.pt", "checkpoints/last.ckpt"])
+def test_evaluate_project_checkpoints(trained, mini_corpus, tmp_path, which):
+    out, _ = trained
+    proc = run_cli("evaluate.py", f"ckpt={out / which}", "data=manifest", f"data.root={mini_corpus}",
+                   "beam=2", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert REQUIRED_KEYS <= set(metrics)
+    assert metrics["num_utterances"] == 2 and metrics["kv_cache_bytes"] > 0
+    assert 0 < metrics["rtf"] < 5
+    # FlopCounterMode and the analytic encoder count agree.
+    ratio = metrics["gflops_per_audio_s_encoder"] / metrics["gflops_per_audio_s_encoder_analytic"]
+    assert 0.98 < ratio < 1.02
+    assert (tmp_path / "hyps.jsonl").is_file()
+
+
+def _audiofolder(mini_corpus, tmp_path, rows_extra=()):
+    """A folder the project has never seen: 44.1 kHz stereo WAVs + metadata.csv."""
+    import torch
+    import torchaudio.functional as AF
+
+    folder = tmp_path / "af"
+    folder.mkdir()
+    manifest = [json.loads(x) for x in (mini_corpus / "test.jsonl").read_text().splitlines()]
+    rows = []
+    for i, row in enumerate(manifest):
+        wave, sr = sf.read(mini_corpus / row["audio"], dtype="float32")
+        wave = AF.resample(torch.from_numpy(wave), sr, 44100).numpy()
+        sf.write(folder / f"clip{i}.wav", np.stack([wave, wave * 0.5], axis=1), 44100)
+        rows.append({"file_name": f"clip{i}.wav", "transcription": row["text"].upper() + "."})
+    rows.extend(rows_extra)
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file_name", "transcription"])
+        w.writeheader()
+        w.writerows(rows)
+    return folder
+
+
+def test_evaluate_audiofolder_resamples_and_downmixes(trained, mini_corpus, tmp_path):
+    out, _ = trained
+    folder = _audiofolder(mini_corpus, tmp_path)
+    proc = run_cli("evaluate.py", f"ckpt={out / 'final.pt'}", "data=audiofolder",
+                   f"data.path={folder}", "beam=2", "flops=false", f"paths.output_dir={tmp_path / 'ev'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["num_utterances"] == 2
+    assert abs(metrics["audio_s"] - json.loads((out / "metrics.json").read_text())
+               ["results"]["fine_tuned"]["audio_s"]) < 0.05
+
+
+def test_bad_audio_one_line_error_or_skipped(trained, mini_corpus, tmp_path):
+    out, _ = trained
+    folder = _audiofolder(mini_corpus, tmp_path)
+    (folder / "broken.wav").write_bytes(b"RIFF not really a wav")
+    with open(folder / "metadata.csv", "a") as f:
+        f.write("broken.wav,hello there\n")
+    args = [f"ckpt={out / 'final.pt'}", "data=audiofolder", f"data.path={folder}", "beam=1",
+            "flops=false"]
+    proc = run_cli("evaluate.py", *args, f"paths.output_dir={tmp_path / 'e1'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "broken.wav" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("evaluate.py", *args, "data.skip_bad=true", f"paths.output_dir={tmp_path / 'e2'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert metrics["num_utterances"] == 2 and metrics["num_skipped"] == 1
+
+
+def test_folder_without_metadata_is_rejected(trained, tmp_path):
+    out, _ = trained
+    (tmp_path / "empty").mkdir()
+    proc = run_cli("evaluate.py", f"ckpt={out / 'final.pt'}", "data=audiofolder",
+                   f"data.path={tmp_path / 'empty'}", f"paths.output_dir={tmp_path / 'e'}")
+    assert proc.returncode == 2
+    assert "metadata.csv" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,149 @@
+"""Corpus building: Austen text, TTS voices, the synthetic corpus and the Asterisk test set.
+
+Downloads (Debian packages) go to $EMFORMER_VARIANTS_CACHE if set, else a session tmp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emformer_variants.data import tts
+from emformer_variants.data.asterisk import build_asterisk
+from emformer_variants.data.manifest import read_manifest
+from emformer_variants.data.synthetic import SPLITS, build_synthetic_corpus, sentence_pool
+from emformer_variants.data.text import load_austen_sentences, split_sentences
+from emformer_variants.errors import UserError
+from emformer_variants.text_norm import normalize_text
+
+TINY = {"num_train": 6, "num_dev": 2, "num_test": 2, "num_test_voice": 1}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("EMFORMER_VARIANTS_CACHE")
+    return Path(env) if env else tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def sentences(cache_dir) -> list[str]:
+    return load_austen_sentences(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, cache_dir, sentences) -> tuple[dict[str, Path], float]:
+    out = tmp_path_factory.mktemp("corpus") / "tiny"
+    start = time.perf_counter()
+    manifests = build_synthetic_corpus(out, **TINY, seed=0, workers=2, cache_dir=cache_dir)
+    return manifests, time.perf_counter() - start
+
+
+def test_austen_sentences(cache_dir, sentences):
+    assert len(sentences) > 15000
+    assert len(set(sentences)) == len(sentences)
+    for s in sentences:
+        assert normalize_text(s) == s and 5 <= len(s.split()) <= 25
+    start = time.perf_counter()
+    assert load_austen_sentences(cache_dir) == sentences  # from the cached text file
+    assert time.perf_counter() - start < 1.0
+
+
+def test_split_sentences_keeps_titles_together():
+    lines = ["It is Mr. Darcy. He came", "in at last!", "", "Chapter 2", "", "\"No.\" She left."]
+    assert split_sentences(lines) == ["It is Mr. Darcy.", "He came in at last!", "Chapter 2",
+                                      "\"No.\"", "She left."]
+
+
+def test_voices_all_speak():
+    voices = tts.default_voices()
+    assert len({v.name for v in voices}) == len(voices) >= 15
+    assert {v.engine for v in voices} == {"espeak", "flite", "hibari"}
+    assert tts.held_out_voice().name not in {v.name for v in voices}
+    for voice in [*voices, tts.held_out_voice()]:
+        wave, sr = tts.synthesize(voice, "good morning.", rate=1.05, pitch=0.95)
+        assert wave.dtype == np.float32 and wave.ndim == 1 and sr >= 16000
+        assert 0.3 < len(wave) / sr < 3.0, voice.name
+        assert np.sqrt(np.mean(wave**2)) > 1e-3, voice.name
+
+
+def test_flite_missing_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
+    voice = next(v for v in tts.default_voices() if v.engine == "flite")
+    with pytest.raises(UserError, match="apt-get install flite"):
+        tts.synthesize(voice, "hello")
+
+
+def test_corpus_splits_and_audio(tiny_corpus):
+    manifests, _ = tiny_corpus
+    assert set(manifests) == set(SPLITS)
+    utts = {split: read_manifest(path) for split, path in manifests.items()}
+    assert {split: len(u) for split, u in utts.items()} == {
+        "train": 6, "dev": 2, "test": 2, "test_voice": 1}
+    texts = {split: {u.text for u in us} for split, us in utts.items()}
+    assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test_voice"])
+    assert not texts["dev"] & texts["test"]
+    assert texts["test_voice"] <= texts["test"]  # same sentences, unseen voice
+    assert all(sentence_pool(t) == "train" for t in texts["train"])
+    held_out = tts.held_out_voice().name
+    assert {u.speaker for u in utts["test_voice"]} == {held_out}
+    assert held_out not in {u.speaker for s in ("train", "dev", "test") for u in utts[s]}
+    for u in (u for us in utts.values() for u in us):
+        assert normalize_text(u.text) == u.text
+        info = sf.info(u.audio)
+        assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+        wave, _ = sf.read(u.audio, dtype="float32")
+        assert abs(len(wave) / 16000 - u.duration) < 1e-3
+        assert 0.5 < u.duration < 20.0
+        # peak-normalised to -12..-1 dBFS, and speech rather than silence
+        assert 0.2 < np.abs(wave).max() < 0.95
+        assert np.sqrt(np.mean(wave**2)) > 0.01
+
+
+def test_corpus_idempotent_and_atomic(tiny_corpus, cache_dir):
+    manifests, _ = tiny_corpus
+    out = manifests["train"].parent
+    stamp = (out / "corpus.json").stat().st_mtime_ns
+    start = time.perf_counter()
+    again = build_synthetic_corpus(out, **TINY, seed=0, workers=2, cache_dir=cache_dir)
+    assert time.perf_counter() - start < 1.0
+    assert again == manifests and (out / "corpus.json").stat().st_mtime_ns == stamp
+    assert not list(out.parent.glob(f"{out.name}.tmp-*"))
+    with pytest.raises(UserError, match="another config"):
+        build_synthetic_corpus(out, **TINY, seed=1, workers=2, cache_dir=cache_dir)
+
+
+def test_corpus_deterministic_across_worker_counts(tiny_corpus, tmp_path, cache_dir):
+    manifests, _ = tiny_corpus
+    other = build_synthetic_corpus(tmp_path / "again", **TINY, seed=0, workers=1, cache_dir=cache_dir)
+    for split in SPLITS:
+        a, b = read_manifest(manifests[split]), read_manifest(other[split])
+        assert [(u.text, u.speaker) for u in a] == [(u.text, u.speaker) for u in b]
+        # Not bit-exact: espeak's pitch flutter phase carries over between calls in a
+        # process, and piper samples its own noise. Durations agree closely.
+        for x, y in zip(a, b):
+            assert abs(x.duration - y.duration) < 0.05 * x.duration
+    reseeded = build_synthetic_corpus(tmp_path / "seed1", **TINY, seed=1, workers=1, cache_dir=cache_dir)
+    assert [u.text for u in read_manifest(reseeded["train"])] != [
+        u.text for u in read_manifest(manifests["train"])]
+
+
+def test_asterisk(tmp_path, cache_dir):
+    start = time.perf_counter()
+    manifest = build_asterisk(tmp_path / "asterisk", cache_dir)["test"]
+    utts = read_manifest(manifest)
+    assert 540 <= len(utts) <= 570
+    assert 20 < sum(u.duration for u in utts) / 60 < 30
+    assert all(u.text and normalize_text(u.text) == u.text for u in utts)
+    by_name = {Path(u.audio).stem: u.text for u in utts}
+    assert by_name["digits__7"] == "seven" and "silence__1" not in by_name
+    info = sf.info(utts[0].audio)
+    assert (info.samplerate, info.channels) == (16000, 1)
+    assert time.perf_counter() - start < 30
+    start = time.perf_counter()
+    assert build_asterisk(tmp_path / "asterisk", cache_dir)["test"] == manifest
+    assert time.perf_counter() - start < 1.0

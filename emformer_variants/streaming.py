@@ -30,7 +30,7 @@ class StreamResult:
 
     @property
     def chunk_s(self) -> list[float]:
-        return [a + b + c for a, b, c in zip(self.features_s, self.encoder_s, self.decoder_s)]
+        return [a + b + c for a, b, c in zip(self.features_s, self.encoder_s, self.decoder_s, strict=True)]
 
 
 def chunk_windows(wave: torch.Tensor, segment: int, window: int):

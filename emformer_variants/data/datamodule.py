@@ -27,7 +27,8 @@ def validate_utterances(utts: list[Utterance], split: str, skip_bad: bool
     for u in utts:
         problem = None
         if not u.text.strip():
-            problem = f"{u.audio}: empty transcript in split '{split}'; fix the text or set data.skip_bad=true"
+            problem = (f"{u.audio}: empty transcript in split '{split}'; "
+                       "fix the text or set data.skip_bad=true")
         else:
             try:
                 dur = u.duration if u.duration > 0 else audio_duration(u.audio)

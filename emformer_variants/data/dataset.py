@@ -59,8 +59,10 @@ class UtteranceDataset(Dataset):
         with torch.no_grad():
             feats = self.features.full(wave)
         tokens = self.tokenizer.encode(utt.text)
-        return {"features": feats, "num_frames": feats.shape[0] - self.features.cfg.right_context_length, "tokens": torch.tensor(tokens, dtype=torch.int32),
-                "text": utt.text, "audio_s": wave.numel() / 16000, "index": index}
+        num_frames = feats.shape[0] - self.features.cfg.right_context_length
+        return {"features": feats, "num_frames": num_frames,
+                "tokens": torch.tensor(tokens, dtype=torch.int32), "text": utt.text,
+                "audio_s": wave.numel() / 16000, "index": index}
 
 
 def collate(items: list[dict | None]) -> dict:

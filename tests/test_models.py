@@ -149,3 +149,20 @@ def test_emformer_base_missing_files_names_them(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     with pytest.raises(UserError, match="emformer_rnnt_base_librispeech.pt"):
         load_emformer_base()
+
+
+def test_evaluate_resolves_raw_torchaudio_state_dict(torch_home, tmp_path):
+    """evaluate.py model=emformer_base ckpt=<raw state dict> uses the bundle's tokenizer/stats."""
+    from hydra import compose, initialize_config_dir
+
+    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.models.build import resolve_checkpoint
+
+    raw = tmp_path / "my_finetuned_state_dict.pt"
+    sd = emformer_rnnt_base(num_symbols=4097).state_dict()
+    torch.save(sd, raw)
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["model=emformer_base", f"ckpt={raw}"])
+    rec = resolve_checkpoint(cfg.ckpt, cfg.model)
+    key = "transcriber.output_linear.weight"
+    assert torch.equal(rec.model.state_dict()[key], sd[key])

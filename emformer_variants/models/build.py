@@ -49,7 +49,7 @@ def resolve_checkpoint(ckpt: str, model_cfg: DictConfig) -> Recognizer:
         return load_base(model_cfg)
     obj = _torch_load(__import__("pathlib").Path(ckpt))
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        base_cfg = OmegaConf.to_container(model_cfg.base, resolve=False)
+        base_cfg = OmegaConf.to_container(model_cfg.base, resolve=True)
         if "ckpt" not in base_cfg:
             raise UserError(f"ckpt={ckpt} is a raw state dict; pass model=emformer_base (or a model "
                             "config whose loader takes ckpt) so the tokenizer and stats are known")

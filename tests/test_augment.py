@@ -59,8 +59,9 @@ def test_speed_perturb_lengths():
 
 def test_noise_snr_and_color():
     wave = _speechlike()
-    cfg = AugmentConfig(speed_prob=0.0, reverb_prob=0.0, noise_prob=1.0, snr_db=(10.0, 10.0),
-                        noise_colors=("white",))
+    cfg = AugmentConfig(
+        speed_prob=0.0, reverb_prob=0.0, noise_prob=1.0, snr_db=(10.0, 10.0), noise_colors=("white",)
+    )
     noise = augment(wave, SR, cfg, _gen(0)) - wave
     snr = 10 * torch.log10(wave.pow(2).mean() / noise.pow(2).mean())
     assert abs(float(snr) - 10.0) < 0.01

@@ -54,9 +54,14 @@ def test_austen_sentences(cache_dir, sentences):
 
 
 def test_split_sentences_keeps_titles_together():
-    lines = ["It is Mr. Darcy. He came", "in at last!", "", "Chapter 2", "", "\"No.\" She left."]
-    assert split_sentences(lines) == ["It is Mr. Darcy.", "He came in at last!", "Chapter 2",
-                                      "\"No.\"", "She left."]
+    lines = ["It is Mr. Darcy. He came", "in at last!", "", "Chapter 2", "", '"No." She left.']
+    assert split_sentences(lines) == [
+        "It is Mr. Darcy.",
+        "He came in at last!",
+        "Chapter 2",
+        '"No."',
+        "She left.",
+    ]
 
 
 def test_voices_all_speak():
@@ -82,8 +87,7 @@ def test_corpus_splits_and_audio(tiny_corpus):
     manifests, _ = tiny_corpus
     assert set(manifests) == set(SPLITS)
     utts = {split: read_manifest(path) for split, path in manifests.items()}
-    assert {split: len(u) for split, u in utts.items()} == {
-        "train": 6, "dev": 2, "test": 2, "test_voice": 1}
+    assert {split: len(u) for split, u in utts.items()} == {"train": 6, "dev": 2, "test": 2, "test_voice": 1}
     texts = {split: {u.text for u in us} for split, us in utts.items()}
     assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test_voice"])
     assert not texts["dev"] & texts["test"]
@@ -125,11 +129,12 @@ def test_corpus_deterministic_across_worker_counts(tiny_corpus, tmp_path, cache_
         assert [(u.text, u.speaker) for u in a] == [(u.text, u.speaker) for u in b]
         # Not bit-exact: espeak's pitch flutter phase carries over between calls in a
         # process, and piper samples its own noise. Durations agree closely.
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert abs(x.duration - y.duration) < 0.05 * x.duration
     reseeded = build_synthetic_corpus(tmp_path / "seed1", **TINY, seed=1, workers=1, cache_dir=cache_dir)
     assert [u.text for u in read_manifest(reseeded["train"])] != [
-        u.text for u in read_manifest(manifests["train"])]
+        u.text for u in read_manifest(manifests["train"])
+    ]
 
 
 def test_asterisk(tmp_path, cache_dir):

@@ -34,13 +34,16 @@ SPEAKER = "asterisk-allison"
 FORMAT_VERSION = 2
 _NOTES = re.compile(r"\[[^\]]*\]|\([^)]*\)")
 # Written forms the speaker reads differently (acronyms spelled letter by letter, a typo).
-_SPOKEN = tuple((re.compile(a), b) for a, b in (
-    (r"\bwww\.asterisk\.org\b", "w w w dot asterisk dot org"),
-    (r"\b28\.8\b", "twenty eight point eight"),
-    (r"\bH\.323\b", "H three two three"),
-    (r"\b(PBX|IVR|MGCP|USB|IP)\b", lambda m: " ".join(m.group(1))),
-    (r"\b[Ee]xclaimation\b", "exclamation"),
-))
+_SPOKEN = tuple(
+    (re.compile(a), b)
+    for a, b in (
+        (r"\bwww\.asterisk\.org\b", "w w w dot asterisk dot org"),
+        (r"\b28\.8\b", "twenty eight point eight"),
+        (r"\bH\.323\b", "H three two three"),
+        (r"\b(PBX|IVR|MGCP|USB|IP)\b", lambda m: " ".join(m.group(1))),
+        (r"\b[Ee]xclaimation\b", "exclamation"),
+    )
+)
 
 
 def read_transcripts(path: Path) -> dict[str, str]:
@@ -69,8 +72,9 @@ def decode_g722(path: Path) -> np.ndarray:
     if not frames:
         return np.zeros(0, np.float32)
     if frames[0].sample_rate != SAMPLE_RATE:
-        raise UserError(f"{path}: decoded at {frames[0].sample_rate} Hz, expected 16000; "
-                        "check the PyAV (av) installation")
+        raise UserError(
+            f"{path}: decoded at {frames[0].sample_rate} Hz, expected 16000; check the PyAV (av) installation"
+        )
     pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
     if pcm.dtype == np.int16:
         return pcm.astype(np.float32) / 32768.0
@@ -92,7 +96,9 @@ def build_asterisk(out_dir: Path, cache_dir: Path) -> dict[str, Path]:
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
-            raise UserError(f"{out_dir}: exists but has no valid corpus.json; delete it and rebuild") from None
+            raise UserError(
+                f"{out_dir}: exists but has no valid corpus.json; delete it and rebuild"
+            ) from None
         if meta.get("config", {}).get("format_version") != FORMAT_VERSION:
             raise UserError(f"{meta_path}: built by another version; delete {out_dir} and rebuild")
         return manifests
@@ -103,8 +109,10 @@ def build_asterisk(out_dir: Path, cache_dir: Path) -> dict[str, Path]:
     transcripts_gz = next(text_root.rglob("core-sounds-en.txt.gz"), None)
     sounds = next(audio_root.glob("usr/share/asterisk/sounds/*"), None)
     if transcripts_gz is None or sounds is None:
-        raise UserError(f"{Path(cache_dir) / 'debs'}: {TEXT_PACKAGE}/{AUDIO_PACKAGE} lack the expected "
-                        "files; delete these folders and retry")
+        raise UserError(
+            f"{Path(cache_dir) / 'debs'}: {TEXT_PACKAGE}/{AUDIO_PACKAGE} lack the expected "
+            "files; delete these folders and retry"
+        )
     transcripts = read_transcripts(transcripts_gz)
     files = {p.relative_to(sounds).with_suffix("").as_posix(): p for p in sounds.rglob("*.g722")}
 
@@ -141,16 +149,23 @@ def build_asterisk(out_dir: Path, cache_dir: Path) -> dict[str, Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"[asterisk] {len(utts)} prompts, {hours * 60:.1f} min, built in "
-          f"{time.perf_counter() - start:.1f} s -> {out_dir}", flush=True)
+    print(
+        f"[asterisk] {len(utts)} prompts, {hours * 60:.1f} min, built in "
+        f"{time.perf_counter() - start:.1f} s -> {out_dir}",
+        flush=True,
+    )
     return manifests
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build the Asterisk prompts test set (real speech).")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="downloads (default $EMFORMER_VARIANTS_CACHE or ~/.cache/emformer_variants)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="downloads (default $EMFORMER_VARIANTS_CACHE or ~/.cache/emformer_variants)",
+    )
     args = p.parse_args(argv)
     try:
         manifests = build_asterisk(args.out, args.cache_dir or default_cache_dir())

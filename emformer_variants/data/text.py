@@ -31,9 +31,13 @@ _CACHE_NAME = f"{SENTENCES_VERSION}.txt"
 # Abbreviations after which a period does not end a sentence (Gutenberg spellings).
 _ABBREVIATIONS = {"mr", "mrs", "dr", "st", "messrs", "esq", "col", "capt", "gen", "rev"}
 # Spoken forms, so that the transcript says what a TTS engine reads.
-_EXPANSIONS = ((re.compile(r"\bMrs\b\.?"), "Missus"), (re.compile(r"\bMr\b\.?"), "Mister"),
-               (re.compile(r"\bDr\.", re.I), "Doctor"), (re.compile(r"\bSt\.", re.I), "Saint"),
-               (re.compile(r"\bMessrs\.", re.I), "Messieurs"))
+_EXPANSIONS = (
+    (re.compile(r"\bMrs\b\.?"), "Missus"),
+    (re.compile(r"\bMr\b\.?"), "Mister"),
+    (re.compile(r"\bDr\.", re.I), "Doctor"),
+    (re.compile(r"\bSt\.", re.I), "Saint"),
+    (re.compile(r"\bMessrs\.", re.I), "Messieurs"),
+)
 _BOUNDARY = re.compile(r"[.!?]+[\"')_\]]*\s+")
 _LAST_WORD = re.compile(r"([A-Za-z]+)\W*$")
 # Characters that signal a line the normaliser would mangle or a TTS would misread.
@@ -64,8 +68,7 @@ def fetch_deb(package: str, cache_dir: Path) -> Path:
     debs_dir.mkdir(parents=True, exist_ok=True)
     debs = sorted(debs_dir.glob(f"{package}_*.deb"))
     if not debs:
-        proc = subprocess.run(["apt-get", "download", package], cwd=debs_dir,
-                              capture_output=True, text=True)
+        proc = subprocess.run(["apt-get", "download", package], cwd=debs_dir, capture_output=True, text=True)
         debs = sorted(debs_dir.glob(f"{package}_*.deb"))
         if proc.returncode != 0 or not debs:
             msg = (proc.stderr.strip().splitlines() or ["no .deb written"])[-1]
@@ -118,9 +121,13 @@ def split_sentences(lines: list[str]) -> list[str]:
         start = 0
         for m in _BOUNDARY.finditer(text):
             word = _LAST_WORD.search(text[start : m.start() + 1])
-            if m.group(0).startswith(".") and word and (
-                word.group(1).lower() in _ABBREVIATIONS
-                or (len(word.group(1)) == 1 and word.group(1).isupper() and word.group(1) != "I")
+            if (
+                m.group(0).startswith(".")
+                and word
+                and (
+                    word.group(1).lower() in _ABBREVIATIONS
+                    or (len(word.group(1)) == 1 and word.group(1).isupper() and word.group(1) != "I")
+                )
             ):
                 continue  # "Mr. Darcy", initials
             sentences.append(text[start : m.end()].strip())

@@ -107,21 +107,35 @@ _FLITE_F0 = {"slt": 167.0, "rms": 107.0, "awb": 126.0, "kal16": 95.0}
 def default_voices() -> list[Voice]:
     """Training voices: 18 espeak accent/variant combos, 6 flite, 4 hibari (28 in all)."""
     voices = [
-        Voice(f"espeak-{acc}-{var}-r{rate}-p{pitch}", "espeak",
-              {"voice": f"{_ESPEAK_FILE.get(acc, acc)}+{var}", "rate": rate, "pitch": pitch})
+        Voice(
+            f"espeak-{acc}-{var}-r{rate}-p{pitch}",
+            "espeak",
+            {"voice": f"{_ESPEAK_FILE.get(acc, acc)}+{var}", "rate": rate, "pitch": pitch},
+        )
         for acc, var, rate, pitch in _ESPEAK_COMBOS
     ]
-    for name, rate, pitch in (("slt", 1.0, 1.0), ("rms", 1.0, 1.0), ("awb", 1.0, 1.0),
-                              ("kal16", 1.0, 1.0), ("slt", 0.9, 0.85), ("rms", 1.1, 1.2)):
+    for name, rate, pitch in (
+        ("slt", 1.0, 1.0),
+        ("rms", 1.0, 1.0),
+        ("awb", 1.0, 1.0),
+        ("kal16", 1.0, 1.0),
+        ("slt", 0.9, 0.85),
+        ("rms", 1.1, 1.2),
+    ):
         tag = "" if (rate, pitch) == (1.0, 1.0) else f"-r{rate:g}-p{pitch:g}"
-        voices.append(Voice(f"flite-{name}{tag}", "flite",
-                            {"voice": name, "f0": _FLITE_F0[name], "rate": rate, "pitch": pitch}))
-    for british, rate, pitch in ((False, 1.0, 1.0), (True, 1.0, 1.0),
-                                 (False, 0.95, 0.82), (True, 1.05, 1.1)):
+        voices.append(
+            Voice(
+                f"flite-{name}{tag}",
+                "flite",
+                {"voice": name, "f0": _FLITE_F0[name], "rate": rate, "pitch": pitch},
+            )
+        )
+    for british, rate, pitch in ((False, 1.0, 1.0), (True, 1.0, 1.0), (False, 0.95, 0.82), (True, 1.05, 1.1)):
         acc = "gb" if british else "us"
         tag = "" if (rate, pitch) == (1.0, 1.0) else f"-r{rate:g}-p{pitch:g}"
-        voices.append(Voice(f"hibari-heart-{acc}{tag}", "hibari",
-                            {"british": british, "rate": rate, "pitch": pitch}))
+        voices.append(
+            Voice(f"hibari-heart-{acc}{tag}", "hibari", {"british": british, "rate": rate, "pitch": pitch})
+        )
     return voices
 
 
@@ -150,8 +164,16 @@ class _Espeak:
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CB]
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         data_parent = os.path.dirname(espeakng_loader.get_data_path()).encode()
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_parent, 0)
         if self.sample_rate <= 0:

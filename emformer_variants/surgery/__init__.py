@@ -1,6 +1,7 @@
 """Surgery: registered, in-place module swaps that return a report."""
 
-from emformer_variants.surgery import dense  # noqa: F401  (registers "dense")
+# Importing a surgery module registers it.
+from emformer_variants.surgery import dense, lowrank, mla, moe  # noqa: F401
 from emformer_variants.surgery.registry import (  # noqa: F401
     SurgeryReport,
     apply_surgery_,

@@ -1,0 +1,1 @@
+"""variant=lowrank (being written)."""

@@ -1,0 +1,1 @@
+"""variant=mla (being written)."""

@@ -1,0 +1,1 @@
+"""variant=moe (being written)."""

@@ -81,5 +81,7 @@ def apply_surgery_(rec, spec: dict, init: str = "convert", calibration=None) -> 
     report: SurgeryReport = fn(rec, config, init=init, calibration=calibration)
     report.params_before, report.params_after = before, count_params(rec.model)
     if spec["name"] != "dense":
-        rec.variants.append(spec_from_config(spec["name"], config))
+        # A surgery whose choices depend on data (e.g. per-layer ranks from calibration)
+        # returns the fully resolved spec, so that init="empty" rebuilds the same shapes.
+        rec.variants.append(report.extra.get("resolved_spec") or spec_from_config(spec["name"], config))
     return report

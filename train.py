@@ -54,7 +54,9 @@ def run(cfg: DictConfig) -> dict:
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    spec = OmegaConf.to_container(cfg.variant, resolve=True)
+    variant = OmegaConf.to_container(cfg.variant, resolve=True)
+    # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
+    specs = variant["stack"] if "stack" in variant else [variant]
     resume = _resolve_resume(cfg.ckpt_path, cfg)
 
     dm = hydra.utils.instantiate(cfg.data)
@@ -70,12 +72,17 @@ def run(cfg: DictConfig) -> dict:
     base = copy.deepcopy(rec)
     if cfg.eval.before and cfg.init == "base":
         results["base"] = _evaluate(rec, eval_utts, cfg)
-    report = apply_variant_spec_(rec, spec, init="convert")
-    log.info(report.summary())
-    if spec["name"] != "dense" and cfg.eval.before:
+    dm.bind(rec.features, rec.tokenizer)
+    calibration = None
+    if any(s.get("calibration_batches") or s.get("method") in ("asvd", "whiten")
+           or s.get("init") == "partition" for s in specs):
+        calibration = dm.calibration_batches(cfg.calibration_batches)
+    reports = [apply_variant_spec_(rec, s, init="convert", calibration=calibration) for s in specs]
+    for report in reports:
+        log.info(report.summary())
+    if any(s["name"] != "dense" for s in specs) and cfg.eval.before:
         results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
 
-    dm.bind(rec.features, rec.tokenizer)
     teacher = base if cfg.module.distill.weight > 0 else None
     module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
     ckpt_dir = out_dir / "checkpoints"
@@ -92,14 +99,16 @@ def run(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
 
     final = out_dir / "final.pt"
-    save_recognizer(rec, final, meta={"variant": spec, "steps": trainer.global_step,
-                                      "surgery": report.summary()})
+    save_recognizer(rec, final, meta={"variant": variant, "steps": trainer.global_step,
+                                      "surgery": [r.summary() for r in reports]})
     log.info("saved %s", final)
     if cfg.eval.after:
         results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "final": str(final), "steps": trainer.global_step,
-               "surgery": {"replaced": len(report.replaced), "params_before": report.params_before,
-                           "params_after": report.params_after}}
+               "surgery": [{"name": r.name, "replaced": len(r.replaced),
+                            "params_before": r.params_before, "params_after": r.params_after,
+                            **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}
+                           for r in reports]}
     write_json_atomic(out_dir / "metrics.json", summary)
     if results:
         print(metrics_table(results))

@@ -112,7 +112,7 @@ def test_full_rank_reproduces_base(base, calib, method):
 def test_output_error_shrinks_as_rank_grows(base, calib, method):
     want = outputs(base)
     errors = []
-    for r in (4, 16, 32, 48):
+    for r in (4, 24, 48):
         rec, _ = lowrank(base, calib, rank=r, method=method, skip_if_not_smaller=False)
         got = outputs(rec)
         errors.append(max(rel_err(got[k], want[k]) for k in ("transcribe", "streaming")))
@@ -170,7 +170,7 @@ def test_energy_picks_smallest_rank_keeping_the_energy(base):
     _, report = lowrank(base, energy=0.9, skip_if_not_smaller=False)
     for k, info in report.extra["layers"].items():
         assert info["energy_kept"] >= 0.9
-        w = base.model.get_submodule(k).weight.double()
+        w = base.model.get_submodule(k).weight.detach().double()
         s2 = torch.linalg.svdvals(w).square()
         assert float(s2[:info["rank"] - 1].sum() / s2.sum()) < 0.9, k
 
@@ -189,7 +189,8 @@ def test_skip_if_not_smaller_reports_the_layers_left_dense(base):
 
 # ---------------------------------------------------------------- FLOPs
 
-def _last_chunk_flops(model, arch, chunks=9) -> int:
+def _last_chunk_flops(model, arch, chunks=4) -> int:
+    """Left context (8 frames) and memory (2) are full from chunk index 2 on."""
     g = torch.Generator().manual_seed(3)
     frames = arch["segment_length"] + arch["right_context_length"]
     state, n = None, 0
@@ -237,9 +238,9 @@ def test_variant_yaml_cuts_base_encoder_flops_by_30_percent(name):
 # ---------------------------------------------------------------- checkpoints
 
 def test_checkpoint_round_trip_rebuilds_the_same_ranks(base, calib, tmp_path):
-    rec, report = lowrank(base, calib, targets=["ffn", "attention", "joiner"], budget=0.5,
-                          budget_metric="params", method="asvd", skip_if_not_smaller=True)
-    assert "never runs" not in str(report)  # joiner excluded below would raise; see bad settings
+    # Data-dependent ranks (whitened spectra + global budget): only the recorded ranks can
+    # rebuild them, since load_recognizer has no calibration data.
+    rec, report = lowrank(base, calib, budget=0.5, budget_metric="params", method="whiten")
     spec = rec.variants[-1]
     assert spec == report.extra["resolved_spec"] and spec["ranks"] == report.extra["ranks"]
     path = tmp_path / "lowrank.pt"
@@ -260,7 +261,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_ranks(base, calib, tmp_path):
     ({"targets": ["fnn"], "rank": 4}, r"variant.targets: unknown group 'fnn'"),
     ({"targets": ["transcriber.nothing.*"], "rank": 4}, r"variant.targets: .* matches no nn.Linear"),
     ({"rank": 65}, r"variant.rank=65 exceeds .* max is 64"),
-    ({"targets": ["joiner"], "rank": 33}, r"variant.rank=33 .* max is 32"),
+    ({"targets": ["joiner"], "rank": 64}, r"variant.rank=64 .* joiner.linear; max is \d+"),
     ({"rank": 4, "ratio": 0.5}, r"exactly one of rank, ratio, energy, budget"),
     ({}, r"exactly one of rank, ratio, energy, budget"),
     ({"ratio": 1.5}, r"variant.ratio=1.5 must be a number in \(0, 1\]"),

@@ -119,6 +119,23 @@ class ASRDataModule(L.LightningDataModule):
             self.val_set = UtteranceDataset(dev, self.features, self.tokenizer, None, self.seed,
                                             self.skip_bad)
 
+    def calibration_batches(self, num_batches: int = 8, batch_size: int = 8) -> list[tuple]:
+        """(features (B, T, F), lengths (B,)) batches of un-augmented training audio, chosen
+        deterministically; used by activation-aware surgery (ASVD, whitening, MoE partition)."""
+        import random
+
+        if self.features is None:
+            raise RuntimeError("ASRDataModule.bind(features, tokenizer) must be called first")
+        utts = [u for u in self.utterances(self.train_split) if u.duration <= self.max_train_seconds]
+        chosen = random.Random(self.seed).sample(utts, min(len(utts), num_batches * batch_size))
+        dataset = UtteranceDataset(chosen, self.features, self.tokenizer, None, self.seed, self.skip_bad)
+        batches = []
+        for start in range(0, len(chosen), batch_size):
+            batch = collate([dataset[i] for i in range(start, min(len(chosen), start + batch_size))])
+            if batch["features"].shape[0]:
+                batches.append((batch["features"], batch["feature_lengths"]))
+        return batches
+
     def _ddp(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         if trainer is None:

@@ -31,7 +31,7 @@ class SyntheticSource:
     """TTS voices reading Jane Austen sentences (built once, cached, deterministic)."""
 
     num_train: int = 2000
-    num_dev: int = 100
+    num_dev: int = 200
     num_test: int = 200
     num_test_voice: int = 100
     seed: int = 0

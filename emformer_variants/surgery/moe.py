@@ -349,7 +349,8 @@ def partition_neurons(hidden: torch.Tensor, num_experts: int, d_ff: int,
         if assign is not None and torch.equal(new, assign):
             break
         assign = new
-        cent = F.normalize(torch.stack([feats[assign == e].mean(0) for e in range(num_experts)]), dim=1)
+        onehot = F.one_hot(assign, num_experts).to(feats.dtype)  # (F, E)
+        cent = F.normalize(onehot.t() @ feats, dim=1)  # mean direction of each group
     sim = feats @ cent.t()
     rows = []
     for e in range(num_experts):

@@ -210,25 +210,26 @@ def test_analytic_flops_match_flop_counter(base_rec, absorb):
 
 @pytest.mark.slow
 def test_base_arch_state_bytes():
-    """emformer_base_arch (D = 512, L = 30, 20 layers), random weights: per-stream state."""
-    torch.manual_seed(0)
-    arch = emformer_base_arch(4097)
+    """emformer_base_arch (D = 512, L = 30, 20 layers), random weights, conf/variant/mla.yaml:
+    per-stream state 2,457,680 -> 307,280 bytes (K/V cache 2D -> r = D/4 floats per frame)."""
+    import types
+
+    import yaml
     from torchaudio.models import emformer_rnnt_model
 
-    model = emformer_rnnt_model(**arch).eval()
+    from emformer_variants.cli import PROJECT_ROOT
+
+    torch.manual_seed(0)
+    arch = emformer_base_arch(4097)
+    rec = types.SimpleNamespace(model=emformer_rnnt_model(**arch).eval(), arch=arch, variants=[])
     x = torch.randn(1, 8 * SEG + RC, 80)
 
-    def run(m):
-        state = None
-        with torch.no_grad():
-            for k in range(8):
-                _, _, state = m.transcribe_streaming(x[:, k * SEG:k * SEG + SEG + RC],
-                                                     torch.tensor([SEG + RC]), state)
-        return tensor_bytes(state)
+    def state_bytes() -> int:
+        return tensor_bytes(stream(rec, x, 8)[1])
 
-    before = run(model)
-    layers = model.transcriber.transformer.emformer_layers
-    for i, layer in enumerate(layers):
-        layers[i] = MLAEmformerLayer.from_layer(layer, MLAAttention.from_attention(layer.attention, 128))
-    after = run(model)
-    assert before == 20 * (2 * 30 * 512 * 4 + 4) and after == 20 * (30 * 128 * 4 + 4)
+    before = state_bytes()
+    apply_surgery_(rec, yaml.safe_load((PROJECT_ROOT / "conf/variant/mla.yaml").read_text()))
+    after = state_bytes()
+    layers, lc, d, r, past_length = 20, 30, 512, 128, 4
+    assert before == layers * (2 * lc * d * 4 + past_length) == 2_457_680
+    assert after == layers * (lc * r * 4 + past_length) == 307_280

@@ -137,6 +137,7 @@ def test_gradients_reach_router_and_experts():
     moe(torch.randn(20, 12))
     sum(collect_moe_losses(moe).values()).backward()
     assert moe.router.weight.grad.abs().sum() > 0
+    assert copy.deepcopy(moe).last_aux_loss is None  # graph telemetry is not copied
 
 
 def test_aux_losses_finite_and_minimal_at_uniform_routing():

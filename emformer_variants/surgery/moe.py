@@ -202,6 +202,14 @@ class MoEFeedForward(nn.Module):
         self.last_load: torch.Tensor | None = None
         self.last_entropy: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        # Telemetry of a training forward holds graph tensors, which cannot be deep-copied
+        # or pickled (copy.deepcopy of the model for a teacher/EMA, DDP spawn).
+        state = self.__dict__.copy()
+        for key in ("last_aux_loss", "last_z_loss", "last_load", "last_entropy"):
+            state[key] = None
+        return state
+
     def active_param_count(self) -> int:
         """Parameters one token uses: the router plus K experts."""
         per_expert = (self.w1[0].numel() + self.b1[0].numel() + self.w2[0].numel()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -91,7 +90,8 @@ class LowRankConfig:
                     "fqn glob pattern such as 'transcriber.transformer.emformer_layers.*.pos_ff.1'")
         chosen = [k for k in ("rank", "ratio", "energy", "budget") if getattr(self, k) is not None]
         if self.ranks is None and len(chosen) != 1:
-            raise ValueError(f"variant: set exactly one of rank, ratio, energy, budget (got {chosen or 'none'})")
+            raise ValueError("variant: set exactly one of rank, ratio, energy, budget "
+                             f"(got {chosen or 'none'})")
         if self.ranks is not None and len(chosen) > 1:
             raise ValueError(f"variant: set at most one of rank, ratio, energy, budget (got {chosen})")
         if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int)
@@ -102,7 +102,8 @@ class LowRankConfig:
             if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
                 raise ValueError(f"variant.{key}={v!r} must be a number in (0, 1]")
         if self.budget_metric not in BUDGET_METRICS:
-            raise ValueError(f"variant.budget_metric={self.budget_metric!r}: choose one of {list(BUDGET_METRICS)}")
+            raise ValueError(f"variant.budget_metric={self.budget_metric!r}: choose one of "
+                             f"{list(BUDGET_METRICS)}")
         if self.method not in METHODS:
             raise ValueError(f"variant.method={self.method!r}: choose one of {list(METHODS)}")
         if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
@@ -110,7 +111,8 @@ class LowRankConfig:
         if isinstance(self.min_rank, bool) or not isinstance(self.min_rank, int) or self.min_rank < 1:
             raise ValueError(f"variant.min_rank={self.min_rank!r} must be an integer >= 1")
         if not isinstance(self.skip_if_not_smaller, bool):
-            raise ValueError(f"variant.skip_if_not_smaller={self.skip_if_not_smaller!r} must be true or false")
+            raise ValueError(f"variant.skip_if_not_smaller={self.skip_if_not_smaller!r} must be "
+                             "true or false")
         if self.ranks is not None:
             ranks = dict(self.ranks)
             for k, v in ranks.items():
@@ -303,7 +305,8 @@ def analytic_encoder_flops_delta(arch: dict, ranks: dict[str, int] | LowRankConf
         if g is None:
             raise ValueError(f"{fqn!r} is not a linear of this architecture")
         if g.rows_per_chunk is not None:
-            delta += 2 * g.rows_per_chunk * (r * (g.in_features + g.out_features) - g.in_features * g.out_features)
+            n_in, n_out = g.in_features, g.out_features
+            delta += 2 * g.rows_per_chunk * (r * (n_in + n_out) - n_in * n_out)
     return delta
 
 

@@ -20,7 +20,7 @@ from emformer_variants.errors import UserError
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
-from emformer_variants.surgery import apply_variant_spec_
+from emformer_variants.surgery import apply_variant_spec_, config_from_spec
 
 log = logging.getLogger("train")
 
@@ -57,6 +57,8 @@ def run(cfg: DictConfig) -> dict:
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
     specs = variant["stack"] if "stack" in variant else [variant]
+    for s in specs:  # field-level validation before any data or model work
+        config_from_spec(s)
     resume = _resolve_resume(cfg.ckpt_path, cfg)
 
     dm = hydra.utils.instantiate(cfg.data)
@@ -68,18 +70,23 @@ def run(cfg: DictConfig) -> dict:
         raise UserError(f"init={cfg.init}: choose base or scratch")
     eval_utts = dm.utterances(cfg.eval.split)[: cfg.eval.max_utterances]
 
-    results: dict[str, dict] = {}
-    base = copy.deepcopy(rec)
-    if cfg.eval.before and cfg.init == "base":
-        results["base"] = _evaluate(rec, eval_utts, cfg)
+    # Surgery first, on a copy: every bad setting is rejected before any evaluation or
+    # training starts; the untouched base is kept for the "before" row and distillation.
+    base = rec
+    rec = copy.deepcopy(base)
     dm.bind(rec.features, rec.tokenizer)
     calibration = None
     if any(s.get("calibration_batches") or s.get("method") in ("asvd", "whiten")
            or s.get("init") == "partition" for s in specs):
-        calibration = dm.calibration_batches(cfg.calibration_batches)
+        num = max([s.get("calibration_batches") or 0 for s in specs] + [cfg.calibration_batches])
+        calibration = dm.calibration_batches(num)
     reports = [apply_variant_spec_(rec, s, init="convert", calibration=calibration) for s in specs]
     for report in reports:
         log.info(report.summary())
+
+    results: dict[str, dict] = {}
+    if cfg.eval.before and cfg.init == "base":
+        results["base"] = _evaluate(base, eval_utts, cfg)
     if any(s["name"] != "dense" for s in specs) and cfg.eval.before:
         results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
 

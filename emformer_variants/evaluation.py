@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 def measure_flops(rec, wave: torch.Tensor, beam: int) -> dict:
     """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
     encoder alone, with the analytic encoder count beside it as a cross-check."""
-    from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops, measured_flops
+    from emformer_variants.metrics.flops import measured_flops
+    from emformer_variants.surgery.analytic import analytic_encoder_flops
 
     search = make_beam_search(rec)
     audio_s = wave.numel() / rec.features.cfg.sample_rate
@@ -55,11 +56,47 @@ def measure_flops(rec, wave: torch.Tensor, beam: int) -> dict:
         "gflops_per_audio_s": total / audio_s / 1e9,
         "gflops_per_audio_s_encoder": enc_flops / audio_s / 1e9,
     }
-    if not rec.variants:  # variants bring their own analytic counts (surgery reports)
-        analytic = sum(analytic_emformer_rnnt_flops(rec.arch, chunk_index=k)["encoder"]
-                       for k in range(num_chunks))
-        out["gflops_per_audio_s_encoder_analytic"] = analytic / audio_s / 1e9
+    counts = [analytic_encoder_flops(rec.arch, rec.variants, chunk_index=k) for k in range(num_chunks)]
+    if all(c is not None for c in counts):  # None: overlapping surgeries, no analytic count
+        out["gflops_per_audio_s_encoder_analytic"] = sum(counts) / audio_s / 1e9
     return out
+
+
+class RouterTelemetry:
+    """Accumulates MoE router load (per layer, per expert) and entropy over every chunk
+    decoded while active; ``summary()`` gives evaluation's flat keys."""
+
+    def __init__(self, model: torch.nn.Module):
+        from emformer_variants.surgery.moe import moe_modules
+
+        self.modules = moe_modules(model)
+        self.load = [torch.zeros(0) for _ in self.modules]
+        self.entropy = [0.0 for _ in self.modules]
+        self.calls = 0
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            load = module.last_load.float()
+            self.load[i] = load if self.load[i].numel() == 0 else self.load[i] + load
+            self.entropy[i] += float(module.last_entropy)
+            if i == 0:
+                self.calls += 1
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def summary(self) -> dict:
+        if not self.modules or self.calls == 0:
+            return {}
+        loads = [(x / x.sum()) for x in self.load]
+        return {
+            "moe_load_max_mean": float(sum(x.max() for x in loads) / len(loads)),
+            "moe_router_entropy_mean": sum(self.entropy) / (len(self.entropy) * self.calls),
+            "moe_load_per_layer": [[round(float(v), 4) for v in x] for x in loads],
+        }
 
 
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
@@ -74,6 +111,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     chunk_ms, feat_ms, enc_ms, dec_ms, ttfts, rtfs = [], [], [], [], [], []
     state_bytes, compute_s, audio_s, skipped = 0, 0.0, 0.0, []
     warmed = False
+    telemetry = RouterTelemetry(rec.model)
     t_start = time.perf_counter()
     for i, utt in enumerate(utts):
         try:
@@ -128,6 +166,8 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         "beam": beam, "threads": torch.get_num_threads(),
         "ref_words": rates["ref_words"],
     }
+    telemetry.close()
+    metrics.update(telemetry.summary())
     if flops:
         first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
         metrics.update(measure_flops(rec, first[: 16000 * 8], beam))

@@ -16,6 +16,7 @@ from emformer_variants.decoding import decode_full, make_beam_search
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.wer import error_rates
 from emformer_variants.models.recognizer import Recognizer, recognizer_payload
+from emformer_variants.surgery.moe import collect_moe_losses, collect_router_stats
 
 
 class SpecAugment(torch.nn.Module):
@@ -90,6 +91,10 @@ class RNNTModule(L.LightningModule):
         logits, _, _ = model.join(enc, enc_lengths, pred, pred_lengths)  # (B, T', U+1, V)
         losses = {"rnnt": self._rnnt_loss(logits, targets, enc_lengths.int(), target_lengths)}
         total = losses["rnnt"]
+        if augment:  # training: MoE load-balancing and router z-losses (already weighted)
+            for name, value in collect_moe_losses(model).items():
+                losses[name] = value
+                total = total + value
         if self.ctc_head is not None and augment:
             log_probs = self.ctc_head(enc).float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
             losses["ctc"] = torch.nn.functional.ctc_loss(
@@ -128,8 +133,11 @@ class RNNTModule(L.LightningModule):
         self.bad_batches_in_a_row = 0
         bs = batch["features"].shape[0]
         for name, value in losses.items():
-            self.log(f"train/{name}" if name != "loss" else "train/loss", value.detach(),
-                     prog_bar=name == "loss", batch_size=bs)
+            self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
+        if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+            for name, value in collect_router_stats(self.recognizer.model).items():
+                if not name.split("/")[-1].startswith("load") or name.endswith("load_max"):
+                    self.log(f"train/{name}", value, batch_size=bs)
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:

@@ -65,3 +65,32 @@ def run_cli(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600,
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([sys.executable, str(ROOT / script), *overrides], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------- tiny in-memory models
+
+TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two daughters"]
+SEG, RC = 16, 4  # feature frames per streaming chunk (before time reduction)
+
+
+def tiny_arch(**kw) -> dict:
+    """emformer_rnnt_model kwargs for a test-size model: D = 16 x 4 = 64, FFN 64, 2 layers."""
+    from emformer_variants.metrics.flops import emformer_base_arch
+
+    arch = dict(emformer_base_arch(None), time_reduction_input_dim=16, transformer_num_layers=2,
+                transformer_ffn_dim=64, transformer_num_heads=2, encoding_dim=32,
+                symbol_embedding_dim=32, num_lstm_layers=1, transformer_left_context_length=8)
+    arch.update(kw)
+    return arch
+
+
+def make_tiny_rec(seed: int = 0, **arch_kw):
+    """A model the project never saw: random weights (fixed seed), random global stats."""
+    from emformer_variants.models.features import FeatureConfig
+    from emformer_variants.models.recognizer import Recognizer
+    from emformer_variants.models.tokenizer import train_tokenizer
+
+    torch.manual_seed(seed)
+    rec = Recognizer(tiny_arch(**arch_kw), FeatureConfig(), train_tokenizer(TEXTS * 5),
+                     torch.randn(80), torch.rand(80) + 0.5)
+    return rec.eval()

@@ -9,28 +9,15 @@ import torch
 from torchaudio.models import emformer_rnnt_base
 
 from emformer_variants.errors import UserError
-from emformer_variants.metrics.flops import emformer_base_arch
 from emformer_variants.models.features import FeatureConfig
 from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
 from emformer_variants.models.tokenizer import train_tokenizer
-
-TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two daughters"]
-
-
-def tiny_arch(**kw) -> dict:
-    arch = dict(emformer_base_arch(None), time_reduction_input_dim=16, transformer_num_layers=2,
-                transformer_ffn_dim=64, transformer_num_heads=2, encoding_dim=32,
-                symbol_embedding_dim=32, num_lstm_layers=1, transformer_left_context_length=8)
-    arch.update(kw)
-    return arch
+from tests.conftest import TEXTS, make_tiny_rec, tiny_arch
 
 
 @pytest.fixture()
 def tiny_rec() -> Recognizer:
-    torch.manual_seed(0)
-    rec = Recognizer(tiny_arch(), FeatureConfig(), train_tokenizer(TEXTS * 5),
-                     torch.randn(80), torch.rand(80) + 0.5)
-    return rec.eval()
+    return make_tiny_rec()
 
 
 def test_char_tokenizer_covers_alphabet_and_round_trips():

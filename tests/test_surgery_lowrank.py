@@ -28,22 +28,18 @@ from emformer_variants.surgery.lowrank import (
     analytic_encoder_flops_delta,
     linear_geometry,
 )
+from tests.conftest import RC, SEG, TEXTS
+from tests.conftest import tiny_arch as conftest_tiny_arch
 
 ROOT = Path(__file__).resolve().parent.parent
-TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two daughters"]
 ALL_GROUPS = ["ffn", "attention", "encoder_io", "predictor", "lstm", "joiner"]
 ENCODER_GROUPS = ["ffn", "attention", "encoder_io"]
-SEG, RC = 16, 4
 
 
 def tiny_arch(**kw) -> dict:
     # D = 16 x 4 = 64, FFN 96: square and non-square linears, ranks up to 64.
-    arch = dict(emformer_base_arch(None), time_reduction_input_dim=16, transformer_num_layers=2,
-                transformer_ffn_dim=96, transformer_num_heads=2, encoding_dim=32,
-                symbol_embedding_dim=32, num_lstm_layers=1, transformer_left_context_length=8,
-                transformer_dropout=0.0, lstm_dropout=0.0)
-    arch.update(kw)
-    return arch
+    return conftest_tiny_arch(**{"transformer_ffn_dim": 96, "transformer_dropout": 0.0,
+                                 "lstm_dropout": 0.0, **kw})
 
 
 def make_rec(**kw) -> Recognizer:

@@ -11,9 +11,7 @@ import torch
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops, emformer_base_arch, measured_flops
 from emformer_variants.metrics.memory import tensor_bytes
-from emformer_variants.models.features import FeatureConfig
 from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
-from emformer_variants.models.tokenizer import train_tokenizer
 from emformer_variants.surgery import apply_surgery_, config_from_spec
 from emformer_variants.surgery.mla import (
     MLAAttention,
@@ -21,24 +19,13 @@ from emformer_variants.surgery.mla import (
     MLAEmformerLayer,
     analytic_encoder_flops_delta,
 )
+from tests.conftest import RC, SEG, make_tiny_rec
 
-TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two daughters"]
-SEG, RC = 16, 4  # feature frames per chunk (before time reduction)
 D = 64  # tiny model width: time_reduction_input_dim 16 x stride 4
 
 
-def tiny_arch(**kw) -> dict:
-    arch = dict(emformer_base_arch(None), time_reduction_input_dim=16, transformer_num_layers=2,
-                transformer_ffn_dim=64, transformer_num_heads=2, encoding_dim=32,
-                symbol_embedding_dim=32, num_lstm_layers=1, transformer_left_context_length=8)
-    arch.update(kw)
-    return arch
-
-
 def make_rec(**kw) -> Recognizer:
-    torch.manual_seed(0)
-    rec = Recognizer(tiny_arch(**kw), FeatureConfig(), train_tokenizer(TEXTS * 5),
-                     torch.randn(80), torch.rand(80) + 0.5)
+    rec = make_tiny_rec(**kw)
     with torch.no_grad():  # a non-zero key/value bias, so dropping/folding it is tested
         for layer in rec.model.transcriber.transformer.emformer_layers:
             layer.attention.emb_to_key_value.bias.normal_()

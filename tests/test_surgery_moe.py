@@ -10,13 +10,10 @@ import torch
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import (
     analytic_emformer_rnnt_flops,
-    emformer_base_arch,
     measured_flops,
 )
 from emformer_variants.metrics.params import count_params
-from emformer_variants.models.features import FeatureConfig
 from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
-from emformer_variants.models.tokenizer import train_tokenizer
 from emformer_variants.surgery import apply_surgery_
 from emformer_variants.surgery.moe import (
     MoEConfig,
@@ -25,20 +22,12 @@ from emformer_variants.surgery.moe import (
     collect_moe_losses,
     collect_router_stats,
 )
-
-TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two daughters"]
-SEG, RC = 16, 4
+from tests.conftest import RC, SEG, make_tiny_rec
 
 
 def tiny_rec(seed: int = 0) -> Recognizer:
     """A model the project never saw: random weights, D = 64, F = 64, 2 layers."""
-    torch.manual_seed(seed)
-    arch = dict(emformer_base_arch(None), time_reduction_input_dim=16, transformer_num_layers=2,
-                transformer_ffn_dim=64, transformer_num_heads=2, encoding_dim=32,
-                symbol_embedding_dim=32, num_lstm_layers=1, transformer_left_context_length=8)
-    rec = Recognizer(arch, FeatureConfig(), train_tokenizer(TEXTS * 5), torch.randn(80),
-                     torch.rand(80) + 0.5)
-    return rec.eval()
+    return make_tiny_rec(seed)
 
 
 def calibration(n: int = 3, seed: int = 1) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,9 @@ from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("EMFORMER_VARIANTS_CACHE", Path.cwd() / "cache"))
-
-
 def _cache(cache_dir: str | None) -> Path:
+    from emformer_variants.data.text import default_cache_dir
+
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from emformer_variants.cli import one_line_errors
 from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
-from emformer_variants.data.text import default_cache_dir, fetch_deb
+from emformer_variants.data.text import add_cache_dir_argument, default_cache_dir, fetch_deb
 from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
 
@@ -157,21 +158,13 @@ def build_asterisk(out_dir: Path, cache_dir: Path) -> dict[str, Path]:
     return manifests
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build the Asterisk prompts test set (real speech).")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="downloads (default $EMFORMER_VARIANTS_CACHE or ~/.cache/emformer_variants)",
-    )
+    add_cache_dir_argument(p)
     args = p.parse_args(argv)
-    try:
-        manifests = build_asterisk(args.out, args.cache_dir or default_cache_dir())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    manifests = build_asterisk(args.out, args.cache_dir or default_cache_dir())
     print(f"test: {manifests['test']} ({len(read_manifest(manifests['test']))} utterances)")
     return 0
 

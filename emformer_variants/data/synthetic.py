@@ -35,8 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from emformer_variants.cli import one_line_errors
 from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
-from emformer_variants.data.text import SENTENCES_VERSION, default_cache_dir, load_austen_sentences
+from emformer_variants.data.text import (
+    SENTENCES_VERSION,
+    add_cache_dir_argument,
+    default_cache_dir,
+    load_austen_sentences,
+)
 from emformer_variants.data.tts import Voice, default_voices, held_out_voice, synthesize
 from emformer_variants.errors import UserError
 
@@ -311,6 +317,7 @@ def build_synthetic_corpus(
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="corpus folder to create")
@@ -320,27 +327,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-test-voice", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="downloads + sentence cache (default $EMFORMER_VARIANTS_CACHE or ~/.cache)",
-    )
+    add_cache_dir_argument(p)
     args = p.parse_args(argv)
-    try:
-        manifests = build_synthetic_corpus(
-            args.out,
-            num_train=args.num_train,
-            num_dev=args.num_dev,
-            num_test=args.num_test,
-            num_test_voice=args.num_test_voice,
-            seed=args.seed,
-            workers=args.workers,
-            cache_dir=args.cache_dir or default_cache_dir(),
-        )
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    manifests = build_synthetic_corpus(
+        args.out,
+        num_train=args.num_train,
+        num_dev=args.num_dev,
+        num_test=args.num_test,
+        num_test_voice=args.num_test_voice,
+        seed=args.seed,
+        workers=args.workers,
+        cache_dir=args.cache_dir or default_cache_dir(),
+    )
     for split, path in manifests.items():
         print(f"{split}: {path} ({len(read_manifest(path))} utterances)")
     return 0

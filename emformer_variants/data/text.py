@@ -44,6 +44,13 @@ _LAST_WORD = re.compile(r"([A-Za-z]+)\W*$")
 _REJECT = re.compile(r"[0-9&\[\]{}<>|@$%#*=+~^\\]")
 
 
+def add_cache_dir_argument(parser) -> None:
+    """``--cache-dir`` for the corpus-building CLIs (downloads + text caches)."""
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="downloads and text caches (default $EMFORMER_VARIANTS_CACHE or "
+                             "~/.cache/emformer_variants)")
+
+
 def default_cache_dir() -> Path:
     """``$EMFORMER_VARIANTS_CACHE``, else ``~/.cache/emformer_variants``: downloads, text caches."""
     env = os.environ.get("EMFORMER_VARIANTS_CACHE")

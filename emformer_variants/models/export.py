@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emformer_variants.errors import UserError
+from emformer_variants.cli import one_line_errors
 from emformer_variants.models.recognizer import load_recognizer, save_recognizer
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src")
@@ -23,12 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     parser.add_argument("--note", default="", help="free text stored in the checkpoint's meta")
     args = parser.parse_args(argv)
-    try:
-        rec = load_recognizer(args.src)
-        save_recognizer(rec, args.dst, meta={"source": args.src, "note": args.note}, half=not args.fp32)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rec = load_recognizer(args.src)
+    save_recognizer(rec, args.dst, meta={"source": args.src, "note": args.note}, half=not args.fp32)
     print(f"wrote {args.dst}")
     return 0
 

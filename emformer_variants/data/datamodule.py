@@ -31,7 +31,7 @@ def validate_utterances(utts: list[Utterance], split: str, skip_bad: bool
                        "fix the text or set data.skip_bad=true")
         else:
             try:
-                dur = u.duration if u.duration > 0 else audio_duration(u.audio)
+                dur = audio_duration(u.audio)  # header only: catches missing/corrupt files early
                 u = Utterance(u.audio, u.text, dur, u.speaker)
             except UserError as e:
                 problem = f"{e} (or set data.skip_bad=true)"

@@ -116,3 +116,15 @@ def test_folder_without_metadata_is_rejected(trained, tmp_path):
                    f"data.path={tmp_path / 'empty'}", f"paths.output_dir={tmp_path / 'e'}")
     assert proc.returncode == 2
     assert "metadata.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_wandb_logger_offline(mini_corpus, tmp_path):
+    """logger=wandb works with no server and nothing else set (offline by default)."""
+    out = tmp_path / "run"
+    proc = run_cli("train.py", "data=manifest", f"data.root={mini_corpus}", "init=scratch", *TINY_ARCH,
+                   "trainer.max_steps=1", "trainer.val_check_interval=1", "eval.after=false",
+                   "logger=wandb", f"paths.output_dir={out}", "trainer.enable_progress_bar=false",
+                   env={"WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list(out.glob("wandb/offline-run-*"))
+    assert runs, list(out.rglob("*"))[:20]

@@ -45,7 +45,8 @@ def collect(dirs: list[Path]) -> list[dict]:
             for row, m in data["results"].items():
                 rows.append({"run": run, "row": row, "variant": data.get("variant_name", ""), **m})
         else:  # evaluate.py
-            rows.append({"run": run, "row": "evaluate", "variant": _variant_name(data.get("variants", [])),
+            name = _variant_name(data.get("variants", []))
+            rows.append({"run": run, "row": "evaluate", "variant": name,
                          **data})
     return rows
 

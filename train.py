@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> dict:
     log.info("saved %s", final)
     if cfg.eval.after:
         results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
-    summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split, "final": str(final), "steps": trainer.global_step,
+    summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
+               "final": str(final), "steps": trainer.global_step,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,
                             **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}

@@ -5,7 +5,6 @@ Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import lightning as L
@@ -187,10 +186,3 @@ class RNNTModule(L.LightningModule):
         if self.teacher is not None:
             for k, v in self.teacher.state_dict().items():
                 checkpoint["state_dict"].setdefault(f"teacher.{k}", v)
-
-    def state_dict_for_export(self) -> dict:
-        return self.recognizer.state_dict()
-
-
-def is_finite_number(x) -> bool:
-    return x is not None and math.isfinite(float(x))

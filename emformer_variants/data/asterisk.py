@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from emformer_variants.cli import one_line_errors
-from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
+from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
 from emformer_variants.data.text import add_cache_dir_argument, default_cache_dir, fetch_deb
 from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
@@ -140,13 +140,7 @@ def build_asterisk(out_dir: Path, cache_dir: Path) -> dict[str, Path]:
             "stats": {"test": {"utterances": len(utts), "hours": round(hours, 4), "speakers": 1}},
             "dropped": sorted(set(files) - {Path(u.audio).stem.replace("__", "/") for u in utts}),
         }
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not (out_dir / "corpus.json").is_file():  # not a concurrent build that won
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_corpus(tmp, out_dir, meta, lambda: (out_dir / "corpus.json").is_file())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

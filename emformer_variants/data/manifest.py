@@ -61,3 +61,22 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                     f"{path}:{lineno}: bad manifest line ({e}); each line needs audio, text, duration"
                 ) from None
     return out
+
+
+def publish_corpus(tmp: str | Path, out_dir: str | Path, meta: dict, built_by_other) -> None:
+    """Finish a corpus build: write ``corpus.json`` into the temporary folder ``tmp``, then
+    rename it to ``out_dir`` in one step, so a half-built corpus is never visible.
+
+    If ``out_dir`` appeared meanwhile and ``built_by_other()`` says it is a complete build
+    (a concurrent process won the race), ``tmp`` is dropped instead.
+    """
+    import shutil
+
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if not built_by_other():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from emformer_variants.cli import one_line_errors
-from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
+from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
 from emformer_variants.data.text import (
     SENTENCES_VERSION,
     add_cache_dir_argument,
@@ -299,13 +299,7 @@ def build_synthetic_corpus(
             }
         elapsed = time.perf_counter() - start
         meta = {"config": config, "stats": stats, "build_seconds": round(elapsed, 1)}
-        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if _existing(out_dir, config) is None:  # not a concurrent identical build
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_corpus(tmp, out_dir, meta, lambda: _existing(out_dir, config) is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -83,6 +83,8 @@ def run(cfg: DictConfig) -> dict:
     reports = [apply_variant_spec_(rec, s, init="convert", calibration=calibration) for s in specs]
     for report in reports:
         log.info(report.summary())
+    if any(s["name"] != "dense" for s in specs):  # the variant before fine-tuning, for evaluate.py
+        save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0})
 
     results: dict[str, dict] = {}
     if cfg.eval.before and cfg.init == "base":

@@ -55,6 +55,14 @@ def test_variant_fine_tunes_and_reloads(variant, extra, mini_corpus, base_ckpt, 
     if "gflops_per_audio_s_encoder_analytic" in metrics:
         ratio = metrics["gflops_per_audio_s_encoder"] / metrics["gflops_per_audio_s_encoder_analytic"]
         assert 0.98 < ratio < 1.02, ratio
+    assert (out / "surgery.pt").is_file()
+    if variant == "mla":  # the variant before fine-tuning reloads to the after-surgery row
+        ev = tmp_path / "ev_surgery"
+        proc = run_cli("evaluate.py", f"ckpt={out / 'surgery.pt'}", "data=manifest",
+                       f"data.root={mini_corpus}", "beam=2", "flops=false", f"paths.output_dir={ev}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        before = json.loads((ev / "metrics.json").read_text())
+        assert before["wer"] == pytest.approx(summary["results"]["after_surgery"]["wer"])
     if variant.startswith("moe"):
         assert metrics["params_active"] < metrics["params_total"]
         assert "moe_router_entropy_mean" in metrics

@@ -19,7 +19,7 @@ _BAD_KEY = re.compile(r"Could not override '([^']+)'")
 _MISSING_GROUP = re.compile(r"Could not find '([^'/]+)/")
 
 
-def _close_keys(cfg: DictConfig, key: str) -> list[str]:
+def close_keys(cfg: DictConfig, key: str) -> list[str]:
     """Existing keys next to ``key`` that look like it (did-you-mean)."""
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
@@ -50,7 +50,7 @@ def compose_checked(config_name: str, overrides: list[str], origin: dict[str, st
                 rest = [o for o in overrides if o not in bad]
                 hint = ""
                 try:
-                    hint_keys = _close_keys(compose(config_name, overrides=rest), key)
+                    hint_keys = close_keys(compose(config_name, overrides=rest), key)
                     hint = f"; did you mean {' or '.join(hint_keys)}?" if hint_keys else ""
                 except (HydraException, OmegaConfBaseException):
                     pass

@@ -79,9 +79,9 @@ def collect(dirs: list[Path]) -> list[dict]:
         if "results" in data:  # train.py
             variant = data.get("variant_name", "")
             overrides = variant_overrides(path.parent)
-            for row, m in data["results"].items():
-                rows.append({"run": run, "row": row, "variant": variant, "split": data.get("split"),
-                             "_overrides": overrides, **m})
+            for row, m in data["results"].items():  # the base row is the base, not the variant
+                rows.append({"run": run, "row": row, "variant": "base" if row == "base" else variant,
+                             "split": data.get("split"), "_overrides": overrides, **m})
         else:  # evaluate.py
             name = _variant_name(data.get("variants", []))
             rows.append({"run": run, "row": "evaluate", "variant": name,
@@ -119,7 +119,7 @@ def plot_rows(rows: list[dict], kinds: tuple[str, ...] = ("fine_tuned", "evaluat
     chosen = [r for r in rows if r["row"] in kinds]
     base = [r for r in rows if r["row"] == "base"]
     if base and "base" not in kinds:
-        chosen.append({**base[0], "variant": "base", "label": "base"})
+        chosen.append(base[0])
     return chosen
 
 

@@ -91,3 +91,12 @@ def test_unknown_fixed_key_in_a_multirun_fails_before_any_trial(tmp_path):
     assert proc.returncode != 0
     assert "Could not override 'variant.dff'" in proc.stderr  # Hydra's own message
     assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_required_values_count_as_keys():
+    from emformer_variants.sweep.hydra_callbacks import has_key
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", return_hydra_config=True)
+    assert has_key(cfg, "ckpt") and has_key(cfg, "paths.output_dir")  # ??? and interpolation
+    assert not has_key(cfg, "ckptt") and not has_key(cfg, "paths.nope")

@@ -15,6 +15,7 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from emformer_variants.errors import UserError
 
@@ -30,12 +31,20 @@ def swept_keys(config: DictConfig) -> list[tuple[str, str]]:
     return keys
 
 
+def has_key(config: DictConfig, key: str) -> bool:
+    """``key`` exists in ``config`` (also when its value is ``???`` or an interpolation)."""
+    try:
+        return OmegaConf.select(config, key, default=_MISSING, throw_on_missing=True) is not _MISSING
+    except (MissingMandatoryValue, InterpolationResolutionError):
+        return True
+
+
 def check_swept_keys(config: DictConfig) -> None:
     from emformer_variants.sweep.validate import close_keys
 
     groups = set(config.hydra.runtime.choices)
     for key, where in swept_keys(config):
-        if key in groups or OmegaConf.select(config, key, default=_MISSING) is not _MISSING:
+        if key in groups or has_key(config, key):
             continue
         hint = close_keys(config, key)
         raise UserError(f"{where}: '{key}' is not a key of the config"

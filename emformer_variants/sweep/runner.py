@@ -53,7 +53,8 @@ def plan(spec: SweepSpec, count: int | None, seed: int, method: str | None,
         overrides = list(merged.values())
         cfg = compose_checked(config_name, overrides, origin, where=str(spec.path))
         check_variant(cfg, f"{spec.path}: run {i} ({' '.join(swept)})")
-        runs.append({"index": i, "params": point, "overrides": overrides})
+        runs.append({"index": i, "params": point, "overrides": overrides,
+                     "swept": [o for o in swept if o in overrides]})  # not replaced by an extra
     if not runs:
         raise UserError(f"{spec.path}: the sweep expands to no runs")
     return runs
@@ -95,7 +96,8 @@ def _fmt(v) -> str:
 
 def summary_rows(spec: SweepSpec, runs: list[dict]) -> list[dict]:
     """One row per run, best first by the sweep's metric (failed runs last)."""
-    rows = [{"run": Path(r["dir"]).name, "status": r["status"], **r["params"], spec.metric: r["metric"],
+    rows = [{"run": Path(r["dir"]).name, "status": r["status"],
+             **{k: v for k, v in r["params"].items() if f"{k}={v}" in r["swept"]}, spec.metric: r["metric"],
              "fine_tuned/wer": r.get("fine_tuned_wer"), "seconds": r["seconds"]} for r in runs]
     sign = 1 if spec.goal == "minimize" else -1
     return sorted(rows, key=lambda r: (r[spec.metric] is None, sign * (r[spec.metric] or 0)))
@@ -150,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                                           "method": args.method or spec.method, "runs": runs})
     for r in runs:
         run_dir = out / f"run-{r['index']:03d}"
-        print(f"[{r['index'] + 1}/{len(runs)}] {' '.join(to_overrides(r['params']))} -> {run_dir}",
-              flush=True)
+        print(f"[{r['index'] + 1}/{len(runs)}] {' '.join(r['swept'])} -> {run_dir}", flush=True)
         r.update(_run_one(spec, r, run_dir))
         detail = f"{spec.metric} {_fmt(r['metric'])}" if r["status"] == "ok" else \
             f"{r['status']}: {r.get('error', '')}"

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
 from emformer_variants.evaluation import evaluate_recognizer
+from emformer_variants.hydra_run import pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
 
 log = logging.getLogger("evaluate")
@@ -33,12 +34,13 @@ def run(cfg: DictConfig) -> dict:
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
     print(metrics_table({str(cfg.ckpt): metrics}))
-    print(f"metrics: {out_dir / 'metrics.json'}")
+    print(f"metrics: {out_dir / 'metrics.json'}\n{report_hint(out_dir)}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    pin_output_dir(cfg)
     run(cfg)
 
 

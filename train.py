@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic
 from emformer_variants.errors import UserError
 from emformer_variants.evaluation import evaluate_recognizer
+from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
 from emformer_variants.surgery import apply_variant_spec_, config_from_spec
@@ -87,9 +88,10 @@ def run(cfg: DictConfig) -> dict:
         save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0})
 
     results: dict[str, dict] = {}
-    if cfg.eval.before and cfg.init == "base":
+    rank0 = L.pytorch.utilities.rank_zero_only.rank == 0  # DDP: only rank 0 evaluates
+    if cfg.eval.before and cfg.init == "base" and rank0:
         results["base"] = _evaluate(base, eval_utts, cfg)
-    if any(s["name"] != "dense" for s in specs) and cfg.eval.before:
+    if any(s["name"] != "dense" for s in specs) and cfg.eval.before and rank0:
         results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
 
     teacher = base if cfg.module.distill.weight > 0 else None
@@ -106,6 +108,11 @@ def run(cfg: DictConfig) -> dict:
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                       default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    if trainer.global_rank != 0:
+        return {}
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if callbacks[0].best_model_score is not None:
+        val["val/wer_best"] = float(callbacks[0].best_model_score)
 
     final = out_dir / "final.pt"
     save_recognizer(rec, final, meta={"variant": variant, "steps": trainer.global_step,
@@ -114,7 +121,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.eval.after:
         results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
-               "final": str(final), "steps": trainer.global_step,
+               "final": str(final), "steps": trainer.global_step, "val": val,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,
                             **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}
@@ -122,13 +129,16 @@ def run(cfg: DictConfig) -> dict:
     write_json_atomic(out_dir / "metrics.json", summary)
     if results:
         print(metrics_table(results))
-    print(f"final checkpoint: {final}\nmetrics: {out_dir / 'metrics.json'}")
+    print(f"final checkpoint: {final}\nmetrics: {out_dir / 'metrics.json'}\n{report_hint(out_dir)}")
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
+def main(cfg: DictConfig) -> float | None:
+    pin_output_dir(cfg)
+    summary = run(cfg)
+    # The objective a sweeper (Optuna) minimises: optimized_metric, e.g. val/wer.
+    return one_line_errors(metric_value)(summary, cfg.get("optimized_metric")) if summary else None
 
 
 if __name__ == "__main__":

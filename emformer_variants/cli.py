@@ -18,6 +18,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 if not OmegaConf.has_resolver("ev_root"):
     OmegaConf.register_new_resolver("ev_root", lambda: str(PROJECT_ROOT))
+if not OmegaConf.has_resolver("ev_wandb_offline"):
+    from emformer_variants.wandb_setup import wandb_offline
+
+    OmegaConf.register_new_resolver("ev_wandb_offline", wandb_offline)
 
 log = logging.getLogger("emformer_variants")
 

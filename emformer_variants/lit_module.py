@@ -155,13 +155,24 @@ class RNNTModule(L.LightningModule):
         self._val_hyps.extend(hyps)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_refs:
-            return
-        rates = error_rates(self._val_refs, self._val_hyps)
-        # Corpus-level WER; with DDP each rank scores its own share (approximation).
-        self.log("val/wer", float(rates["wer"]), prog_bar=True, sync_dist=True)
-        self.log("val/cer", float(rates["cer"]), sync_dist=True)
+        # Corpus-level WER: every rank contributes its edit and reference counts (summed
+        # across DDP ranks, each utterance scored once), never a mean of per-rank rates.
+        # Every rank joins the all-reduce, also one that had no validation batch.
+        rates = error_rates(self._val_refs, self._val_hyps) if self._val_refs else {}
+        words, chars = rates.get("ref_words", 0), rates.get("ref_chars", 0)
+        counts = torch.tensor([
+            sum(rates.get(k, 0) for k in ("substitutions", "deletions", "insertions")), words,
+            round(rates["cer"] * chars) if chars else 0, chars, rates.get("num_utterances", 0)],
+            dtype=torch.float64, device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # DDP: all-reduce; else as is
         self._search = None
+        if counts[1] <= 0:
+            return
+        # Already identical on every rank: sync_dist's mean changes nothing (and it tells
+        # Lightning the epoch-level value is consistent across ranks).
+        self.log("val/wer", float(counts[0] / counts[1]), prog_bar=True, sync_dist=True)
+        self.log("val/cer", float(counts[2] / counts[3]), sync_dist=True)
+        self.log("val/num_utterances", float(counts[4]), sync_dist=True)
 
     # ---- optimizer
     def configure_optimizers(self):

@@ -1,8 +1,12 @@
-"""Gather runs into one table: python -m emformer_variants.report DIR... [--csv OUT.csv]
+"""Gather runs into one table and Pareto plots:
+python -m emformer_variants.report DIR... [--out DIR] [--csv OUT.csv] [--no-plots]
 
-Each DIR is a run folder (or a folder of run folders) holding ``metrics.json`` from
-train.py (rows: base / after_surgery / fine_tuned) or evaluate.py (one row). Prints a
-markdown table; ``--csv`` also writes the rows as CSV.
+Each DIR is a run folder (or a folder of run folders: a sweep) holding ``metrics.json``
+from train.py (rows: base / after_surgery / fine_tuned) or evaluate.py (one row). Each
+row is labelled by its variant and the ``variant.*`` overrides the run was started with
+(from Hydra's ``.hydra/overrides.yaml``). Prints a markdown table; ``--out`` (default: the
+one DIR given) receives ``report.md``, ``report.csv`` and four PNGs: WER against GFLOPs
+per audio second, RTF, K/V-cache bytes and active parameters, with the Pareto front marked.
 """
 
 from __future__ import annotations
@@ -11,18 +15,49 @@ import argparse
 import csv
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from emformer_variants.cli import one_line_errors
+import yaml
+
+from emformer_variants.cli import PROJECT_ROOT, one_line_errors
 from emformer_variants.errors import UserError
 
-COLUMNS = ["run", "row", "variant", "split", "wer", "cer", "params_total", "params_active",
+COLUMNS = ["run", "row", "variant", "label", "split", "wer", "cer", "params_total", "params_active",
            "gflops_per_audio_s", "gflops_per_audio_s_encoder", "kv_cache_bytes", "rtf", "ttft_s",
            "chunk_ms_p50", "num_utterances"]
 
 
 def _variant_name(variants: list[dict]) -> str:
     return "+".join(v["name"] for v in variants) or "dense"
+
+
+def variant_overrides(run_dir: Path) -> list[str]:
+    """The run's ``variant.*`` overrides, shortened (``top_k=2``), from Hydra's record."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(path.read_text()) if path.is_file() else []
+    except yaml.YAMLError:
+        overrides = []
+    return [o.lstrip("+~")[len("variant."):] for o in overrides or []
+            if isinstance(o, str) and o.lstrip("+~").startswith("variant.")]
+
+
+def _label_rows(rows: list[dict]) -> None:
+    """``label`` = variant + the overrides that tell its runs apart (those shared by every
+    run of the variant, e.g. a sweep's fixed settings, are left out)."""
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["row"] != "base":
+            by_variant.setdefault(r["variant"], []).append(r)
+    for variant, group in by_variant.items():
+        runs = {r["run"]: r["_overrides"] for r in group}
+        common = set.intersection(*(set(o) for o in runs.values())) if len(runs) > 1 else set()
+        for r in group:
+            r["label"] = " ".join([variant, *(o for o in r["_overrides"] if o not in common)])
+    for r in rows:
+        r.pop("_overrides")
+        r.setdefault("label", "base")
 
 
 def collect(dirs: list[Path]) -> list[dict]:
@@ -42,12 +77,16 @@ def collect(dirs: list[Path]) -> list[dict]:
             raise UserError(f"{path}: not valid JSON ({e})") from None
         run = str(path.parent)
         if "results" in data:  # train.py
-            for row, m in data["results"].items():
-                rows.append({"run": run, "row": row, "variant": data.get("variant_name", ""), **m})
+            variant = data.get("variant_name", "")
+            overrides = variant_overrides(path.parent)
+            for row, m in data["results"].items():  # the base row is the base, not the variant
+                rows.append({"run": run, "row": row, "variant": "base" if row == "base" else variant,
+                             "split": data.get("split"), "_overrides": overrides, **m})
         else:  # evaluate.py
             name = _variant_name(data.get("variants", []))
             rows.append({"run": run, "row": "evaluate", "variant": name,
-                         **data})
+                         "_overrides": variant_overrides(path.parent), **data})
+    _label_rows(rows)
     return rows
 
 
@@ -67,21 +106,67 @@ def markdown(rows: list[dict], columns: list[str] = COLUMNS) -> str:
     return "\n".join(lines)
 
 
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot_rows(rows: list[dict], kinds: tuple[str, ...] = ("fine_tuned", "evaluate")) -> list[dict]:
+    """The points to plot: rows of the given kinds, plus the first base row as a reference
+    (every train run evaluates the same base; one point is enough)."""
+    chosen = [r for r in rows if r["row"] in kinds]
+    base = [r for r in rows if r["row"] == "base"]
+    if base and "base" not in kinds:
+        chosen.append(base[0])
+    return chosen
+
+
+def write_report(out_dir: Path, rows: list[dict], plots: bool = True,
+                 kinds: tuple[str, ...] = ("fine_tuned", "evaluate")) -> list[str]:
+    """``report.md``, ``report.csv`` and the Pareto PNGs into ``out_dir``; returns lines
+    saying where each went."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown(rows) + "\n")
+    write_csv(rows, out_dir / "report.csv")
+    lines = [f"report: {out_dir / 'report.md'} ({out_dir / 'report.csv'})"]
+    if plots:
+        from emformer_variants.report_plots import write_pareto_plots
+
+        for stem, path in write_pareto_plots(plot_rows(rows, kinds), out_dir).items():
+            lines.append(f"plot: {path}" if path else f"plot {stem}: skipped (no run has that metric)")
+    return lines
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m emformer_variants.report",
+                                description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", type=Path)
-    p.add_argument("--csv", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for report.md/.csv and the PNGs (default: the one DIR given, "
+                        "else outputs/report/<timestamp>)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--rows", default="fine_tuned,evaluate",
+                   help="row kinds to plot (base, after_surgery, fine_tuned, evaluate)")
     args = p.parse_args(argv)
     rows = collect(args.dirs)
     if not rows:
         raise UserError(f"no metrics.json under {[str(d) for d in args.dirs]}")
     print(markdown(rows))
+    out = args.out
+    if out is None:
+        single = len(args.dirs) == 1 and args.dirs[0].is_dir()
+        out = args.dirs[0] if single else \
+            PROJECT_ROOT / "outputs" / "report" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    for line in write_report(out, rows, plots=not args.no_plots,
+                             kinds=tuple(k.strip() for k in args.rows.split(",") if k.strip())):
+        print(line)
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, args.csv)
         print(f"csv: {args.csv}")
     return 0
 

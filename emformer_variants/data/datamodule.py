@@ -155,9 +155,12 @@ class ASRDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._ddp()
+        if len(self.val_set.utts) < replicas:
+            raise UserError(f"data split '{self.val_split}' has {len(self.val_set.utts)} utterance(s), "
+                            f"fewer than the {replicas} DDP processes; use fewer trainer.devices")
         sampler = DurationBatchSampler([u.duration for u in self.val_set.utts],
                                        self.eval_batch_seconds, shuffle=False,
-                                       num_replicas=replicas, rank=rank)
+                                       num_replicas=replicas, rank=rank, pad=False)
         return self._loader(self.val_set, sampler)
 
     def _loader(self, dataset, sampler) -> DataLoader:

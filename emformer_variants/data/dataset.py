@@ -94,7 +94,9 @@ class DurationBatchSampler(Sampler[list[int]]):
 
     Epoch 0 runs short-to-long when ``sort_first_epoch`` (SortaGrad, Amodei et al. 2016);
     later epochs shuffle the batch order with (seed, epoch). ``num_replicas``/``rank``
-    give each DDP process its own share of batches.
+    give each DDP process its own share: with ``pad`` (training) a share of the batches,
+    repeating some so every rank gets as many (DDP steps in lockstep); without (evaluation)
+    a disjoint share of the utterances, so each one is scored exactly once.
     """
 
     durations: list[float]
@@ -106,6 +108,7 @@ class DurationBatchSampler(Sampler[list[int]]):
     rank: int = 0
     max_batch_size: int = 128
     epoch: int = 0
+    pad: bool = True
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -113,6 +116,8 @@ class DurationBatchSampler(Sampler[list[int]]):
     def _batches(self) -> list[list[int]]:
         rng = random.Random(self.seed * 1000 + self.epoch)
         order = sorted(range(len(self.durations)), key=lambda i: (self.durations[i], i))
+        if self.num_replicas > 1 and not self.pad:
+            order = order[self.rank::self.num_replicas]
         batches, current, longest = [], [], 0.0
         for i in order:
             longest_if = max(longest, self.durations[i])
@@ -126,7 +131,7 @@ class DurationBatchSampler(Sampler[list[int]]):
             batches.append(current)
         if self.shuffle and not (self.sort_first_epoch and self.epoch == 0):
             rng.shuffle(batches)
-        if self.num_replicas > 1:
+        if self.num_replicas > 1 and self.pad:
             per = math.ceil(len(batches) / self.num_replicas)
             batches = (batches * 2)[: per * self.num_replicas]  # pad so every rank has `per`
             batches = batches[self.rank::self.num_replicas]

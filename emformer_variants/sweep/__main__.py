@@ -1,0 +1,5 @@
+import sys
+
+from emformer_variants.sweep.runner import main
+
+sys.exit(main())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 import lightning as L
@@ -13,6 +12,7 @@ from emformer_variants.cli import metrics_table, one_line_errors, set_threads, w
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
+from emformer_variants.run_dir import claim_output_dir
 
 log = logging.getLogger("evaluate")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("evaluate")
 def run(cfg: DictConfig) -> dict:
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir = claim_output_dir(cfg.paths.output_dir)
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)

@@ -21,6 +21,7 @@ from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.run_dir import claim_output_dir
 from emformer_variants.surgery import apply_variant_spec_, config_from_spec
 
 log = logging.getLogger("train")
@@ -61,6 +62,7 @@ def run(cfg: DictConfig) -> dict:
     for s in specs:  # field-level validation before any data or model work
         config_from_spec(s)
     resume = _resolve_resume(cfg.ckpt_path, cfg)
+    claim_output_dir(out_dir)
 
     dm = hydra.utils.instantiate(cfg.data)
     if cfg.init == "base":

@@ -9,6 +9,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
+from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
@@ -19,6 +20,7 @@ log = logging.getLogger("evaluate")
 
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
+    check_evaluate_config(cfg)  # every setting, before loading the checkpoint or any data
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = claim_output_dir(cfg.paths.output_dir)

@@ -16,13 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic
+from emformer_variants.config_checks import check_train_config
 from emformer_variants.errors import UserError
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
 from emformer_variants.run_dir import claim_output_dir
-from emformer_variants.surgery import apply_variant_spec_, config_from_spec
+from emformer_variants.surgery import apply_variant_spec_
 
 log = logging.getLogger("train")
 
@@ -53,14 +54,13 @@ def _resolve_resume(ckpt_path: str | None, cfg: DictConfig) -> str | None:
 
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
+    check_train_config(cfg)  # every setting, incl. the variant against the model, before any work
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
     specs = variant["stack"] if "stack" in variant else [variant]
-    for s in specs:  # field-level validation before any data or model work
-        config_from_spec(s)
     resume = _resolve_resume(cfg.ckpt_path, cfg)
     claim_output_dir(out_dir)
 

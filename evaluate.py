@@ -6,8 +6,9 @@ import logging
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from emformer_variants.checkpoints import check_variant
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
 from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.evaluation import evaluate_recognizer
@@ -25,6 +26,8 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = claim_output_dir(cfg.paths.output_dir)
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
+    if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold that variant
+        check_variant(rec.variants, OmegaConf.to_container(cfg.variant, resolve=True), "ckpt", cfg.ckpt)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
     if cfg.max_utterances:

@@ -22,6 +22,13 @@ from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.resume import (
+    AtomicCheckpointIO,
+    BatchOrderLog,
+    LastCheckpoint,
+    StepSeed,
+    resolve_resume,
+)
 from emformer_variants.run_dir import claim_output_dir
 from emformer_variants.surgery import apply_variant_spec_
 
@@ -40,18 +47,6 @@ def _evaluate(rec, utts, cfg: DictConfig) -> dict:
     return metrics
 
 
-def _resolve_resume(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    if ckpt_path != "last":
-        if ckpt_path and not Path(ckpt_path).is_file():
-            raise UserError(f"ckpt_path={ckpt_path}: file not found")
-        return ckpt_path
-    runs = sorted(Path(cfg.paths.root_dir, "outputs", cfg.task_name).glob("*/checkpoints/last.ckpt"),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise UserError(f"ckpt_path=last: no last.ckpt under outputs/{cfg.task_name}/*/checkpoints")
-    return str(runs[-1])
-
-
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     check_train_config(cfg)  # every setting, incl. the variant against the model, before any work
@@ -61,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
     specs = variant["stack"] if "stack" in variant else [variant]
-    resume = _resolve_resume(cfg.ckpt_path, cfg)
+    resume = resolve_resume(cfg.ckpt_path, cfg.paths.root_dir, cfg.task_name)
     claim_output_dir(out_dir)
 
     dm = hydra.utils.instantiate(cfg.data)
@@ -101,14 +96,18 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/wer",
-                                            mode="min", save_last=True, save_top_k=1),
+                                            mode="min", save_last=False, save_top_k=1),
+        LastCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),  # resume point, mid-epoch too
+        StepSeed(cfg.seed),  # randomness from (seed, epoch, batch): resumed runs continue exactly
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.log_batch_order:
+        callbacks.append(BatchOrderLog(out_dir / "batch_order.jsonl"))
     logger = hydra.utils.instantiate(cfg.logger)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                                      default_root_dir=str(out_dir))
+                                      default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     if trainer.global_rank != 0:
         return {}

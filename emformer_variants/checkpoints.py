@@ -9,6 +9,7 @@ variant recorded in a checkpoint with the requested one and lists every field th
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ def _load(path: Path) -> Any:
         raise UserError(f"{path}: checkpoint is empty (0 bytes; an interrupted copy?); use another one")
     try:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 - not a zip checkpoint (mmap needs one): read it plainly
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise UserError(
             f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -44,8 +49,34 @@ def _load(path: Path) -> Any:
         ) from None
 
 
-def peek(path: str | Path) -> CheckpointInfo:
-    """What a project checkpoint holds (config and step), without building the model."""
+def state_digest(state: dict) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of a state dict's tensors (sorted by name).
+
+    Stored in every checkpoint the project writes; a mismatch on load means the file was
+    damaged after it was written (torch.load itself only notices a broken zip structure)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(value.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+def verify_state(state: dict, expected: str | None, path) -> None:
+    """UserError if ``state`` does not match the digest recorded at save time (None: not recorded)."""
+    if expected is None:
+        return
+    if state_digest(state) != expected:
+        raise UserError(f"{path}: the weights do not match the checksum recorded when the file was "
+                        "written (the file is corrupt); use another copy or an earlier checkpoint")
+
+
+def peek(path: str | Path, verify: bool = False) -> CheckpointInfo:
+    """What a project checkpoint holds (config and step), without building the model;
+    ``verify``: also check the weights against their recorded checksum."""
     path = Path(path)
     obj = _load(path)
     if isinstance(obj, dict) and isinstance(obj.get("emformer_variants"), dict):
@@ -59,6 +90,8 @@ def peek(path: str | Path) -> CheckpointInfo:
     if not isinstance(config, dict) or not {"arch", "features"} <= set(config):
         raise UserError(f"{path}: checkpoint has no valid model config (corrupt file)")
     config.setdefault("variants", [])
+    if verify:
+        verify_state(obj.get("state_dict", {}), payload.get("state_digest"), path)
     return CheckpointInfo(path, kind, config, obj.get("global_step"))
 
 
@@ -104,11 +137,26 @@ def _norm(v):
     return v
 
 
-def check_variant(info: CheckpointInfo, variant: dict, what: str) -> None:
-    """UserError listing every difference between the checkpoint's variant and ``variant``."""
-    recorded = info.config.get("variants", [])
-    diffs = diff_variants(recorded, requested_specs(variant))
+def diff_arch(recorded: dict, expected: dict) -> list[str]:
+    """Architecture fields that differ (``num_symbols`` null = from the tokenizer: not compared)."""
+    out = []
+    for key in sorted(set(recorded) | set(expected)):
+        va, vb = recorded.get(key), expected.get(key)
+        if key == "num_symbols" and (va is None or vb is None):
+            continue
+        if key in expected and _norm(va) != _norm(vb):
+            out.append(f"arch.{key}: {va!r} in the checkpoint vs {vb!r} requested")
+    return out
+
+
+def mismatch_error(what: str, path, diffs: list[str], fix: str) -> UserError:
+    shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+    return UserError(f"{what}={path}: the checkpoint differs from the requested model: {shown}; {fix}")
+
+
+def check_variant(recorded: list[dict], variant: dict, what: str, path, applied: list[dict] = ()) -> None:
+    """UserError listing every difference between the variant recorded in a checkpoint and the
+    requested ``variant`` config (applied after the base's own ``applied`` surgeries)."""
+    diffs = diff_variants(recorded, [*applied, *requested_specs(variant)])
     if diffs:
-        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
-        raise UserError(f"{what}={info.path}: the checkpoint's variant differs from the requested "
-                        f"one: {shown}; pass the matching variant= or another checkpoint")
+        raise mismatch_error(what, path, diffs, "pass the matching variant= or another checkpoint")

@@ -76,10 +76,11 @@ def number_in(cfg, key: str, low: float, high: float, optional: bool = True) -> 
 def check_data(cfg) -> None:
     if _get(cfg, "data") is None:
         return
-    number_above(cfg, "data.batch_seconds", 0)
-    number_above(cfg, "data.eval_batch_seconds", 0)
-    number_above(cfg, "data.max_train_seconds", 0)
-    int_at_least(cfg, "data.num_workers", 0)
+    # Keys a data config leaves out take the DataModule's defaults.
+    number_above(cfg, "data.batch_seconds", 0, optional=True)
+    number_above(cfg, "data.eval_batch_seconds", 0, optional=True)
+    number_above(cfg, "data.max_train_seconds", 0, optional=True)
+    int_at_least(cfg, "data.num_workers", 0, optional=True)
     int_at_least(cfg, "data.max_dev_utterances", 0, optional=True)
 
 
@@ -258,10 +259,37 @@ def check_train_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "checkpoint_every_n_steps", 1, optional=True)
     check_data(cfg)
     check_model(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path not in (None, "last") and not Path(str(ckpt_path)).is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: file not found")
-    check_variant(cfg, base_architecture(cfg))
+    base = base_architecture(cfg)
+    check_variant(cfg, base)
+    check_resume(cfg, base)
+
+
+def check_resume(cfg: DictConfig, base: tuple[dict, list[dict]] | None) -> None:
+    """``ckpt_path=``: a readable train.py checkpoint of the same architecture and variant."""
+    from emformer_variants import checkpoints
+    from emformer_variants.resume import resolve_resume
+
+    path = resolve_resume(cfg.get("ckpt_path"), cfg.paths.root_dir, cfg.task_name)
+    if path is None:
+        return
+    info = checkpoints.peek(path, verify=True)
+    if info.kind != "lightning":
+        raise UserError(f"ckpt_path={path}: holds a recognizer but no optimizer, scheduler or loop state; "
+                        "resume from a checkpoints/*.ckpt written by train.py (or start from this file "
+                        f"with model.ckpt={path})")
+    diffs, applied = [], []
+    if cfg.get("init") == "scratch" and "arch" in cfg.model:
+        arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
+        diffs += checkpoints.diff_arch(info.config["arch"], arch)
+    elif base is not None:
+        diffs += checkpoints.diff_arch(info.config["arch"], base[0])
+        applied = base[1]
+    variant = OmegaConf.to_container(cfg.variant, resolve=True)
+    expected = [*applied, *checkpoints.requested_specs(variant)]
+    diffs += checkpoints.diff_variants(info.config["variants"], expected)
+    if diffs:
+        raise checkpoints.mismatch_error("ckpt_path", path, diffs,
+                                         "resume with the model and variant settings the run started with")
 
 
 def check_evaluate_config(cfg: DictConfig) -> None:

@@ -41,7 +41,8 @@ BAD_TRAIN = [
     (["variant=moe", "variant.d_ff=5000"], "variant.d_ff=5000 exceeds the dense FFN width 1024"),
     (["variant=moe", "variant.layers=[7]"], "variant.layers=[7]: [7] out of range"),
     (["variant=mla", "variant.kv_rank=1000"], "variant.kv_rank=1000 is larger than the maximum 256"),
-    (["variant=lowrank", "variant.budget=null", "+variant.rank=300"], "variant.rank=300 exceeds the full rank"),
+    (["variant=lowrank", "variant.budget=null", "+variant.rank=300"],
+     "variant.rank=300 exceeds the full rank"),
     (["variant=lowrank", "variant.targets=[nonsense*]"], "'nonsense*' matches no nn.Linear"),
     (["variant=mla_lowrank", "variant.stack.1.targets=[joiner]"], "budget_metric=flops counts encoder"),
     (["variant.name=nope"], "variant.name='nope' is not a known variant"),
@@ -62,7 +63,8 @@ BAD_TRAIN = [
      "right_context_length=3 must be a multiple of time_reduction_stride=4"),
     (["init=scratch", "model.features.segment_length=8"],
      "model.features.segment_length=8 must equal model.arch.segment_length=16"),
-    (["init=scratch", "model.features.n_mels=40"], "model.features.n_mels=40 must equal model.arch.input_dim=80"),
+    (["init=scratch", "model.features.n_mels=40"],
+     "model.features.n_mels=40 must equal model.arch.input_dim=80"),
     (["init=warm"], "init='warm': choose base or scratch"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: file not found"),
 ]
@@ -102,3 +104,10 @@ def test_cli_rejects_before_any_work(tmp_path):
                                    "width D: the rank of the stacked 2D x D key/value weight); use "
                                    "kv_rank <= 256")
     assert not (out / ".run.json").exists()
+
+
+@pytest.mark.parametrize("data", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
+def test_every_data_config_passes(data):
+    extra = {"audiofolder": ["data.path=/x"], "librispeech": ["data.root=/x"], "manifest": ["data.root=/x"]}
+    check_train_config(_compose("train", [f"data={data}", *extra.get(data, [])]))
+    check_evaluate_config(_compose("evaluate", ["ckpt=base", f"data={data}", *extra.get(data, [])]))

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from emformer_variants.data.audio import audio_duration
 from emformer_variants.data.dataset import DurationBatchSampler, UtteranceDataset, collate
 from emformer_variants.data.manifest import Utterance
+from emformer_variants.data.resumable import ResumableDataLoader
 from emformer_variants.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class ASRDataModule(L.LightningDataModule):
                                        num_replicas=replicas, rank=rank)
         sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        return self._loader(self.train_set, sampler)
+        return self._loader(self.train_set, sampler, resumable=True)
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._ddp()
@@ -163,10 +164,12 @@ class ASRDataModule(L.LightningDataModule):
                                        num_replicas=replicas, rank=rank, pad=False)
         return self._loader(self.val_set, sampler)
 
-    def _loader(self, dataset, sampler) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=self.num_workers, persistent_workers=False,
-                          worker_init_fn=_one_thread if self.num_workers else None)
+    def _loader(self, dataset, sampler, resumable: bool = False) -> DataLoader:
+        # The train loader resumes mid-epoch from a checkpoint (data/resumable.py).
+        cls = ResumableDataLoader if resumable else DataLoader
+        return cls(dataset, batch_sampler=sampler, collate_fn=collate,
+                   num_workers=self.num_workers, persistent_workers=False,
+                   worker_init_fn=_one_thread if self.num_workers else None)
 
 
 def _one_thread(_: int) -> None:

@@ -63,7 +63,8 @@ def run(cfg: DictConfig) -> dict:
     if cfg.init == "base":
         rec = load_base(cfg.model)
     elif cfg.init == "scratch":
-        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed)
+        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed,
+                            skip_bad=dm.skip_bad)
     else:
         raise UserError(f"init={cfg.init}: choose base or scratch")
     eval_utts = dm.utterances(cfg.eval.split)[: cfg.eval.max_utterances]

@@ -128,7 +128,7 @@ class RNNTModule(L.LightningModule):
             if self.bad_batches_in_a_row >= self.max_bad_batches:
                 raise UserError(
                     f"training stopped: {self.bad_batches_in_a_row} consecutive batches had a "
-                    "non-finite loss; lower optimizer.lr or check the data (module.max_bad_batches)")
+                    "non-finite loss; lower module.optimizer.lr or check the data (module.max_bad_batches)")
             return None
         self.bad_batches_in_a_row = 0
         bs = batch["features"].shape[0]

@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.eval.after:
         results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
-               "final": str(final), "steps": trainer.global_step, "val": val,
+               "final": str(final), "steps": trainer.global_step, "val": val, "resumed_from": resume,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,
                             **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}

@@ -105,7 +105,17 @@ def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int =
         "rss_samples": rss,
         "rtf": wall / (wave.numel() / 16000),
         "transcript_words": len(result.text.split()),
+        # Compute per chunk in the first and the last minute of the stream (memory is flat, but
+        # the beam search's work can grow with the transcript it carries).
+        "encoder_ms_first_min": 1000 * _mean(result.encoder_s[:minute]),
+        "encoder_ms_last_min": 1000 * _mean(result.encoder_s[-minute:]),
+        "decoder_ms_first_min": 1000 * _mean(result.decoder_s[:minute]),
+        "decoder_ms_last_min": 1000 * _mean(result.decoder_s[-minute:]),
     }
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(1, len(xs))
 
 
 def main(argv: list[str] | None = None) -> int:

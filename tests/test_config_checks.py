@@ -111,3 +111,11 @@ def test_every_data_config_passes(data):
     extra = {"audiofolder": ["data.path=/x"], "librispeech": ["data.root=/x"], "manifest": ["data.root=/x"]}
     check_train_config(_compose("train", [f"data={data}", *extra.get(data, [])]))
     check_evaluate_config(_compose("evaluate", ["ckpt=base", f"data={data}", *extra.get(data, [])]))
+
+
+def test_unknown_variant_option_lists_the_choices(tmp_path):
+    """variant=nope is not a file of conf/variant/: Hydra refuses to compose and lists the options
+    (its own message, before any project code runs; exit code 1)."""
+    proc = run_cli("train.py", "variant=nope", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Could not find 'variant/nope'" in proc.stderr and "\tmla_moe" in proc.stderr

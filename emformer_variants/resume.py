@@ -8,7 +8,7 @@ is a function of the position in training, so a resumed run continues exactly.
 - ``LastCheckpoint``: ``last.ckpt`` every ``checkpoint_every_n_steps`` optimizer steps and
   after each validation, so a crash loses at most that many steps.
 - ``StepSeed``: reseeds torch, numpy and ``random`` before every training batch from
-  (seed, epoch, batch index). SpecAugment masks, dropout and MoE router noise then depend
+  (seed, epoch, batch index, DDP rank). SpecAugment masks, dropout and MoE router noise then depend
   only on where the batch is in training, not on what ran before (validation, a restart),
   so an interrupted-and-resumed run draws the same randomness as an uninterrupted one.
 - ``BatchOrderLog``: optional ``batch_order.jsonl`` (epoch, batch, step, utterance indices)
@@ -87,8 +87,8 @@ class LastCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
-def _seed_for(seed: int, epoch: int, batch_idx: int) -> int:
-    return (seed * 1_000_003 + epoch * 100_003 + batch_idx) % (2**31 - 1)
+def _seed_for(seed: int, epoch: int, batch_idx: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + batch_idx + rank * 7_919) % (2**31 - 1)
 
 
 class StepSeed(L.Callback):
@@ -98,7 +98,7 @@ class StepSeed(L.Callback):
         self.seed = int(seed)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        s = _seed_for(self.seed, trainer.current_epoch, batch_idx)
+        s = _seed_for(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         torch.manual_seed(s)
         random.seed(s)
         np.random.seed(s)

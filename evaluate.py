@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from emformer_variants.checkpoints import check_variant
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
+from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
+from emformer_variants.run_dir import claim_output_dir
 
 log = logging.getLogger("evaluate")
 
 
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
+    check_evaluate_config(cfg)  # every setting, before loading the checkpoint or any data
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
-    out_dir = Path(cfg.paths.output_dir)
+    out_dir = claim_output_dir(cfg.paths.output_dir)
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
+    if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold that variant
+        check_variant(rec.variants, OmegaConf.to_container(cfg.variant, resolve=True), "ckpt", cfg.ckpt)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
     if cfg.max_utterances:

@@ -16,12 +16,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic
+from emformer_variants.config_checks import check_train_config
 from emformer_variants.errors import UserError
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
-from emformer_variants.surgery import apply_variant_spec_, config_from_spec
+from emformer_variants.resume import (
+    AtomicCheckpointIO,
+    BatchOrderLog,
+    LastCheckpoint,
+    StepSeed,
+    resolve_resume,
+)
+from emformer_variants.run_dir import claim_output_dir
+from emformer_variants.surgery import apply_variant_spec_
 
 log = logging.getLogger("train")
 
@@ -38,35 +47,24 @@ def _evaluate(rec, utts, cfg: DictConfig) -> dict:
     return metrics
 
 
-def _resolve_resume(ckpt_path: str | None, cfg: DictConfig) -> str | None:
-    if ckpt_path != "last":
-        if ckpt_path and not Path(ckpt_path).is_file():
-            raise UserError(f"ckpt_path={ckpt_path}: file not found")
-        return ckpt_path
-    runs = sorted(Path(cfg.paths.root_dir, "outputs", cfg.task_name).glob("*/checkpoints/last.ckpt"),
-                  key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise UserError(f"ckpt_path=last: no last.ckpt under outputs/{cfg.task_name}/*/checkpoints")
-    return str(runs[-1])
-
-
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
+    check_train_config(cfg)  # every setting, incl. the variant against the model, before any work
     set_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
     specs = variant["stack"] if "stack" in variant else [variant]
-    for s in specs:  # field-level validation before any data or model work
-        config_from_spec(s)
-    resume = _resolve_resume(cfg.ckpt_path, cfg)
+    resume = resolve_resume(cfg.ckpt_path, cfg.paths.root_dir, cfg.task_name)
+    claim_output_dir(out_dir)
 
     dm = hydra.utils.instantiate(cfg.data)
     if cfg.init == "base":
         rec = load_base(cfg.model)
     elif cfg.init == "scratch":
-        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed)
+        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed,
+                            skip_bad=dm.skip_bad)
     else:
         raise UserError(f"init={cfg.init}: choose base or scratch")
     eval_utts = dm.utterances(cfg.eval.split)[: cfg.eval.max_utterances]
@@ -99,14 +97,18 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/wer",
-                                            mode="min", save_last=True, save_top_k=1),
+                                            mode="min", save_last=False, save_top_k=1),
+        LastCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),  # resume point, mid-epoch too
+        StepSeed(cfg.seed),  # randomness from (seed, epoch, batch): resumed runs continue exactly
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.log_batch_order:
+        callbacks.append(BatchOrderLog(out_dir / "batch_order.jsonl"))
     logger = hydra.utils.instantiate(cfg.logger)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                                      default_root_dir=str(out_dir))
+                                      default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     if trainer.global_rank != 0:
         return {}
@@ -121,7 +123,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.eval.after:
         results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
-               "final": str(final), "steps": trainer.global_step, "val": val,
+               "final": str(final), "steps": trainer.global_step, "val": val, "resumed_from": resume,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,
                             **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}

@@ -22,6 +22,8 @@ if not OmegaConf.has_resolver("ev_wandb_offline"):
     from emformer_variants.wandb_setup import wandb_offline
 
     OmegaConf.register_new_resolver("ev_wandb_offline", wandb_offline)
+if not OmegaConf.has_resolver("ev_pid"):  # run-dir names: timestamp + pid never collide
+    OmegaConf.register_new_resolver("ev_pid", os.getpid)
 
 log = logging.getLogger("emformer_variants")
 

@@ -120,6 +120,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
             if not skip_bad:
                 raise
             skipped.append(str(e))
+            log.warning("skipped (data.skip_bad=true): %s", e)
             continue
         if not warmed:  # one untimed pass: allocator and kernel warm-up
             stream_decode(rec, wave[: cfg.window_samples * 2], beam, search)
@@ -168,8 +169,8 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     }
     telemetry.close()
     metrics.update(telemetry.summary())
-    if flops:
-        first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
-        metrics.update(measure_flops(rec, first[: 16000 * 8], beam))
+    if flops:  # on the longest decoded utterance: a 0.05 s clip would inflate FLOPs per second
+        longest = max(rows, key=lambda r: r["audio_s"])
+        metrics.update(measure_flops(rec, load_audio(longest["audio"])[: 16000 * 8], beam))
     metrics["peak_rss_mb"] = peak_rss_mb()
     return metrics, rows

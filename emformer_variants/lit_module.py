@@ -11,6 +11,7 @@ import lightning as L
 import torch
 import torchaudio
 
+from emformer_variants.checkpoints import state_digest
 from emformer_variants.decoding import decode_full, make_beam_search
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.wer import error_rates
@@ -127,7 +128,7 @@ class RNNTModule(L.LightningModule):
             if self.bad_batches_in_a_row >= self.max_bad_batches:
                 raise UserError(
                     f"training stopped: {self.bad_batches_in_a_row} consecutive batches had a "
-                    "non-finite loss; lower optimizer.lr or check the data (module.max_bad_batches)")
+                    "non-finite loss; lower module.optimizer.lr or check the data (module.max_bad_batches)")
             return None
         self.bad_batches_in_a_row = 0
         bs = batch["features"].shape[0]
@@ -189,11 +190,15 @@ class RNNTModule(L.LightningModule):
     # ---- checkpoints carry everything needed to rebuild the recognizer
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["emformer_variants"] = recognizer_payload(self.recognizer)
+        checkpoint["bad_batches"] = {"in_a_row": self.bad_batches_in_a_row, "total": self.bad_batches_total}
         # The frozen teacher is rebuilt from its own source; never stored.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith("teacher.")}
+        checkpoint["emformer_variants"]["state_digest"] = state_digest(checkpoint["state_dict"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        bad = checkpoint.get("bad_batches", {})
+        self.bad_batches_in_a_row, self.bad_batches_total = bad.get("in_a_row", 0), bad.get("total", 0)
         if self.teacher is not None:
             for k, v in self.teacher.state_dict().items():
                 checkpoint["state_dict"].setdefault(f"teacher.{k}", v)

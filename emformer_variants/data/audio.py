@@ -31,11 +31,17 @@ def to_mono_16k(data: np.ndarray, sample_rate: int, source: str = "audio") -> to
     return wave
 
 
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"{path}: audio file not found; fix the manifest/metadata or remove the entry")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: audio file is empty (0 bytes); remove it or replace it")
+
+
 def load_audio(path: str | Path) -> torch.Tensor:
     """Read a file as float32 16 kHz mono (S,)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: audio file not found; fix the manifest/metadata or remove the entry")
+    _check_file(path)
     try:
         data, sample_rate = sf.read(str(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
@@ -49,8 +55,7 @@ def load_audio(path: str | Path) -> torch.Tensor:
 def audio_duration(path: str | Path) -> float:
     """Header-only duration in seconds (fast), with the same errors as load_audio."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: audio file not found; fix the manifest/metadata or remove the entry")
+    _check_file(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:

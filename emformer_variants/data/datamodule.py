@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from emformer_variants.data.audio import audio_duration
 from emformer_variants.data.dataset import DurationBatchSampler, UtteranceDataset, collate
 from emformer_variants.data.manifest import Utterance
+from emformer_variants.data.resumable import ResumableDataLoader
 from emformer_variants.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class ASRDataModule(L.LightningDataModule):
                  num_workers: int = 0, augment: dict | None = None, skip_bad: bool = False,
                  max_train_seconds: float = 20.0, max_dev_utterances: int | None = None,
                  train_split: str = "train", val_split: str = "dev", seed: int = 0,
-                 sort_first_epoch: bool = True, path: str | None = None, root: str | None = None):
+                 sort_first_epoch: bool = True, path: str | None = None, root: str | None = None,
+                 min_train_seconds: float = 0.05):
         # ``path``/``root`` are the user-facing shortcuts (data.path=DIR, data.root=DIR) that
         # the data configs interpolate into their source; the source itself reads them.
         super().__init__()
@@ -60,6 +62,8 @@ class ASRDataModule(L.LightningDataModule):
         self.augment_cfg = dict(augment or {})
         self.skip_bad = skip_bad
         self.max_train_seconds = max_train_seconds
+        # Shorter clips give no encoder frame after time reduction (4 x 10 ms): nothing to train on.
+        self.min_train_seconds = min_train_seconds
         self.max_dev_utterances = max_dev_utterances
         self.train_split, self.val_split = train_split, val_split
         self.seed = seed
@@ -88,6 +92,14 @@ class ASRDataModule(L.LightningDataModule):
             raise UserError(f"data split '{split}' has no usable utterances")
         return good
 
+    def _train_utterances(self) -> list[Utterance]:
+        utts = self.utterances(self.train_split)
+        short = [u.audio for u in utts if u.duration < self.min_train_seconds]
+        if short:
+            log.warning("training: %d clips shorter than %.2f s left out (e.g. %s)", len(short),
+                        self.min_train_seconds, ", ".join(short[:3]))
+        return [u for u in utts if self.min_train_seconds <= u.duration <= self.max_train_seconds]
+
     def bind(self, features, tokenizer) -> None:
         """Attach the model's feature extractor (with global stats) and tokenizer."""
         self.features, self.tokenizer = features, tokenizer
@@ -109,7 +121,7 @@ class ASRDataModule(L.LightningDataModule):
         if self.features is None:
             raise RuntimeError("ASRDataModule.bind(features, tokenizer) must be called before setup")
         if stage in (None, "fit"):
-            train = [u for u in self.utterances(self.train_split) if u.duration <= self.max_train_seconds]
+            train = self._train_utterances()
             self.train_set = UtteranceDataset(train, self.features, self.tokenizer, self._augment(),
                                               self.seed, self.skip_bad)
         if stage in (None, "fit", "validate"):
@@ -126,7 +138,7 @@ class ASRDataModule(L.LightningDataModule):
 
         if self.features is None:
             raise RuntimeError("ASRDataModule.bind(features, tokenizer) must be called first")
-        utts = [u for u in self.utterances(self.train_split) if u.duration <= self.max_train_seconds]
+        utts = self._train_utterances()
         chosen = random.Random(self.seed).sample(utts, min(len(utts), num_batches * batch_size))
         dataset = UtteranceDataset(chosen, self.features, self.tokenizer, None, self.seed, self.skip_bad)
         batches = []
@@ -151,7 +163,7 @@ class ASRDataModule(L.LightningDataModule):
                                        num_replicas=replicas, rank=rank)
         sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        return self._loader(self.train_set, sampler)
+        return self._loader(self.train_set, sampler, resumable=True)
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._ddp()
@@ -163,10 +175,12 @@ class ASRDataModule(L.LightningDataModule):
                                        num_replicas=replicas, rank=rank, pad=False)
         return self._loader(self.val_set, sampler)
 
-    def _loader(self, dataset, sampler) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=self.num_workers, persistent_workers=False,
-                          worker_init_fn=_one_thread if self.num_workers else None)
+    def _loader(self, dataset, sampler, resumable: bool = False) -> DataLoader:
+        # The train loader resumes mid-epoch from a checkpoint (data/resumable.py).
+        cls = ResumableDataLoader if resumable else DataLoader
+        return cls(dataset, batch_sampler=sampler, collate_fn=collate,
+                   num_workers=self.num_workers, persistent_workers=False,
+                   worker_init_fn=_one_thread if self.num_workers else None)
 
 
 def _one_thread(_: int) -> None:

@@ -25,9 +25,10 @@ def load_base(model_cfg: DictConfig) -> Recognizer:
 
 
 def build_scratch(model_cfg: DictConfig, train: list[Utterance], stats_utterances: int = 300,
-                  seed: int = 0) -> Recognizer:
+                  seed: int = 0, skip_bad: bool = False) -> Recognizer:
     """New SentencePiece model from training transcripts, global stats from training audio,
-    randomly initialised weights."""
+    randomly initialised weights. ``skip_bad``: audio that fails to load is left out of the
+    statistics (and logged) instead of stopping the run."""
     if "arch" not in model_cfg:
         raise UserError(f"model={model_cfg.get('name')}: init=scratch needs model.arch and "
                         "model.features in the model config")
@@ -36,10 +37,20 @@ def build_scratch(model_cfg: DictConfig, train: list[Utterance], stats_utterance
                                 vocab_size=tok_cfg.get("vocab_size", 0))
     feats = FeatureConfig(**OmegaConf.to_container(model_cfg.features, resolve=True))
     sample = random.Random(seed).sample(train, min(stats_utterances, len(train)))
-    mean, invstd = compute_global_stats(FeatureExtractor(feats), (load_audio(u.audio) for u in sample))
+    mean, invstd = compute_global_stats(FeatureExtractor(feats), _waves(sample, skip_bad))
     log.info("scratch init: %d-piece tokenizer, stats from %d utterances", tokenizer.vocab_size,
              len(sample))
     return Recognizer(OmegaConf.to_container(model_cfg.arch, resolve=True), feats, tokenizer, mean, invstd)
+
+
+def _waves(utts: list[Utterance], skip_bad: bool):
+    for u in utts:
+        try:
+            yield load_audio(u.audio)
+        except UserError as e:
+            if not skip_bad:
+                raise
+            log.warning("global stats: skipped (data.skip_bad=true): %s", e)
 
 
 def resolve_checkpoint(ckpt: str, model_cfg: DictConfig) -> Recognizer:

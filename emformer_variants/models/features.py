@@ -75,7 +75,12 @@ class FeatureExtractor(torch.nn.Module):
         )
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
-        """(S,) or (B, S) -> (T, F) or (B, T, F), log-compressed but not normalised."""
+        """(S,) or (B, S) -> (T, F) or (B, T, F), log-compressed but not normalised.
+
+        A clip shorter than one FFT window (25 ms) is zero-padded to one window: the centred
+        STFT cannot reflect-pad less than half a window."""
+        if wave.shape[-1] < self.cfg.n_fft:
+            wave = torch.nn.functional.pad(wave, (0, self.cfg.n_fft - wave.shape[-1]))
         spec = self.mel(wave).transpose(-1, -2)
         return piecewise_linear_log(spec * _GAIN)
 

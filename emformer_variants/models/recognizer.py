@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torchaudio.models import RNNT, emformer_rnnt_model
 
+from emformer_variants.checkpoints import state_digest, verify_state
 from emformer_variants.errors import UserError
 from emformer_variants.models.features import FeatureConfig, FeatureExtractor
 from emformer_variants.models.tokenizer import Tokenizer
@@ -96,7 +97,8 @@ def save_recognizer(rec: Recognizer, path: str | Path, meta: dict | None = None,
     state = rec.state_dict()
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload = recognizer_payload(rec) | {"state_dict": state, "meta": meta or {}}
+    payload = recognizer_payload(rec) | {"state_dict": state, "meta": meta or {},
+                                         "state_digest": state_digest(state)}
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -145,10 +147,12 @@ def load_recognizer(path: str | Path) -> Recognizer:
     ckpt = _torch_load(path)
     if isinstance(ckpt, dict) and "emformer_variants" in ckpt:  # Lightning checkpoint
         payload = ckpt["emformer_variants"]
+        verify_state(ckpt["state_dict"], payload.get("state_digest"), path)
         prefix = "recognizer."
         state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     elif isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
         payload, state = ckpt, ckpt["state_dict"]
+        verify_state(state, ckpt.get("state_digest"), path)
     else:
         raise UserError(
             f"{path}: not an emformer-variants checkpoint; for a raw torchaudio state dict use "

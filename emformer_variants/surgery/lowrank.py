@@ -425,23 +425,14 @@ def _find_targets(model: nn.Module, config: LowRankConfig) -> dict[str, nn.Linea
     return dict(sorted(found.items(), key=lambda kv: list(linears).index(kv[0])))
 
 
-@register_surgery(NAME, LowRankConfig)
-def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibration=None) -> SurgeryReport:
-    """Factorise ``config.targets`` of ``rec.model`` in place; see the module docstring.
-
-    report.extra: ``ranks`` {fqn: r} of the factorised layers, ``skipped`` {fqn: reason},
-    ``layers`` {fqn: rank, sizes, params and (encoder) FLOPs per chunk before/after,
-    retained energy}, ``encoder_flops_per_chunk_before/_after`` (analytic, steady state),
-    ``resolved_spec`` (the spec with ``ranks`` filled in, recorded in checkpoints).
-    """
+def check_fits_model(rec, config: LowRankConfig, init: str = "convert") -> dict[str, nn.Linear]:
+    """Checks that depend on the model (UserError naming the field), before anything
+    changes; returns the target linears. Also run at compose time on a meta-device model."""
     if init not in ("convert", "empty"):
         raise UserError(f"init={init!r}: choose 'convert' or 'empty'")
-    model = rec.model
-    targets = _find_targets(model, config)
+    targets = _find_targets(rec.model, config)
     shapes = {k: (m.in_features, m.out_features) for k, m in targets.items()}
     geo = linear_geometry(rec.arch)
-
-    # --- checks that depend on the model, before anything changes
     if config.ranks is not None:
         unknown = sorted(set(config.ranks) - set(targets))
         if unknown:
@@ -466,6 +457,22 @@ def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibratio
             raise UserError(f"variant.budget_metric=flops counts encoder FLOPs per chunk, but {no_rows[:3]} "
                             "are not encoder linears; use budget_metric=params or drop them from "
                             "variant.targets")
+    return targets
+
+
+@register_surgery(NAME, LowRankConfig)
+def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibration=None) -> SurgeryReport:
+    """Factorise ``config.targets`` of ``rec.model`` in place; see the module docstring.
+
+    report.extra: ``ranks`` {fqn: r} of the factorised layers, ``skipped`` {fqn: reason},
+    ``layers`` {fqn: rank, sizes, params and (encoder) FLOPs per chunk before/after,
+    retained energy}, ``encoder_flops_per_chunk_before/_after`` (analytic, steady state),
+    ``resolved_spec`` (the spec with ``ranks`` filled in, recorded in checkpoints).
+    """
+    targets = check_fits_model(rec, config, init)
+    model = rec.model
+    shapes = {k: (m.in_features, m.out_features) for k, m in targets.items()}
+    geo = linear_geometry(rec.arch)
     convert = init == "convert"
     stats: dict[str, CalibStats] = {}
     if convert and config.method in ("asvd", "whiten"):

@@ -1,0 +1,121 @@
+"""Configs are validated at compose time: one-line errors naming the field, before any work."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from emformer_variants.cli import PROJECT_ROOT
+from emformer_variants.config_checks import check_evaluate_config, check_train_config
+from emformer_variants.errors import UserError
+from tests.conftest import run_cli
+
+CONF = PROJECT_ROOT / "conf"
+
+
+def _compose(name: str, overrides: list[str]):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF / "variant").glob("*.yaml")))
+@pytest.mark.parametrize("model", ["tiny", "emformer_base"])
+def test_shipped_configs_pass(variant, model):
+    """Every shipped variant fits both architectures (emformer_base: structure only, no weights)."""
+    t0 = time.perf_counter()
+    check_train_config(_compose("train", [f"variant={variant}", f"model={model}"]))
+    assert time.perf_counter() - t0 < 20  # a meta-device dry run, not a real surgery
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_shipped_experiments_pass(experiment):
+    check_train_config(_compose("train", [f"experiment={experiment}"]))
+
+
+BAD_TRAIN = [
+    # (overrides, the message must contain this)
+    (["variant=moe", "variant.top_k=9"], "top_k=9 exceeds num_experts=8"),
+    (["variant=moe", "variant.num_experts=-2"], "num_experts=-2 must be an integer >= 1"),
+    (["variant=moe", "variant.d_ff=5000"], "variant.d_ff=5000 exceeds the dense FFN width 1024"),
+    (["variant=moe", "variant.layers=[7]"], "variant.layers=[7]: [7] out of range"),
+    (["variant=mla", "variant.kv_rank=1000"], "variant.kv_rank=1000 is larger than the maximum 256"),
+    (["variant=lowrank", "variant.budget=null", "+variant.rank=300"],
+     "variant.rank=300 exceeds the full rank"),
+    (["variant=lowrank", "variant.targets=[nonsense*]"], "'nonsense*' matches no nn.Linear"),
+    (["variant=mla_lowrank", "variant.stack.1.targets=[joiner]"], "budget_metric=flops counts encoder"),
+    (["variant.name=nope"], "variant.name='nope' is not a known variant"),
+    (["variant=moe", "+variant.topk=2"], "unknown field(s) ['topk']"),
+    (["eval.beam=0"], "eval.beam=0: must be an integer >= 1"),
+    (["module.val_beam=0"], "module.val_beam=0: must be an integer >= 1"),
+    (["module.max_bad_batches=0"], "module.max_bad_batches=0"),
+    (["model.arch.encoding_dim=-3"], "model.arch.encoding_dim=-3: must be an integer >= 1"),
+    (["model.arch.transformer_num_layers=0"], "model.arch.transformer_num_layers=0"),
+    (["data.batch_seconds=-1"], "data.batch_seconds=-1: must be a number > 0"),
+    (["eval.max_utterances=-5"], "eval.max_utterances=-5"),
+    (["trainer.max_steps=-7"], "trainer.max_steps=-7"),
+    (["model.arch.transformer_num_heads=5"], "transformer_num_heads=5 does not divide the Emformer width"),
+    # chunk sizes that do not fit the model
+    (["init=scratch", "model.arch.segment_length=15", "model.features.segment_length=15"],
+     "model.arch.segment_length=15 must be a multiple of time_reduction_stride=4"),
+    (["init=scratch", "model.arch.right_context_length=3", "model.features.right_context_length=3"],
+     "right_context_length=3 must be a multiple of time_reduction_stride=4"),
+    (["init=scratch", "model.features.segment_length=8"],
+     "model.features.segment_length=8 must equal model.arch.segment_length=16"),
+    (["init=scratch", "model.features.n_mels=40"],
+     "model.features.n_mels=40 must equal model.arch.input_dim=80"),
+    (["init=warm"], "init='warm': choose base or scratch"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: file not found"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
+def test_bad_train_settings(overrides, needle):
+    with pytest.raises(UserError) as e:
+        check_train_config(_compose("train", overrides))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+BAD_EVAL = [
+    (["ckpt=base", "beam=0"], "beam=0: must be an integer >= 1"),
+    (["ckpt=base", "max_utterances=0"], "max_utterances=0"),
+    (["ckpt=/nonexistent.pt"], "ckpt=/nonexistent.pt: checkpoint not found"),
+    (["ckpt=base", "variant=moe", "variant.top_k=20"], "top_k=20 exceeds num_experts=8"),
+    (["ckpt=base", "threads=0"], "threads=0"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", BAD_EVAL, ids=[" ".join(o) for o, _ in BAD_EVAL])
+def test_bad_evaluate_settings(overrides, needle):
+    with pytest.raises(UserError) as e:
+        check_evaluate_config(_compose("evaluate", overrides))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_rejects_before_any_work(tmp_path):
+    """Through the real CLI: exit 2, one line, and nothing built (the data root does not even
+    exist, and no run folder is claimed)."""
+    out = tmp_path / "run"
+    proc = run_cli("train.py", "variant=mla", "variant.kv_rank=4096", "data=manifest",
+                   f"data.root={tmp_path / 'no-such-corpus'}", f"paths.output_dir={out}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("error: variant.kv_rank=4096 is larger than the maximum 256 (the model "
+                                   "width D: the rank of the stacked 2D x D key/value weight); use "
+                                   "kv_rank <= 256")
+    assert not (out / ".run.json").exists()
+
+
+@pytest.mark.parametrize("data", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
+def test_every_data_config_passes(data):
+    extra = {"audiofolder": ["data.path=/x"], "librispeech": ["data.root=/x"], "manifest": ["data.root=/x"]}
+    check_train_config(_compose("train", [f"data={data}", *extra.get(data, [])]))
+    check_evaluate_config(_compose("evaluate", ["ckpt=base", f"data={data}", *extra.get(data, [])]))
+
+
+def test_unknown_variant_option_lists_the_choices(tmp_path):
+    """variant=nope is not a file of conf/variant/: Hydra refuses to compose and lists the options
+    (its own message, before any project code runs; exit code 1)."""
+    proc = run_cli("train.py", "variant=nope", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "Could not find 'variant/nope'" in proc.stderr and "\tmla_moe" in proc.stderr

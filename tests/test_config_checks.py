@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -24,9 +22,7 @@ def _compose(name: str, overrides: list[str]):
 @pytest.mark.parametrize("model", ["tiny", "emformer_base"])
 def test_shipped_configs_pass(variant, model):
     """Every shipped variant fits both architectures (emformer_base: structure only, no weights)."""
-    t0 = time.perf_counter()
     check_train_config(_compose("train", [f"variant={variant}", f"model={model}"]))
-    assert time.perf_counter() - t0 < 20  # a meta-device dry run, not a real surgery
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))

@@ -48,9 +48,7 @@ def test_austen_sentences(cache_dir, sentences):
     assert len(set(sentences)) == len(sentences)
     for s in sentences:
         assert normalize_text(s) == s and 5 <= len(s.split()) <= 25
-    start = time.perf_counter()
     assert load_austen_sentences(cache_dir) == sentences  # from the cached text file
-    assert time.perf_counter() - start < 1.0
 
 
 def test_split_sentences_keeps_titles_together():
@@ -112,9 +110,7 @@ def test_corpus_idempotent_and_atomic(tiny_corpus, cache_dir):
     manifests, _ = tiny_corpus
     out = manifests["train"].parent
     stamp = (out / "corpus.json").stat().st_mtime_ns
-    start = time.perf_counter()
     again = build_synthetic_corpus(out, **TINY, seed=0, workers=2, cache_dir=cache_dir)
-    assert time.perf_counter() - start < 1.0
     assert again == manifests and (out / "corpus.json").stat().st_mtime_ns == stamp
     assert not list(out.parent.glob(f"{out.name}.tmp-*"))
     with pytest.raises(UserError, match="another config"):
@@ -138,7 +134,6 @@ def test_corpus_deterministic_across_worker_counts(tiny_corpus, tmp_path, cache_
 
 
 def test_asterisk(tmp_path, cache_dir):
-    start = time.perf_counter()
     manifest = build_asterisk(tmp_path / "asterisk", cache_dir)["test"]
     utts = read_manifest(manifest)
     assert 540 <= len(utts) <= 570
@@ -148,7 +143,6 @@ def test_asterisk(tmp_path, cache_dir):
     assert by_name["digits__7"] == "seven" and "silence__1" not in by_name
     info = sf.info(utts[0].audio)
     assert (info.samplerate, info.channels) == (16000, 1)
-    assert time.perf_counter() - start < 30
-    start = time.perf_counter()
+    stamp = (tmp_path / "asterisk" / "corpus.json").stat().st_mtime_ns
     assert build_asterisk(tmp_path / "asterisk", cache_dir)["test"] == manifest
-    assert time.perf_counter() - start < 1.0
+    assert (tmp_path / "asterisk" / "corpus.json").stat().st_mtime_ns == stamp  # not rebuilt

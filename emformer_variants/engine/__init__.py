@@ -1,0 +1,1 @@
+"""Inference engine: batched beam searches, fast linears, batched streaming encoder."""

@@ -10,6 +10,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
+from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.models.build import resolve_checkpoint
 
@@ -22,16 +23,27 @@ def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
+    apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
     if cfg.max_utterances:
         utts = utts[: cfg.max_utterances]
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops,
-                                        skip_bad=dm.skip_bad)
+                                        skip_bad=dm.skip_bad, decoder=cfg.decoder)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
-    metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants})
+    metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
+                    "precision": cfg.precision})
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
+    if cfg.plots:
+        from emformer_variants.metrics.plots import write_latency_plots
+
+        write_latency_plots(rows, out_dir, segment_ms=1000 * rec.features.cfg.chunk_seconds,
+                            algorithmic_s=metrics["algorithmic_latency_s"])
+    if cfg.profile:
+        from emformer_variants.profiling import write_profile
+
+        write_profile(rec, utts, out_dir / "profile.txt", beam=cfg.beam, decoder=cfg.decoder)
     print(metrics_table({str(cfg.ckpt): metrics}))
     print(f"metrics: {out_dir / 'metrics.json'}")
     return metrics

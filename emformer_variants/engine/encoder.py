@@ -8,7 +8,8 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
 - each stream has its own history length, so a stream that has seen fewer than L frames
   masks the unused slots (torchaudio's batched ``infer`` takes the first stream's length
   for all), and streams can start and stop independently (``reset``);
-- fp32 linears use MKL-packed weights (``engine.linear``), other layers run as they are.
+- the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
+  large fp32 linears use oneDNN (``engine.linear.fast_linear``), other layers run as they are.
 
 Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
 ``StockEncoder`` (``supports`` says which applies).
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
-from emformer_variants.engine.linear import fast_linear
+from emformer_variants.engine.linear import fast_linear, fuse_linears
 
 
 @dataclass
@@ -49,7 +50,10 @@ class _Layer:
     def __init__(self, layer: _EmformerLayer):
         att = layer.attention
         self.ln_in, self.ln_out = layer.layer_norm_input, layer.layer_norm_output
-        self.query, self.key_value = fast_linear(att.emb_to_query), fast_linear(att.emb_to_key_value)
+        self.qkv = fuse_linears([att.emb_to_query, att.emb_to_key_value])
+        if self.qkv is None:
+            query, key_value = fast_linear(att.emb_to_query), fast_linear(att.emb_to_key_value)
+            self.qkv = lambda x: torch.cat([query(x), key_value(x)], dim=-1)
         self.out_proj = fast_linear(att.out_proj)
         self.heads, self.scaling = att.num_heads, att.scaling
         ff = layer.pos_ff
@@ -67,8 +71,7 @@ class _Layer:
         n, t, d = x.shape
         hd = self.heads
         ln = self.ln_in(x)
-        q = self.query(ln)
-        k, v = self.key_value(ln).chunk(2, dim=2)
+        q, k, v = self.qkv(ln).split(d, dim=2)
         k = torch.cat([k[:, :r], keys, k[:, r:]], dim=1)
         v = torch.cat([v[:, :r], values, v[:, r:]], dim=1)
         kt = k.shape[1]

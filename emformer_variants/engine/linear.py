@@ -6,8 +6,9 @@ frames). For a large fp32 weight with a long reduction (e.g. the base joiner, 10
 ``F.linear`` (MKL) on this CPU; for smaller weights MKL is as fast or faster and has less
 call overhead. Results agree to fp32 rounding, not bit for bit. (MKL's pre-packed
 ``mkl::_mkl_linear`` only uses its packed weight when M equals the batch size it was
-packed for and otherwise falls back to ``F.linear``, so it does not help a varying beam.) Any other module (a dynamically quantised int8 or fp16 linear,
-a bf16 cast linear, a low-rank or MoE layer) is called as it is.
+packed for and otherwise falls back to ``F.linear``, so it does not help a varying beam.)
+Any other module (a dynamically quantised int8 or fp16 linear, a bf16 cast linear, a
+low-rank or MoE layer) is called as it is.
 
 Shapes: (..., K) -> (..., N).
 """
@@ -60,3 +61,50 @@ def fast_linear(module: torch.nn.Module):
         big = module.in_features >= ONEDNN_MIN_IN and module.weight.numel() >= ONEDNN_MIN_NUMEL
         return OneDNNLinear(module) if big and onednn_available() else PlainLinear(module)
     return module
+
+
+def fuse_linears(modules: list[torch.nn.Module]):
+    """One callable computing ``cat([m(x) for m in modules], -1)`` with a single matmul, or
+    None when the modules cannot be fused exactly (different types, per-tensor int8).
+
+    fp32 and bf16 linears concatenate their weights; dynamically quantised linears
+    (fp16, or int8 with per-channel scales) concatenate their rows, which is lossless.
+    Saves a call's fixed cost (for int8: quantising the input again) per extra module.
+    """
+    kinds = {type(m) for m in modules}
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    if kind is torch.nn.Linear or kind.__name__ == "Bf16Linear":
+        weight = torch.cat([m.weight.detach() for m in modules])
+        biases = [m.bias for m in modules]
+        bias = None if any(b is None for b in biases) else torch.cat([b.detach() for b in biases])
+        fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        if kind is torch.nn.Linear:
+            fused.weight.data, fused.bias.data = weight, bias  # type: ignore[assignment]
+            return fast_linear(fused)
+        fused.weight.data = weight.float()
+        if bias is not None:
+            fused.bias.data = bias.float()
+        return kind(fused)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    if kind is not DynamicLinear:
+        return None
+    parts = [m._weight_bias() for m in modules]
+    dtype = modules[0]._packed_params.dtype
+    biases = [b for _, b in parts]
+    bias = None if any(b is None for b in biases) else torch.cat(biases)
+    if dtype == torch.float16:
+        weight = torch.cat([w for w, _ in parts])
+    elif all(w.qscheme() == torch.per_channel_affine and w.q_per_channel_axis() == 0 for w, _ in parts):
+        weight = torch._make_per_channel_quantized_tensor(
+            torch.cat([w.int_repr() for w, _ in parts]),
+            torch.cat([w.q_per_channel_scales() for w, _ in parts]),
+            torch.cat([w.q_per_channel_zero_points() for w, _ in parts]), 0)
+    else:
+        return None
+    fused = DynamicLinear(weight.shape[1], weight.shape[0], dtype=dtype)
+    fused.set_weight_bias(weight, bias)
+    fused.version = modules[0].version
+    return fused

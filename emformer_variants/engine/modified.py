@@ -1,11 +1,15 @@
-"""Fast mode: "modified beam search" (k2-fsa/icefall), at most one symbol per frame.
+"""Fast mode: "modified beam search" (k2-fsa/icefall), generalised to K symbols per frame.
 
-Per frame, one joiner call scores every (hypothesis, symbol) pair of every stream; each
-stream keeps its ``beam`` best pairs: blank keeps the hypothesis, a symbol extends it.
-Extensions that reach the same token sequence merge by log-add-exp, and one predictor
-call (cache misses only) serves all streams. So the work per frame is fixed: one joiner
-call of N x beam rows and at most one predictor call, where torchaudio's search runs a
-data-dependent number of rounds. Ranking for the output is torchaudio's score / (tokens + 1).
+Per round, one joiner call scores every (hypothesis, symbol) pair of every stream, and
+each stream keeps its ``beam`` best pairs over blank and symbols together: blank ends the
+hypothesis' frame (it joins the next frame's beam), a symbol extends it. Equal token
+sequences merge by log-add-exp. With ``max_symbols=1`` (icefall's algorithm) a symbol
+also moves to the next frame, so at most one symbol is emitted per frame. With K > 1 the
+extended hypotheses are scored again on the same frame, up to K rounds; symbols picked in
+the last round move on as in icefall. One predictor call (cache misses only) per round
+serves all streams, so a frame costs at most K joiner and K predictor calls, where
+torchaudio's search runs a data-dependent number of rounds over a growing candidate set.
+Output ranking: torchaudio's score / (tokens + 1).
 
 Shapes: N streams, D joiner width, V symbols, R rows (hypotheses of all streams).
 """
@@ -25,43 +29,72 @@ def log_add(a: float, b: float) -> float:
     return hi + math.log1p(math.exp(lo - hi))
 
 
+def _add(table: dict, hyp: Hyp) -> Hyp | None:
+    """Insert or merge into ``table``; returns the hypothesis if it is new."""
+    old = table.get(hyp.tokens)
+    if old is not None:
+        old.score = log_add(old.score, hyp.score)
+        return None
+    table[hyp.tokens] = hyp
+    return hyp
+
+
 class ModifiedBeamSearch(CachedSearch):
     name = "modified"
 
+    def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1, **kw):
+        super().__init__(model, blank, beam, **kw)
+        if max_symbols < 1:
+            raise ValueError(f"max_symbols={max_symbols}: must be at least 1")
+        self.max_symbols = max_symbols
+
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
-        flat = [h for b in beams for h in b]
-        counts = [len(b) for b in beams]
-        logp = self.join(enc_t, counts, [h.slot for h in flat])  # (R, V)
-        cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
-        vocab = cand.shape[1]
-        out: list[list[Hyp]] = []
-        parents, tokens, prefixes, owners = [], [], [], []
-        offset = 0
-        for count in counts:
-            block = cand[offset:offset + count].reshape(-1)
-            top_scores, top_idx = block.topk(min(self.beam, block.numel()))
-            kept: dict[tuple, Hyp] = {}
-            for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
-                parent = flat[offset + idx // vocab]
-                token = idx % vocab
-                if token == self.blank:
-                    key, slot = parent.tokens, parent.slot
-                else:
-                    key, slot = parent.tokens + (token,), -1
-                old = kept.get(key)
-                if old is not None:
-                    old.score = log_add(old.score, score)
-                    continue
-                hyp = Hyp(key, slot, score)
-                kept[key] = hyp
-                if slot < 0:
-                    parents.append(parent.slot)
-                    tokens.append(token)
-                    prefixes.append(key)
-                    owners.append(hyp)
-            out.append(list(kept.values()))
-            offset += count
-        if prefixes:
-            for hyp, slot in zip(owners, self.cache.extend(parents, tokens, prefixes), strict=True):
-                hyp.slot = slot
-        return [sorted(b, key=sort_key, reverse=True) for b in out]
+        n = len(beams)
+        ended: list[dict] = [{} for _ in range(n)]  # next frame's candidates, by tokens
+        current = beams
+        for rnd in range(self.max_symbols):
+            last = rnd == self.max_symbols - 1
+            counts = [len(b) for b in current]
+            flat = [h for b in current for h in b]
+            if not flat:
+                break
+            keep = [s for s in range(n) if counts[s]]
+            logp = self.join(enc_t if n == 1 else enc_t[keep], [counts[s] for s in keep],
+                             [h.slot for h in flat])  # (R, V)
+            cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
+            vocab = cand.shape[1]
+            nxt: list[list[Hyp]] = [[] for _ in range(n)]
+            parents, tokens, pending = [], [], []
+            offset = 0
+            for s in keep:
+                block = cand[offset:offset + counts[s]].reshape(-1)
+                top_scores, top_idx = block.topk(min(self.beam, block.numel()))
+                extended: dict[tuple, Hyp] = {}
+                floor = -math.inf
+                if rnd and len(ended[s]) >= self.beam:
+                    floor = sorted((h.score for h in ended[s].values()), reverse=True)[self.beam - 1]
+                for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+                    if score <= floor:
+                        break
+                    parent = flat[offset + idx // vocab]
+                    token = idx % vocab
+                    if token == self.blank:
+                        _add(ended[s], Hyp(parent.tokens, parent.slot, score))
+                        continue
+                    hyp = _add(ended[s] if last else extended, Hyp(parent.tokens + (token,), -1, score))
+                    if hyp is not None:
+                        parents.append(parent.slot)
+                        tokens.append(token)
+                        pending.append(hyp)
+                nxt[s] = list(extended.values())
+                offset += counts[s]
+            if pending:
+                slots = self.cache.extend(parents, tokens, [h.tokens for h in pending])
+                for hyp, slot in zip(pending, slots, strict=True):
+                    hyp.slot = slot
+            current = nxt
+        out = []
+        for s in range(n):
+            ranked = sorted(ended[s].values(), key=lambda h: h.score, reverse=True)[:self.beam]
+            out.append(sorted(ranked, key=sort_key, reverse=True))
+        return out

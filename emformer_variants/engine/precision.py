@@ -51,10 +51,14 @@ def _swap_linears_(model: torch.nn.Module, make) -> int:
     return len(found)
 
 
-def apply_precision_(rec, precision: str) -> dict:
-    """Convert ``rec.model`` in place for inference; returns what was replaced."""
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"precision={precision}: unknown; choose one of {', '.join(PRECISIONS)}")
+
+
+def apply_precision_(rec, precision: str) -> dict:
+    """Convert ``rec.model`` in place for inference; returns what was replaced."""
+    check_precision(precision)
     model = rec.model.eval()
     if precision == "fp32":
         return {"precision": "fp32", "replaced": 0}

@@ -10,7 +10,8 @@ import lightning as L
 from omegaconf import DictConfig
 
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
-from emformer_variants.engine.precision import apply_precision_
+from emformer_variants.engine.pipeline import check_decoder
+from emformer_variants.engine.precision import apply_precision_, check_precision
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.models.build import resolve_checkpoint
 
@@ -20,6 +21,8 @@ log = logging.getLogger("evaluate")
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     set_threads(cfg.threads)
+    check_decoder(cfg.decoder, cfg.beam)  # bad settings fail before any work
+    check_precision(cfg.precision)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)

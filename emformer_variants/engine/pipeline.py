@@ -130,11 +130,15 @@ DECODERS: dict[str, Callable[..., Pipeline]] = {
 }
 
 
-def build_pipeline(rec, decoder: str = "stock", beam: int = 10, **opts) -> Pipeline:
-    """The named decoder for ``rec`` (build it after any precision change: it reads weights)."""
+def check_decoder(decoder: str, beam: int) -> None:
     if decoder not in DECODERS:
         raise UserError(f"decoder={decoder}: unknown; choose one of {', '.join(DECODERS)}")
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
+
+
+def build_pipeline(rec, decoder: str = "stock", beam: int = 10, **opts) -> Pipeline:
+    """The named decoder for ``rec`` (build it after any precision change: it reads weights)."""
+    check_decoder(decoder, beam)
     rec.eval()
     return DECODERS[decoder](rec, beam, **opts)

@@ -61,7 +61,8 @@ def ttft(rows: list[dict], algorithmic_s: float | None = None) -> Figure:
     ax.set_xlabel("time to first token (s, from stream start; simulated live stream)")
     ax.set_ylabel("utterances")
     ax.set_title(f"Time to first token ({len(values)} of {len(rows)} utterances emitted a token)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -132,7 +132,7 @@ def bench_audio(chunks: int, segment_samples: int, manifest: str | None = None
         source = tts()
     for wave, text in source:
         n = -(-wave.numel() // segment_samples)
-        if total + n > chunks and waves:
+        if total + n > chunks:
             wave = wave[: (chunks - total) * segment_samples]
             n = chunks - total
         waves.append(wave)

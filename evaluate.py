@@ -21,7 +21,7 @@ log = logging.getLogger("evaluate")
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     set_threads(cfg.threads)
-    check_decoder(cfg.decoder, cfg.beam)  # bad settings fail before any work
+    check_decoder(cfg.decoder, cfg.beam, cfg.max_symbols)  # bad settings fail before any work
     check_precision(cfg.precision)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
@@ -31,11 +31,12 @@ def run(cfg: DictConfig) -> dict:
     utts = dm.utterances(cfg.split)
     if cfg.max_utterances:
         utts = utts[: cfg.max_utterances]
-    metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops,
-                                        skip_bad=dm.skip_bad, decoder=cfg.decoder)
+    options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
+    metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
+                                        decoder=cfg.decoder, decoder_options=options)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
-                    "precision": cfg.precision})
+                    "precision": cfg.precision, **options})
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
     if cfg.plots:

@@ -27,13 +27,13 @@ from emformer_variants.streaming import stream_decode
 log = logging.getLogger(__name__)
 
 
-def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock") -> dict:
+def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **options) -> dict:
     """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
     encoder alone, with the analytic encoder count beside it as a cross-check."""
     from emformer_variants.metrics.flops import measured_flops
     from emformer_variants.surgery.analytic import analytic_encoder_flops
 
-    pipe = build_pipeline(rec, decoder, beam)
+    pipe = build_pipeline(rec, decoder, beam, **options)
     audio_s = wave.numel() / rec.features.cfg.sample_rate
     total, result = measured_flops(stream_decode, rec, wave, beam, pipe)
     num_chunks = len(result.encoder_s)
@@ -100,14 +100,15 @@ class RouterTelemetry:
 
 
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
-                        skip_bad: bool = False, progress: bool = True, decoder: str = "stock"
-                        ) -> tuple[dict, list[dict]]:
-    """Decode every utterance in streaming mode with the named decoder (``engine.pipeline``);
-    return (metrics, per-utterance rows)."""
+                        skip_bad: bool = False, progress: bool = True, decoder: str = "stock",
+                        decoder_options: dict | None = None) -> tuple[dict, list[dict]]:
+    """Decode every utterance in streaming mode with the named decoder (``engine.pipeline``,
+    built with ``decoder_options``); return (metrics, per-utterance rows)."""
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
     rec.eval()
-    pipe = build_pipeline(rec, decoder, beam)
+    decoder_options = decoder_options or {}
+    pipe = build_pipeline(rec, decoder, beam, **decoder_options)
     cfg = rec.features.cfg
     refs, hyps, rows = [], [], []
     chunk_ms, feat_ms, enc_ms, dec_ms, ttfts, rtfs = [], [], [], [], [], []
@@ -174,6 +175,6 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     metrics.update(telemetry.summary())
     if flops:
         first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
-        metrics.update(measure_flops(rec, first[: 16000 * 8], beam, decoder))
+        metrics.update(measure_flops(rec, first[: 16000 * 8], beam, decoder, **decoder_options))
     metrics["peak_rss_mb"] = peak_rss_mb()
     return metrics, rows

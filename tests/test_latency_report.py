@@ -59,6 +59,7 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
 @pytest.mark.parametrize("setting,message", [
     ("decoder=viterbi", "decoder=viterbi: unknown; choose one of stock, exact, modified, greedy"),
     ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8"),
+    ("max_symbols=2", "max_symbols=2: a count >= 1, for decoder=modified or greedy only"),
 ])
 def test_evaluate_cli_rejects_unknown_settings_first(tmp_path, setting, message):
     proc = run_cli("evaluate.py", "ckpt=missing.pt", setting, f"paths.output_dir={tmp_path}")

@@ -130,15 +130,17 @@ DECODERS: dict[str, Callable[..., Pipeline]] = {
 }
 
 
-def check_decoder(decoder: str, beam: int) -> None:
+def check_decoder(decoder: str, beam: int, max_symbols: int | None = None) -> None:
     if decoder not in DECODERS:
         raise UserError(f"decoder={decoder}: unknown; choose one of {', '.join(DECODERS)}")
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
+    if max_symbols is not None and (decoder not in ("modified", "greedy") or max_symbols < 1):
+        raise UserError(f"max_symbols={max_symbols}: a count >= 1, for decoder=modified or greedy only")
 
 
 def build_pipeline(rec, decoder: str = "stock", beam: int = 10, **opts) -> Pipeline:
     """The named decoder for ``rec`` (build it after any precision change: it reads weights)."""
-    check_decoder(decoder, beam)
+    check_decoder(decoder, beam, opts.get("max_symbols"))
     rec.eval()
     return DECODERS[decoder](rec, beam, **opts)

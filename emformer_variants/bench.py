@@ -37,6 +37,7 @@ from emformer_variants.cli import PROJECT_ROOT, one_line_errors
 from emformer_variants.engine.pipeline import DECODERS, Pipeline, build_pipeline
 from emformer_variants.engine.precision import PRECISIONS, apply_precision_
 from emformer_variants.errors import UserError
+from emformer_variants.metrics.latency import percentiles
 from emformer_variants.streaming import chunk_windows
 
 SENTENCES = [
@@ -216,9 +217,9 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
                 if s[1] == len(s[0]):
                     slots[i] = None
     wall = time.perf_counter() - t_start
+    p = percentiles(steps)
     return {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
-            "throughput": audio_s / wall, "step_ms_p50": statistics.median(steps),
-            "step_ms_p90": sorted(steps)[int(0.9 * (len(steps) - 1))]}
+            "throughput": audio_s / wall, "step_ms_p50": p["p50"], "step_ms_p90": p["p90"]}
 
 
 # ------------------------------------------------------------------ report
@@ -230,8 +231,7 @@ def summarize(results: dict[str, Timings], audio_s: float, reference: str | None
     rows = []
     for label, t in results.items():
         p50 = statistics.median(t.wall_ms)
-        row = {"mode": label, "chunk_ms_p50": p50,
-               "chunk_ms_p90": sorted(t.wall_ms)[int(0.9 * (len(t.wall_ms) - 1))],
+        row = {"mode": label, "chunk_ms_p50": p50, "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
                "cpu_ms_p50": statistics.median(t.cpu_ms),
                "speedup_vs_stock": ref_p50 / p50 if ref_p50 else None,
                "rtf": sum(t.wall_ms) / 1000 / audio_s,

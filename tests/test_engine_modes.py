@@ -142,3 +142,33 @@ def test_prefix_cache_frees_stale_prefixes_and_keeps_live_ones():
         assert live <= set(cache.slot_of)
         assert len(cache.slot_of) + len(cache.free) == cache.capacity
     assert pipe.search.cache.computed > len(pipe.search.cache.slot_of)  # something was freed
+
+
+def test_a_beam_not_passed_to_recent_steps_is_rejected_not_misread():
+    rec = make_tiny_rec(8)
+    encs = encodings(rec, 9, seed=4)
+    pipe = build_pipeline(rec, "exact", 3, keep_chunks=1)
+    gen = torch.Generator().manual_seed(9)
+    first = pipe.search.step(torch.randn(3, *encs[0].shape[1:], generator=gen), [None] * 3)
+    live, paused, forgotten = first[:1], first[1:2], first[2:]
+    for enc in encs[1:8]:
+        # stream 0 runs; stream 1 is paused: its beam is passed and the old one kept
+        new = pipe.search.step(torch.cat([enc, enc]), [live[0], paused[0]])
+        live = new[:1]
+    assert pipe.search.step(encs[8], paused)  # still valid after 7 steps
+    assert any(pipe.search.cache.slot_of.get(h.tokens) != h.slot for h in forgotten[0])
+    with pytest.raises(ValueError, match="stale beam"):
+        pipe.search.step(encs[8], forgotten)
+
+
+@pytest.mark.parametrize("decoder", ["exact", "modified", "greedy"])
+def test_identical_streams_share_prefixes_without_leaking_slots(decoder):
+    """Streams reaching the same prefix in the same round compute it once."""
+    rec = make_tiny_rec(9)
+    encs = encodings(rec, 4, seed=5)
+    pipe = build_pipeline(rec, decoder, 3)
+    states = run_search(pipe, encs, streams=3)
+    assert [h.tokens for h in states[0]] == [h.tokens for h in states[1]] == [h.tokens for h in states[2]]
+    cache = pipe.search.cache
+    assert len(cache.slot_of) + len(cache.free) == cache.capacity
+    assert len(set(cache.slot_of.values())) == len(cache.slot_of)

@@ -15,7 +15,9 @@ from emformer_variants.engine.predictor import PredictorStep, PrefixCache
 
 class CachedSearch:
     """``step(enc (N, T, D), beams) -> beams``: a stream's beam is a list of ``Hyp``, best
-    first, or None before its first chunk. Subclasses implement ``_frame``."""
+    first, or None before its first chunk. Beams reference the prefix cache, which frees
+    prefixes not seen for ``keep_chunks`` steps: pass every beam you keep to each step.
+    Subclasses implement ``_frame``."""
 
     name = "base"
 
@@ -53,6 +55,11 @@ class CachedSearch:
             raise ValueError(f"{len(beams)} beams for {enc.shape[0]} streams")
         beams = [[Hyp((self.blank,), self.cache.root(self.blank), 0.0)] if b is None else b
                  for b in beams]
+        slot_of = self.cache.slot_of
+        if any(slot_of.get(h.tokens) != h.slot for b in beams for h in b):
+            raise ValueError("stale beam: pass each stream's beam from the previous step (a paused "
+                             "stream too: pass its beam and keep the old one), or None to start")
+        self.cache.touch(h.tokens for b in beams for h in b)
         enc = enc.float()
         for t in range(enc.shape[1]):
             beams = self._frame(enc[:, t], beams)

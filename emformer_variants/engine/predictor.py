@@ -134,30 +134,28 @@ class PrefixCache:
             self.pg_ready.update(todo)
 
     def extend(self, parents: list[int], tokens: list[int], prefixes: list[tuple]) -> list[int]:
-        slots: list[int | None] = []
-        todo = []
+        """Slots of ``prefixes`` (each = parent's prefix + token); each missing prefix is
+        computed once, even when several hypotheses (of several streams) ask for it."""
         tick = self.tick
+        todo: dict[tuple, int] = {}  # missing prefix -> index of its first request
         for i, key in enumerate(prefixes):
-            slot = self.slot_of.get(key)
-            slots.append(slot)
             self.last_used[key] = tick
-            if slot is None:
-                todo.append(i)
+            if key not in self.slot_of and key not in todo:
+                todo[key] = i
         self.hits += len(prefixes) - len(todo)
         if todo:
-            par = [parents[i] for i in todo]
+            first = list(todo.values())
+            par = [parents[i] for i in first]
             self._ensure_pgates(par)
-            new = self._alloc(len(todo))
-            idx = torch.tensor([par, [tokens[i] for i in todo], new])
+            new = self._alloc(len(first))
+            idx = torch.tensor([par, [tokens[i] for i in first], new])
             out, h, c = self.step(idx[1], self.pg.index_select(1, idx[0]), self.c.index_select(1, idx[0]))
             self.out.index_copy_(0, idx[2], out)
             self.h.index_copy_(1, idx[2], h)
             self.c.index_copy_(1, idx[2], c)
-            for i, slot in zip(todo, new, strict=True):
-                slots[i] = slot
-                self.slot_of[prefixes[i]] = slot
-            self.computed += len(todo)
-        return slots  # type: ignore[return-value]
+            self.slot_of.update(zip(todo, new, strict=True))
+            self.computed += len(first)
+        return [self.slot_of[key] for key in prefixes]
 
     def touch(self, prefixes) -> None:
         for key in prefixes:

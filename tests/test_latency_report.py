@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from emformer_variants.metrics.plots import latency_figures, write_latency_plots
 from tests.conftest import run_cli
@@ -61,7 +62,17 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8"),
     ("max_symbols=2", "max_symbols=2: a count >= 1, for decoder=modified or greedy only"),
 ])
-def test_evaluate_cli_rejects_unknown_settings_first(tmp_path, setting, message):
-    proc = run_cli("evaluate.py", "ckpt=missing.pt", setting, f"paths.output_dir={tmp_path}")
-    assert proc.returncode == 2
-    assert message in proc.stderr  # before the missing checkpoint is noticed
+def test_evaluate_rejects_unknown_settings_first(setting, message, capsys):
+    from hydra import compose, initialize_config_dir
+
+    import evaluate
+    from emformer_variants.cli import PROJECT_ROOT
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["ckpt=missing.pt", "threads=1", setting])
+    threads = torch.get_num_threads()
+    with pytest.raises(SystemExit) as exc:
+        evaluate.run(cfg)  # before the missing checkpoint is noticed
+    torch.set_num_threads(threads)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -32,9 +32,8 @@ class GreedySearch(CachedSearch):
             best, token = logp.max(dim=1)
             emit = []
             for s, score, tok in zip(active, best.tolist(), token.tolist(), strict=True):
-                h = hyps[s]
-                if tok == self.blank:
-                    h.score += score
+                if tok == self.blank:  # a new object: callers may keep the old beam
+                    hyps[s] = Hyp(hyps[s].tokens, hyps[s].slot, hyps[s].score + score)
                 else:
                     emit.append((s, tok, score))
             if not emit:

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from emformer_variants.checkpoints import check_variant
 from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
 from emformer_variants.config_checks import check_evaluate_config
+from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.evaluation import evaluate_recognizer
 from emformer_variants.hydra_run import pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
@@ -28,16 +29,28 @@ def run(cfg: DictConfig) -> dict:
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
     if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold that variant
         check_variant(rec.variants, OmegaConf.to_container(cfg.variant, resolve=True), "ckpt", cfg.ckpt)
+    apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
     if cfg.max_utterances:
         utts = utts[: cfg.max_utterances]
-    metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops,
-                                        skip_bad=dm.skip_bad)
+    options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
+    metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
+                                        decoder=cfg.decoder, decoder_options=options)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
-    metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants})
+    metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
+                    "precision": cfg.precision, **options})
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
+    if cfg.plots:
+        from emformer_variants.metrics.plots import write_latency_plots
+
+        write_latency_plots(rows, out_dir, segment_ms=1000 * rec.features.cfg.chunk_seconds,
+                            algorithmic_s=metrics["algorithmic_latency_s"])
+    if cfg.profile:
+        from emformer_variants.profiling import write_profile
+
+        write_profile(rec, utts, out_dir / "profile.txt", beam=cfg.beam, decoder=cfg.decoder)
     print(metrics_table({str(cfg.ckpt): metrics}))
     print(f"metrics: {out_dir / 'metrics.json'}\n{report_hint(out_dir)}")
     return metrics

@@ -298,6 +298,11 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "seed", 0)
     int_at_least(cfg, "beam", 1)
     int_at_least(cfg, "max_utterances", 1, optional=True)
+    from emformer_variants.engine.pipeline import check_decoder
+    from emformer_variants.engine.precision import check_precision
+
+    check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))
+    check_precision(cfg.get("precision", "fp32"))
     if not str(cfg.get("split") or "").strip():
         raise UserError("split is empty: name a data split such as test")
     ckpt = str(cfg.ckpt)

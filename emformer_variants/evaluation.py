@@ -16,7 +16,7 @@ import torch
 
 from emformer_variants.data.audio import load_audio
 from emformer_variants.data.manifest import Utterance
-from emformer_variants.decoding import make_beam_search
+from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.latency import chunk_ready_times, percentiles, simulate_live_stream
 from emformer_variants.metrics.memory import peak_rss_mb
@@ -27,15 +27,15 @@ from emformer_variants.streaming import stream_decode
 log = logging.getLogger(__name__)
 
 
-def measure_flops(rec, wave: torch.Tensor, beam: int) -> dict:
+def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **options) -> dict:
     """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
     encoder alone, with the analytic encoder count beside it as a cross-check."""
     from emformer_variants.metrics.flops import measured_flops
     from emformer_variants.surgery.analytic import analytic_encoder_flops
 
-    search = make_beam_search(rec)
+    pipe = build_pipeline(rec, decoder, beam, **options)
     audio_s = wave.numel() / rec.features.cfg.sample_rate
-    total, result = measured_flops(stream_decode, rec, wave, beam, search)
+    total, result = measured_flops(stream_decode, rec, wave, beam, pipe)
     num_chunks = len(result.encoder_s)
     # Encoder alone over the same chunks.
     from emformer_variants.streaming import chunk_windows
@@ -100,12 +100,15 @@ class RouterTelemetry:
 
 
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
-                        skip_bad: bool = False, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Decode every utterance in streaming mode; return (metrics, per-utterance rows)."""
+                        skip_bad: bool = False, progress: bool = True, decoder: str = "stock",
+                        decoder_options: dict | None = None) -> tuple[dict, list[dict]]:
+    """Decode every utterance in streaming mode with the named decoder (``engine.pipeline``,
+    built with ``decoder_options``); return (metrics, per-utterance rows)."""
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
     rec.eval()
-    search = make_beam_search(rec)
+    decoder_options = decoder_options or {}
+    pipe = build_pipeline(rec, decoder, beam, **decoder_options)
     cfg = rec.features.cfg
     refs, hyps, rows = [], [], []
     chunk_ms, feat_ms, enc_ms, dec_ms, ttfts, rtfs = [], [], [], [], [], []
@@ -123,9 +126,9 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
             log.warning("skipped (data.skip_bad=true): %s", e)
             continue
         if not warmed:  # one untimed pass: allocator and kernel warm-up
-            stream_decode(rec, wave[: cfg.window_samples * 2], beam, search)
+            stream_decode(rec, wave[: cfg.window_samples * 2], beam, pipe)
             warmed = True
-        res = stream_decode(rec, wave, beam, search)
+        res = stream_decode(rec, wave, beam, pipe)
         refs.append(utt.text)
         hyps.append(res.text)
         chunks = res.chunk_s
@@ -144,7 +147,9 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
             ttft = simulate_live_stream(ready, chunks)[res.first_token_chunk]
             ttfts.append(ttft)
         rows.append({"audio": utt.audio, "ref": utt.text, "hyp": res.text, "audio_s": res.audio_s,
-                     "rtf": rtfs[-1], "ttft_s": ttft, "chunk_ms": [round(1000 * c, 3) for c in chunks]})
+                     "rtf": rtfs[-1], "ttft_s": ttft, "chunk_ms": [round(1000 * c, 3) for c in chunks],
+                     **{f"{part}_ms": [round(1000 * c, 3) for c in getattr(res, f"{part}_s")]
+                        for part in ("features", "encoder", "decoder")}})
         if progress and (i + 1) % max(1, len(utts) // 10) == 0:
             log.info("decoded %d/%d utterances (%.0f s)", i + 1, len(utts), time.perf_counter() - t_start)
     if not refs:
@@ -164,13 +169,19 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         "params_total": total, "params_active": active,
         "kv_cache_bytes": state_bytes,
         "num_utterances": len(refs), "num_skipped": len(skipped), "audio_s": audio_s,
-        "beam": beam, "threads": torch.get_num_threads(),
+        "beam": beam, "decoder": decoder, "threads": torch.get_num_threads(),
         "ref_words": rates["ref_words"],
     }
     telemetry.close()
     metrics.update(telemetry.summary())
+<<<<<<< HEAD
     if flops:  # on the longest decoded utterance: a 0.05 s clip would inflate FLOPs per second
         longest = max(rows, key=lambda r: r["audio_s"])
         metrics.update(measure_flops(rec, load_audio(longest["audio"])[: 16000 * 8], beam))
+=======
+    if flops:
+        first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
+        metrics.update(measure_flops(rec, first[: 16000 * 8], beam, decoder, **decoder_options))
+>>>>>>> engine
     metrics["peak_rss_mb"] = peak_rss_mb()
     return metrics, rows

@@ -1,9 +1,10 @@
 """Chunked streaming decoding with carried state, exactly as a live stream would run.
 
-The loop is torchaudio's stock streaming pipeline: every ``segment`` of samples, the
-window ``segment + right context`` goes through the streaming feature extractor, the
-Emformer's ``transcribe_streaming`` (left-context cache and memory carried in ``state``)
-and RNNTBeamSearch, seeded with the previous chunk's beam. Each stage is timed.
+Every ``segment`` of samples, the window ``segment + right context`` goes through the
+streaming feature extractor, the encoder (left-context cache and memory carried in its
+state) and the search, seeded with the previous chunk's beam. Each stage is timed. The
+default pipeline is torchaudio's stock one (``transcribe_streaming`` + ``RNNTBeamSearch``);
+``engine.pipeline`` names the others.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torchaudio.models import RNNTBeamSearch
 
-from emformer_variants.decoding import hypothesis_text, make_beam_search
-from emformer_variants.metrics.memory import tensor_bytes
+from emformer_variants.engine.pipeline import Pipeline, build_pipeline
 
 
 @dataclass
@@ -43,26 +42,26 @@ def chunk_windows(wave: torch.Tensor, segment: int, window: int):
 
 
 @torch.inference_mode()
-def stream_decode(rec, wave: torch.Tensor, beam: int, search: RNNTBeamSearch | None = None
+def stream_decode(rec, wave: torch.Tensor, beam: int, pipeline: Pipeline | None = None
                   ) -> StreamResult:
     """Decode one utterance (S,) chunk by chunk; returns text, timings and state size."""
-    search = search or make_beam_search(rec)
+    pipe = pipeline or build_pipeline(rec, "stock", beam)
     cfg = rec.features.cfg
     result = StreamResult(text="", audio_s=wave.numel() / cfg.sample_rate)
-    state, hyps = None, None
+    state, hyps = pipe.encoder.init(1), [pipe.search.init_state()]
     for k, window in enumerate(chunk_windows(wave, cfg.segment_samples, cfg.window_samples)):
         t0 = time.perf_counter()
         feats = rec.features.streaming(window).unsqueeze(0)  # (1, T, F)
         t1 = time.perf_counter()
-        enc, _, state = rec.model.transcribe_streaming(feats, torch.tensor([feats.shape[1]]), state)
+        enc, state = pipe.encoder.step(feats, state)
         t2 = time.perf_counter()
-        hyps = search._search(enc, hyps, beam)
+        hyps = pipe.search.step(enc, hyps)
         t3 = time.perf_counter()
         result.features_s.append(t1 - t0)
         result.encoder_s.append(t2 - t1)
         result.decoder_s.append(t3 - t2)
-        if result.first_token_chunk is None and len(hyps[0][0]) > 1:
+        if result.first_token_chunk is None and pipe.search.best_tokens(hyps[0]):
             result.first_token_chunk = k
-    result.text = hypothesis_text(rec.tokenizer, hyps[0])
-    result.state_bytes = tensor_bytes(state)
+    result.text = rec.tokenizer.decode(pipe.search.best_tokens(hyps[0]))
+    result.state_bytes = pipe.encoder.state_bytes(state)
     return result

@@ -1,0 +1,356 @@
+"""Side-by-side streaming benchmark: torchaudio's stock pipeline and the engine's modes on
+the same weights and the same audio, interleaved chunk by chunk in one process.
+
+    python -m emformer_variants.bench [--model tiny|emformer_base] [--beam 10] [--chunks 60]
+        [--threads 1] [--modes stock exact modified:4@int8 ...] [--streams 1 4 16]
+        [--stream-modes exact@int8 ...] [--profile DIR] [--manifest test.jsonl] [--json out.json]
+
+A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
+modified, greedy), K = symbols per frame for modified/greedy, precision from
+``engine.precision`` (fp32, bf16, fp16, int8). Every mode decodes every chunk of every
+utterance; within a chunk the modes run in rotating order, so a load change on the machine
+hits all of them alike. Per-chunk latency = features + encoder + search, wall clock (CPU
+time of the thread beside it). ``tiny`` is the shipped trained base on TTS speech (or
+``--manifest``); ``emformer_base`` has random weights: its speed is real, its decoding
+behaviour (symbols per frame, beam churn) is not a trained model's.
+
+Many streams (``--streams``): N streams decoded together, one batched encoder + search step
+per chunk, each finished utterance replaced by the next (continuous batching); reports the
+aggregate throughput (audio seconds per wall second) and the per-stream chunk latency
+(= the step's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from emformer_variants.cli import PROJECT_ROOT, one_line_errors
+from emformer_variants.engine.pipeline import DECODERS, Pipeline, build_pipeline
+from emformer_variants.engine.precision import PRECISIONS, apply_precision_
+from emformer_variants.errors import UserError
+from emformer_variants.metrics.latency import percentiles
+from emformer_variants.streaming import chunk_windows
+
+SENTENCES = [
+    "it is a truth universally acknowledged that a single man in possession of a good fortune",
+    "emma woodhouse handsome clever and rich with a comfortable home and happy disposition",
+    "the family of dashwood had long been settled in sussex",
+    "my dear mister bennet said his lady to him one day have you heard",
+    "she was the youngest of the two daughters of a most affectionate indulgent father",
+    "nothing could be more pleasant than the evening they spent together",
+    "he had not been at home long before the letter arrived from town",
+    "they walked towards the house together in silence",
+]
+
+
+@dataclass(frozen=True)
+class Mode:
+    decoder: str
+    precision: str = "fp32"
+    symbols: int | None = None
+
+    @property
+    def label(self) -> str:
+        k = f":{self.symbols}" if self.symbols else ""
+        return f"{self.decoder}{k}@{self.precision}"
+
+    @classmethod
+    def parse(cls, text: str) -> Mode:
+        head, _, precision = text.partition("@")
+        decoder, _, k = head.partition(":")
+        precision = precision or "fp32"
+        if decoder not in DECODERS:
+            raise UserError(f"--modes {text}: unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+        if precision not in PRECISIONS:
+            raise UserError(f"--modes {text}: unknown precision {precision!r}; "
+                            f"choose from {', '.join(PRECISIONS)}")
+        if k and (decoder not in ("modified", "greedy") or not k.isdigit() or int(k) < 1):
+            raise UserError(f"--modes {text}: ':K' (symbols per frame >= 1) applies to modified and greedy")
+        return cls(decoder, precision, int(k) if k else None)
+
+    def build(self, rec, beam: int) -> Pipeline:
+        opts = {"max_symbols": self.symbols} if self.symbols else {}
+        return build_pipeline(rec, self.decoder, beam, **opts)
+
+
+@dataclass
+class Timings:
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)  # best hypothesis per utterance
+
+
+# ------------------------------------------------------------------ model and audio
+
+def build_model(name: str):
+    """(recognizer, note) for ``tiny`` (the shipped trained base) or ``emformer_base`` (random)."""
+    if name == "tiny":
+        from emformer_variants.models.recognizer import load_recognizer
+
+        return load_recognizer(PROJECT_ROOT / "checkpoints" / "tiny_base.pt").eval(), \
+            "tiny: the shipped trained base (checkpoints/tiny_base.pt)"
+    if name == "emformer_base":
+        from emformer_variants.arch_report import build_random
+
+        return build_random("emformer_base"), ("emformer_base: RANDOM WEIGHTS (torchaudio's architecture, "
+                                               "76.7M params); speed is real, decoding behaviour is not")
+    raise UserError(f"--model {name}: choose tiny or emformer_base")
+
+
+def bench_audio(chunks: int, segment_samples: int, manifest: str | None = None
+                ) -> tuple[list[torch.Tensor], list[str]]:
+    """Utterances until ``chunks`` streaming chunks are covered: from a manifest, or TTS
+    (espeak-ng voices reading fixed sentences)."""
+    waves, texts = [], []
+    total = 0
+    if manifest:
+        from emformer_variants.data.audio import load_audio
+        from emformer_variants.data.manifest import read_manifest
+
+        source = ((load_audio(u.audio), u.text) for u in read_manifest(Path(manifest)))
+    else:
+        import torchaudio.functional as AF
+
+        from emformer_variants.data.tts import default_voices, synthesize
+
+        voices = [v for v in default_voices() if v.engine == "espeak"]
+
+        def tts():
+            for i in range(10_000):
+                text = SENTENCES[i % len(SENTENCES)]
+                wave, sr = synthesize(voices[(3 * i) % len(voices)], text)
+                yield AF.resample(torch.from_numpy(wave), sr, 16000), text
+
+        source = tts()
+    for wave, text in source:
+        n = -(-wave.numel() // segment_samples)
+        if total + n > chunks:
+            wave = wave[: (chunks - total) * segment_samples]
+            n = chunks - total
+        waves.append(wave)
+        texts.append(text)
+        total += n
+        if total >= chunks:
+            break
+    if total < chunks:
+        raise UserError(f"--manifest {manifest}: only {total} chunks of audio, asked for {chunks}")
+    return waves, texts
+
+
+# ------------------------------------------------------------------ one stream, interleaved
+
+@torch.inference_mode()
+def interleaved(rec_for: dict, pipes: dict[str, Pipeline], waves: list[torch.Tensor]) -> dict[str, Timings]:
+    labels = list(pipes)
+    out = {label: Timings() for label in labels}
+    cfg = next(iter(rec_for.values())).features.cfg
+    for wave in waves:
+        windows = list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples))
+        states = {m: (pipes[m].encoder.init(1), [pipes[m].search.init_state()]) for m in labels}
+        for k, window in enumerate(windows):
+            order = labels[k % len(labels):] + labels[:k % len(labels)]
+            for m in order:
+                rec, pipe = rec_for[m], pipes[m]
+                enc_state, hyps = states[m]
+                t0, c0 = time.perf_counter(), time.thread_time()
+                feats = rec.features.streaming(window).unsqueeze(0)
+                enc, enc_state = pipe.encoder.step(feats, enc_state)
+                hyps = pipe.search.step(enc, hyps)
+                out[m].wall_ms.append(1000 * (time.perf_counter() - t0))
+                out[m].cpu_ms.append(1000 * (time.thread_time() - c0))
+                states[m] = (enc_state, hyps)
+        for m in labels:
+            out[m].tokens.append(pipes[m].search.best_tokens(states[m][1][0]))
+    return out
+
+
+# ------------------------------------------------------------------ many streams
+
+@torch.inference_mode()
+def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_steps: int = 8,
+                 rounds: int = 3) -> dict:
+    """Continuous batching of ``n`` streams over ``waves``, repeated until every slot gets
+    about ``rounds`` utterances and ``min_steps`` chunks (so few steps run on idle slots);
+    per-step wall times and aggregate throughput."""
+    if n > 1 and not pipe.encoder.supports_reset:
+        raise UserError(f"{pipe.name}: its encoder cannot batch streams that start at different times")
+    cfg = rec.features.cfg
+    queue = list(waves)
+    while len(queue) < rounds * n or sum(w.numel() for w in queue) < n * min_steps * cfg.segment_samples:
+        queue += waves
+    queue.reverse()
+    slots: list[list | None] = [None] * n  # [windows, next index]
+    state, hyps = pipe.encoder.init(n), [pipe.search.init_state() for _ in range(n)]
+    steps, audio_s = [], 0.0
+    silence = torch.zeros(cfg.window_samples)
+    t_start = time.perf_counter()
+    while True:
+        for i in range(n):
+            if slots[i] is None and queue:
+                wave = queue.pop()
+                audio_s += wave.numel() / cfg.sample_rate
+                slots[i] = [list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples)), 0]
+                if n > 1:
+                    pipe.encoder.reset(state, i)
+                else:
+                    state = pipe.encoder.init(1)
+                hyps[i] = pipe.search.init_state()
+        if all(s is None for s in slots):
+            break
+        t0 = time.perf_counter()
+        batch = torch.stack([s[0][s[1]] if s else silence for s in slots])
+        feats = rec.features.streaming(batch)
+        enc, state = pipe.encoder.step(feats, state)
+        new = pipe.search.step(enc, hyps)
+        hyps = [new[i] if slots[i] else hyps[i] for i in range(n)]
+        steps.append(1000 * (time.perf_counter() - t0))
+        for i, s in enumerate(slots):
+            if s:
+                s[1] += 1
+                if s[1] == len(s[0]):
+                    slots[i] = None
+    wall = time.perf_counter() - t_start
+    p = percentiles(steps)
+    return {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
+            "throughput": audio_s / wall, "step_ms_p50": p["p50"], "step_ms_p90": p["p90"]}
+
+
+# ------------------------------------------------------------------ report
+
+def summarize(results: dict[str, Timings], audio_s: float, reference: str | None,
+              texts: list[str] | None, decode) -> list[dict]:
+    ref = results.get(reference) if reference else None
+    ref_p50 = statistics.median(ref.wall_ms) if ref else None
+    rows = []
+    for label, t in results.items():
+        p50 = statistics.median(t.wall_ms)
+        row = {"mode": label, "chunk_ms_p50": p50, "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
+               "cpu_ms_p50": statistics.median(t.cpu_ms),
+               "speedup_vs_stock": ref_p50 / p50 if ref_p50 else None,
+               "rtf": sum(t.wall_ms) / 1000 / audio_s,
+               "same_as_stock": (f"{sum(a == b for a, b in zip(t.tokens, ref.tokens, strict=True))}"
+                                 f"/{len(t.tokens)}") if ref else "n/a"}
+        if texts is not None and decode is not None:
+            from emformer_variants.metrics.wer import error_rates
+
+            row["wer"] = error_rates(texts, [decode(x) for x in t.tokens])["wer"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = [("mode", "mode", "{}"), ("chunk_ms_p50", "chunk ms p50", "{:.1f}"),
+            ("chunk_ms_p90", "p90", "{:.1f}"), ("cpu_ms_p50", "CPU ms p50", "{:.1f}"),
+            ("speedup_vs_stock", "vs stock", "{:.2f}x"), ("rtf", "RTF", "{:.3f}"),
+            ("same_as_stock", "same transcript as stock", "{}"), ("wer", "WER", "{:.4f}")]
+    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(k) is None else f.format(r[k]) for k, _, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def format_streams(rows: list[dict]) -> str:
+    lines = ["| mode | streams | throughput (audio s / wall s) | per-stream chunk ms p50 | p90 | audio s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['streams']} | {r['throughput']:.2f} | {r['step_ms_p50']:.1f} "
+                     f"| {r['step_ms_p90']:.1f} | {r['audio_s']:.1f} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ CLI
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m emformer_variants.bench",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="tiny", choices=["tiny", "emformer_base"])
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--chunks", type=int, default=60, help="streaming chunks (0.16 s each) per mode")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--modes", nargs="+", default=["stock", "exact", "exact@fp16", "exact@int8",
+                                                   "modified@int8", "modified:4@int8", "greedy@int8"],
+                   help="decoder[:K][@precision]; the first stock mode is the reference")
+    p.add_argument("--streams", nargs="*", type=int, default=[], help="e.g. 1 4 16")
+    p.add_argument("--stream-modes", nargs="*", default=None,
+                   help="modes for --streams (default: every engine mode of --modes)")
+    p.add_argument("--manifest", default=None, help="a manifest (.jsonl) to take audio from instead of TTS")
+    p.add_argument("--profile", default=None, help="write a torch.profiler table per mode into DIR")
+    p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.beam < 1 or args.chunks < 1 or args.threads < 1:
+        raise UserError("--beam, --chunks and --threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    modes = [Mode.parse(m) for m in args.modes]
+    stream_modes = [Mode.parse(m) for m in args.stream_modes] if args.stream_modes is not None \
+        else [m for m in modes if m.decoder != "stock"]
+    rec, note = build_model(args.model)
+    cfg = rec.features.cfg
+    waves, texts = bench_audio(args.chunks, cfg.segment_samples, args.manifest)
+    audio_s = sum(w.numel() for w in waves) / cfg.sample_rate
+
+    recs: dict[str, object] = {}
+    for precision in dict.fromkeys(m.precision for m in modes + stream_modes):
+        r = rec if precision == "fp32" else copy.deepcopy(rec)
+        apply_precision_(r, precision)
+        recs[precision] = r
+    pipes = {m.label: m.build(recs[m.precision], args.beam) for m in modes}
+    rec_for = {m.label: recs[m.precision] for m in modes}
+    # warm-up: one short pass of every mode (allocator, kernels, predictor tables)
+    interleaved(rec_for, pipes, [waves[0][: cfg.segment_samples * 3]])
+
+    results = interleaved(rec_for, pipes, waves)
+    reference = next((m.label for m in modes if m.decoder == "stock"), None)
+    trained = args.model == "tiny"
+    rows = summarize(results, audio_s, reference, texts if trained else None,
+                     rec.tokenizer.decode if trained else None)
+
+    print(f"# bench: {note}")
+    print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio, {args.chunks} chunks of "
+          f"{1000 * cfg.chunk_seconds:.0f} ms (+{1000 * cfg.right_context_seconds:.0f} ms right context) "
+          f"per mode; threads {args.threads}; torch {torch.__version__}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; modes interleaved chunk by chunk")
+    print(format_table(rows))
+    stream_rows = []
+    for m in stream_modes if args.streams else []:
+        pipe = m.build(recs[m.precision], args.beam)
+        for n in args.streams:
+            many_streams(recs[m.precision], pipe, [waves[0][: cfg.segment_samples * 2]], n, 2, 1)
+            stream_rows.append({"mode": m.label, **many_streams(recs[m.precision], pipe, waves, n)})
+    if stream_rows:
+        print()
+        print(format_streams(stream_rows))
+    if args.profile:
+        from emformer_variants.profiling import profile_table
+
+        out = Path(args.profile)
+        out.mkdir(parents=True, exist_ok=True)
+        for m in modes:
+            text = profile_table(rec_for[m.label], m.build(rec_for[m.label], args.beam), waves[:2])
+            path = out / f"profile_{args.model}_{m.label.replace(':', '-').replace('@', '_')}.txt"
+            path.write_text(text + "\n")
+            print(f"profile: {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "note": note, "audio_s": audio_s,
+                                               "single_stream": rows, "streams": stream_rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Streaming Emformer transcriber for N streams at once, each with its own history.
+
+Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infer`` and
+``Emformer.infer`` with ``max_memory_size=0``), arranged for speed:
+- per layer, the left-context keys/values of all streams sit in one (N, L, D) tensor; the
+  keys of a chunk are ``[right context, left context, utterance]`` as in torchaudio, and
+  the next left context is the last L rows of that same tensor (no extra copies);
+- each stream has its own history length, so a stream that has seen fewer than L frames
+  masks the unused slots (torchaudio's batched ``infer`` takes the first stream's length
+  for all), and streams can start and stop independently (``reset``);
+- the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
+  large fp32 linears use oneDNN (``engine.linear.fast_linear``), other layers run as they are.
+
+Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
+``StockEncoder`` (``supports`` says which applies).
+
+Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
+reduction), L left-context frames, D model width, Hd heads, F feature bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
+
+from emformer_variants.engine.linear import fast_linear, fuse_linears
+
+
+@dataclass
+class EncoderState:
+    keys: list[torch.Tensor]  # per layer (N, L, D)
+    values: list[torch.Tensor]
+    past: list[int] = field(default_factory=list)  # utterance frames seen, per stream
+
+    def nbytes(self, stream: int | None = None) -> int:
+        total = sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return total // max(1, len(self.past)) if stream is not None else total
+
+
+def supports(model: torch.nn.Module) -> bool:
+    em = model.transcriber.transformer
+    return em.max_memory_size == 0 and all(
+        type(layer) is _EmformerLayer and type(layer.attention) is _EmformerAttention
+        for layer in em.emformer_layers)
+
+
+class _Layer:
+    def __init__(self, layer: _EmformerLayer):
+        att = layer.attention
+        self.ln_in, self.ln_out = layer.layer_norm_input, layer.layer_norm_output
+        self.qkv = fuse_linears([att.emb_to_query, att.emb_to_key_value])
+        if self.qkv is None:
+            query, key_value = fast_linear(att.emb_to_query), fast_linear(att.emb_to_key_value)
+            self.qkv = lambda x: torch.cat([query(x), key_value(x)], dim=-1)
+        self.out_proj = fast_linear(att.out_proj)
+        self.heads, self.scaling = att.num_heads, att.scaling
+        ff = layer.pos_ff
+        if isinstance(ff, torch.nn.Sequential) and len(ff) == 6 and all(
+                isinstance(ff[i], torch.nn.Linear) for i in (1, 4)):
+            norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
+            self.ffn = lambda x: lin2(act(lin1(norm(x))))
+        else:  # a replaced FFN (MoE, low-rank): run the module
+            self.ffn = ff
+
+    def __call__(self, x: torch.Tensor, r: int, keys: torch.Tensor, values: torch.Tensor,
+                 mask: torch.Tensor | None):
+        """x (N, R + S, D) rows [right context, utterance]; keys/values (N, L', D) left
+        context -> (output (N, R + S, D), all keys, all values (N, R + L' + S, D))."""
+        n, t, d = x.shape
+        hd = self.heads
+        ln = self.ln_in(x)
+        q, k, v = self.qkv(ln).split(d, dim=2)
+        k = torch.cat([k[:, :r], keys, k[:, r:]], dim=1)
+        v = torch.cat([v[:, :r], values, v[:, r:]], dim=1)
+        kt = k.shape[1]
+        qh = q.view(n, t, hd, d // hd).transpose(1, 2).reshape(n * hd, t, d // hd)
+        kh = k.view(n, kt, hd, d // hd).transpose(1, 2).reshape(n * hd, kt, d // hd)
+        vh = v.view(n, kt, hd, d // hd).transpose(1, 2).reshape(n * hd, kt, d // hd)
+        weights = torch.bmm(qh * self.scaling, kh.transpose(1, 2))
+        if mask is not None:  # (N, Kt) True = unused left-context slot
+            weights = weights.view(n, hd, t, kt).masked_fill(mask[:, None, None, :], -1e8)
+            weights = weights.view(n * hd, t, kt)
+        probs = torch.softmax(weights.float(), dim=-1).type_as(weights)
+        att = torch.bmm(probs, vh).view(n, hd, t, d // hd).transpose(1, 2).reshape(n, t, d)
+        y = self.out_proj(att) + x
+        y = self.ffn(y) + y
+        return self.ln_out(y), k, v
+
+
+class StreamingEncoder:
+    """``step(features (N, T_in, F), state) -> (encodings (N, S, D_out), state)``."""
+
+    name = "engine"
+
+    def __init__(self, model: torch.nn.Module):
+        if not supports(model):
+            raise ValueError("StreamingEncoder needs torchaudio Emformer layers without memory")
+        tr = model.transcriber
+        em = tr.transformer
+        self.input_linear = fast_linear(tr.input_linear)
+        self.stride = tr.time_reduction.stride
+        self.segment, self.right = em.segment_length, em.right_context_length
+        self.left = em.left_context_length
+        self.layers = [_Layer(layer) for layer in em.emformer_layers]
+        self.width = em.emformer_layers[0].input_dim
+        self.output_linear = fast_linear(tr.output_linear)
+        self.out_norm = tr.layer_norm
+
+    def init(self, n: int) -> EncoderState:
+        z = [torch.zeros(n, self.left, self.width) for _ in self.layers]
+        return EncoderState(z, [t.clone() for t in z], [0] * n)
+
+    def reset(self, state: EncoderState, stream: int) -> None:
+        """Start a new utterance in ``stream`` (its old history is masked from now on)."""
+        state.past[stream] = 0
+
+    @torch.inference_mode()
+    def step(self, feats: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
+        n, t_in, _ = feats.shape
+        s, r, left = self.segment, self.right, self.left
+        x = self.input_linear(feats)
+        frames = (t_in - t_in % self.stride) // self.stride
+        x = x[:, :frames * self.stride].reshape(n, frames, -1)
+        if frames != s + r:
+            raise ValueError(f"chunk of {t_in} feature frames gives {frames} frames; expected {s + r}")
+        x = torch.cat([x[:, s:], x[:, :s]], dim=1)  # [right context, utterance]
+        valid = [min(left, p) for p in state.past]
+        lo = left - max(valid)
+        mask = None
+        if min(valid) < max(valid):  # streams with different histories
+            cols = torch.arange(r + left - lo + s)
+            start = torch.tensor([r + (left - v) - lo for v in valid])
+            mask = (cols[None, :] >= r) & (cols[None, :] < start[:, None])
+        keys, values = [], []
+        for layer, k_old, v_old in zip(self.layers, state.keys, state.values, strict=True):
+            x, k, v = layer(x, r, k_old[:, lo:], v_old[:, lo:], mask)
+            # next left context: the last L rows of [old left context, this utterance]
+            keys.append(k[:, -left:] if s >= lo else torch.cat([k_old[:, s:], k[:, -s:]], dim=1))
+            values.append(v[:, -left:] if s >= lo else torch.cat([v_old[:, s:], v[:, -s:]], dim=1))
+        out = self.out_norm(self.output_linear(x[:, r:]))
+        return out, EncoderState(keys, values, [p + s for p in state.past])

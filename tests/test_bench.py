@@ -1,0 +1,65 @@
+"""The side-by-side benchmark CLI at tiny size: every mode runs, exact agrees with stock,
+many streams report throughput; bad modes are one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from emformer_variants.bench import Mode, main
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["--model", "tiny", "--chunks", "8", "--beam", "4", "--modes", "stock", "exact",
+                 "modified:2@int8", "greedy", "--streams", "1", "3", "--stream-modes", "exact",
+                 "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "tiny: the shipped trained base" in text and "| stock@fp32 |" in text
+    result = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in result["single_stream"]}
+    assert set(rows) == {"stock@fp32", "exact@fp32", "modified:2@int8", "greedy@fp32"}
+    assert rows["stock@fp32"]["speedup_vs_stock"] == 1.0
+    n = rows["exact@fp32"]["same_as_stock"].split("/")[1]
+    assert rows["exact@fp32"]["same_as_stock"] == f"{n}/{n}"
+    assert all(r["chunk_ms_p50"] > 0 and r["rtf"] > 0 and 0 <= r["wer"] for r in rows.values())
+    streams = result["streams"]
+    assert [s["streams"] for s in streams] == [1, 3]
+    assert all(s["throughput"] > 0 and s["audio_s"] > 0 for s in streams)
+
+
+def test_bench_profile_writes_operator_tables(tmp_path, capsys):
+    assert main(["--chunks", "3", "--beam", "2", "--modes", "stock", "exact@int8",
+                 "--profile", str(tmp_path)]) == 0
+    tables = sorted(p.name for p in tmp_path.glob("profile_tiny_*.txt"))
+    assert tables == ["profile_tiny_exact_int8.txt", "profile_tiny_stock_fp32.txt"]
+    text = (tmp_path / tables[0]).read_text()
+    assert "stage:encoder" in text and "stage:search" in text and "Self CPU" in text
+
+
+def test_bench_mode_syntax():
+    assert Mode.parse("modified:4@int8") == Mode("modified", "int8", 4)
+    assert Mode.parse("exact").label == "exact@fp32"
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("beam@fp32", "unknown decoder 'beam'"),
+    ("exact@fp8", "unknown precision 'fp8'"),
+    ("exact:3", "applies to modified and greedy"),
+])
+def test_bench_bad_modes_are_one_line_errors(mode, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--modes", mode])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -1,0 +1,142 @@
+"""Exact mode and the engine encoder against torchaudio's stock streaming pipeline.
+
+Same transcripts and the same beams (every hypothesis' tokens, in order) chunk by chunk
+with state carried, on the shipped tiny base with real TTS speech and on random models.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from emformer_variants.data.audio import load_audio
+from emformer_variants.data.manifest import read_manifest
+from emformer_variants.engine.encoder import StreamingEncoder
+from emformer_variants.engine.pipeline import build_pipeline
+from emformer_variants.models.recognizer import load_recognizer
+from emformer_variants.streaming import chunk_windows, stream_decode
+from tests.conftest import ROOT, make_tiny_rec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Latency-bound small ops: one thread is faster and steadier on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base_rec():
+    return load_recognizer(ROOT / "checkpoints" / "tiny_base.pt").eval()
+
+
+def chunk_features(rec, wave: torch.Tensor) -> list[torch.Tensor]:
+    cfg = rec.features.cfg
+    with torch.inference_mode():
+        return [rec.features.streaming(w).unsqueeze(0)
+                for w in chunk_windows(wave, cfg.segment_samples, cfg.window_samples)]
+
+
+def assert_same_beams(rec, chunks: list[torch.Tensor], beam: int, **search_kw) -> list[int]:
+    """Run stock and exact side by side over ``chunks``; every chunk's beam must agree."""
+    stock = build_pipeline(rec, "stock", beam)
+    if search_kw:
+        stock.search.search.step_max_tokens = search_kw["step_max_tokens"]
+    exact = build_pipeline(rec, "exact", beam, **search_kw)
+    s_enc, e_enc = stock.encoder.init(1), exact.encoder.init(1)
+    s_hyp, e_hyp = [None], [None]
+    for feats in chunks:
+        enc_s, s_enc = stock.encoder.step(feats, s_enc)
+        enc_e, e_enc = exact.encoder.step(feats, e_enc)
+        torch.testing.assert_close(enc_e, enc_s, atol=1e-5, rtol=1e-5)
+        s_hyp, e_hyp = stock.search.step(enc_s, s_hyp), exact.search.step(enc_e, e_hyp)
+        want, got = stock.search.hypotheses(s_hyp[0]), exact.search.hypotheses(e_hyp[0])
+        assert [t for t, _ in got] == [t for t, _ in want]
+        torch.testing.assert_close(torch.tensor([s for _, s in got]), torch.tensor([s for _, s in want]),
+                                   atol=1e-3, rtol=1e-5)
+    return stock.search.best_tokens(s_hyp[0])
+
+
+@pytest.mark.parametrize("beam,count", [(10, 2), (3, 1)])
+def test_exact_equals_stock_on_tiny_base_with_speech(base_rec, mini_corpus, beam, count):
+    utts = read_manifest(mini_corpus / "train.jsonl")[:count]
+    emitted = 0
+    for utt in utts:
+        emitted += len(assert_same_beams(base_rec, chunk_features(base_rec, load_audio(utt.audio)), beam))
+    assert emitted > 10 * count  # the base really decodes this speech
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_equals_stock_on_random_models(seed):
+    rec = make_tiny_rec(seed)
+    gen = torch.Generator().manual_seed(seed)
+    chunks = [torch.randn(1, 21, 80, generator=gen) for _ in range(8)]
+    assert_same_beams(rec, chunks, beam=4 + seed)
+
+
+def test_exact_respects_step_max_tokens(base_rec, mini_corpus):
+    utt = read_manifest(mini_corpus / "dev.jsonl")[0]
+    assert_same_beams(base_rec, chunk_features(base_rec, load_audio(utt.audio))[:12], 5, step_max_tokens=1)
+
+
+def test_exact_text_equals_stock_text_through_stream_decode(base_rec, mini_corpus):
+    for utt in read_manifest(mini_corpus / "test.jsonl"):
+        wave = load_audio(utt.audio)
+        stock = stream_decode(base_rec, wave, 10)
+        exact = stream_decode(base_rec, wave, 10, build_pipeline(base_rec, "exact", 10))
+        assert exact.text == stock.text
+        assert exact.first_token_chunk == stock.first_token_chunk
+        assert exact.state_bytes == stock.state_bytes
+
+
+def test_streams_in_lockstep_equal_each_stream_alone(base_rec, mini_corpus):
+    """Three streams, the later ones starting 2 and 5 chunks late, batched in one engine."""
+    utts = read_manifest(mini_corpus / "train.jsonl")[3:6]
+    feats = [chunk_features(base_rec, load_audio(u.audio))[:10] for u in utts]
+    starts = [0, 2, 5]
+    alone = []
+    for f in feats:
+        pipe = build_pipeline(base_rec, "stock", 6)
+        st, hy = None, [None]
+        for x in f:
+            enc, st = pipe.encoder.step(x, st)
+            hy = pipe.search.step(enc, hy)
+        alone.append(pipe.search.hypotheses(hy[0]))
+    pipe = build_pipeline(base_rec, "exact", 6)
+    state = pipe.encoder.init(3)
+    hyps = [None, None, None]
+    steps = max(s + len(f) for s, f in zip(starts, feats, strict=True))
+    silence = torch.zeros_like(feats[0][0])
+    for k in range(steps):
+        for i, s in enumerate(starts):
+            if k == s:
+                pipe.encoder.reset(state, i)
+                hyps[i] = None
+        x = torch.cat([f[k - s] if 0 <= k - s < len(f) else silence
+                       for s, f in zip(starts, feats, strict=True)])
+        enc, state = pipe.encoder.step(x, state)
+        new = pipe.search.step(enc, hyps)
+        # a stream outside its utterance keeps its beam (its frames are padding)
+        hyps = [new[i] if 0 <= k - s < len(feats[i]) else hyps[i] for i, s in enumerate(starts)]
+    for i in range(3):
+        got = pipe.search.hypotheses(hyps[i])
+        assert [t for t, _ in got] == [t for t, _ in alone[i]]
+
+
+def test_engine_encoder_is_torchaudio_transcriber(base_rec):
+    model = base_rec.model
+    enc = StreamingEncoder(model)
+    x = torch.randn(1, 16 * 12 + 5, 80, generator=torch.Generator().manual_seed(3))
+    st, es = None, enc.init(1)
+    with torch.inference_mode():
+        for k in range(12):
+            f = x[:, 16 * k:16 * k + 21]
+            a, _, st = model.transcribe_streaming(f, torch.tensor([21]), st)
+            b, es = enc.step(f, es)
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+        # the engine's cache holds exactly torchaudio's valid left context
+        for layer, state in enumerate(st):
+            torch.testing.assert_close(es.keys[layer][0], state[1][:, 0])
+            torch.testing.assert_close(es.values[layer][0], state[2][:, 0])

@@ -1,0 +1,80 @@
+"""Precision options: what is replaced, how close the outputs stay, fused linears, and the
+stock pipeline running on converted models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+from emformer_variants.engine.linear import fuse_linears
+from emformer_variants.engine.pipeline import build_pipeline
+from emformer_variants.engine.precision import Bf16Linear, apply_precision_
+from emformer_variants.errors import UserError
+from emformer_variants.streaming import stream_decode
+from tests.conftest import make_tiny_rec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("precision,kind,tol", [("bf16", Bf16Linear, 0.05), ("fp16", DynamicLinear, 0.01),
+                                                ("int8", DynamicLinear, 0.1)])
+def test_every_linear_is_converted_and_outputs_stay_close(precision, kind, tol):
+    rec = make_tiny_rec(0)
+    linears = sum(type(m) is torch.nn.Linear for m in rec.model.modules())
+    low = copy.deepcopy(rec)
+    report = apply_precision_(low, precision)
+    assert report["replaced"] == linears
+    assert not any(type(m) is torch.nn.Linear for m in low.model.modules())
+    assert sum(type(m) is kind for m in low.model.modules()) == linears
+    x = torch.randn(1, 21, 80, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, _, _ = rec.model.transcribe_streaming(x, torch.tensor([21]), None)
+        b, _, _ = low.model.transcribe_streaming(x, torch.tensor([21]), None)
+    assert b.dtype == torch.float32
+    assert (a - b).norm() / a.norm() < tol
+
+
+def test_fp32_is_a_no_op_and_unknown_precision_is_rejected():
+    rec = make_tiny_rec(0)
+    assert apply_precision_(rec, "fp32")["replaced"] == 0
+    with pytest.raises(UserError, match="precision=fp8: unknown; choose one of fp32, bf16, fp16, int8"):
+        apply_precision_(rec, "fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8"])
+def test_fused_linears_equal_separate_ones(precision):
+    torch.manual_seed(0)
+    holder = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Linear(32, 48))
+    if precision != "fp32":
+        apply_precision_(type("R", (), {"model": holder})(), precision)
+    fused = fuse_linears(list(holder))
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        want = torch.cat([holder[0](x), holder[1](x)], -1)
+        torch.testing.assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_per_tensor_int8_is_not_fused():
+    holder = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    torch.ao.quantization.quantize_dynamic(holder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+    assert fuse_linears(list(holder)) is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.parametrize("decoder", ["stock", "exact"])
+def test_pipelines_decode_converted_models(precision, decoder):
+    rec = make_tiny_rec(1)
+    apply_precision_(rec, precision)
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(1)) * 0.1
+    res = stream_decode(rec, wave, 3, build_pipeline(rec, decoder, 3))
+    assert len(res.encoder_s) == 7 and isinstance(res.text, str)

@@ -174,14 +174,9 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     }
     telemetry.close()
     metrics.update(telemetry.summary())
-<<<<<<< HEAD
     if flops:  # on the longest decoded utterance: a 0.05 s clip would inflate FLOPs per second
         longest = max(rows, key=lambda r: r["audio_s"])
-        metrics.update(measure_flops(rec, load_audio(longest["audio"])[: 16000 * 8], beam))
-=======
-    if flops:
-        first = load_audio(utts[0].audio) if not skipped else load_audio(rows[0]["audio"])
-        metrics.update(measure_flops(rec, first[: 16000 * 8], beam, decoder, **decoder_options))
->>>>>>> engine
+        metrics.update(measure_flops(rec, load_audio(longest["audio"])[: 16000 * 8], beam, decoder,
+                                     **decoder_options))
     metrics["peak_rss_mb"] = peak_rss_mb()
     return metrics, rows

@@ -1,0 +1,132 @@
+"""The README results table, from the real CLIs: python -m emformer_variants.results [--rows ...]
+
+Each row is a pinned experiment (``conf/experiment/ft_<row>.yaml``): ``train.py`` applies the
+surgery to the shipped base and fine-tunes it (``surgery.pt`` is the variant before
+fine-tuning, ``final.pt`` after), then ``evaluate.py`` scores both checkpoints in streaming
+mode on every evaluation set. The ``base`` row is ``evaluate.py ckpt=base``. A step whose
+``metrics.json`` already exists is not run again, so an interrupted run picks up where it
+stopped. Prints the markdown table and writes ``results.md`` / ``results.json`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from emformer_variants.cli import PROJECT_ROOT, one_line_errors, write_json_atomic
+from emformer_variants.errors import UserError
+
+ROWS = ["base", "dense", "moe", "moe_neutral", "mla", "lowrank", "mla_moe"]
+EVAL_SETS = {"test": ["split=test"], "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
+
+
+def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
+    """Run one CLI step unless its metrics.json exists; a failed step's folder is removed."""
+    metrics = out_dir / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    if out_dir.exists():  # an interrupted earlier attempt: start it again
+        shutil.rmtree(out_dir)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not metrics.is_file():
+        raise UserError(f"{' '.join(cmd[1:])} failed (exit {proc.returncode}); see {log_path}")
+    print(f"[results] {out_dir.relative_to(out_dir.parents[1])} done in {time.perf_counter() - start:.0f} s",
+          flush=True)
+    return json.loads(metrics.read_text())
+
+
+def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str]) -> dict:
+    """Train (unless base) and evaluate one row; returns {stage: {set: metrics}} plus commands."""
+    py = sys.executable
+    log = out / row / "commands.log"
+    commands: list[str] = []
+    stages: dict[str, str] = {}
+    if row == "base":
+        stages["base"] = "base"
+    else:
+        train_dir = out / row / "train"
+        cmd = [py, "train.py", f"experiment=ft_{row}", *extra]
+        commands.append("python " + " ".join(cmd[1:]))
+        _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log)
+        if row != "dense":
+            stages["surgery"] = str(train_dir / "surgery.pt")
+        stages["final"] = str(train_dir / "final.pt")
+    result: dict = {"stages": {}, "commands": commands}
+    for stage, ckpt in stages.items():
+        for name, overrides in EVAL_SETS.items():
+            flops = "flops=true" if name == "test" else "flops=false"  # once per checkpoint is enough
+            cmd = [py, "evaluate.py", f"ckpt={ckpt}", *overrides, flops, *eval_extra]
+            if stage != "surgery":
+                shown = "python " + " ".join(cmd[1:]).replace(str(out / row / "train"), "<run>")
+                commands.append(shown)
+            ev_dir = out / row / f"{stage}-{name}"
+            result["stages"].setdefault(stage, {})[name] = _run([*cmd, f"paths.output_dir={ev_dir}"],
+                                                                ev_dir, log)
+    return result
+
+
+def _pct(m: dict | None) -> str:
+    return "-" if not m else f"{100 * m['wer']:.1f}"
+
+
+def table(results: dict[str, dict]) -> str:
+    """One markdown row per results row: WER before -> after fine-tuning on each set, then the
+    cost columns of the final model (params, GFLOPs per audio second, K/V bytes, RTF)."""
+    head = ("| row | WER test (%) | WER test_voice (%) | WER Asterisk (%) | params total / active | "
+            "GFLOPs per audio s (all / encoder) | KV bytes per stream | RTF |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for row, res in results.items():
+        stages = res["stages"]
+        before = stages.get("surgery") or stages.get("base")
+        after = stages.get("final") or stages.get("base")
+        cells = []
+        for name in EVAL_SETS:
+            b, a = _pct(before.get(name)), _pct(after.get(name))
+            cells.append(a if before is after else f"{b} → {a}")
+        t = after["test"]
+        cells += [f"{t['params_total']:,} / {t['params_active']:,}",
+                  f"{t['gflops_per_audio_s']:.3f} / {t['gflops_per_audio_s_encoder']:.3f}",
+                  f"{t['kv_cache_bytes']:,}", f"{t['rtf']:.3f}"]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", nargs="+", default=ROWS, help=f"rows to run (default: all of {ROWS})")
+    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "results")
+    p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
+    p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
+    p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")
+    args = p.parse_args(argv)
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise UserError(f"--rows {unknown}: unknown; choose from {ROWS}")
+    out = args.out.resolve()
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {r: pool.submit(run_row, r, out, args.train, args.eval) for r in args.rows}
+        results = {r: f.result() for r, f in futures.items()}
+    md = table(results)
+    cmds = "\n".join(f"- {r}: " + "; ".join(f"`{c}`" for c in res["commands"])
+                     for r, res in results.items())
+    (out / "results.md").write_text(md + "\n\nCommands per row:\n" + cmds + "\n")
+    write_json_atomic(out / "results.json", results)
+    print(md)
+    print(f"results: {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

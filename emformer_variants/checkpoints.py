@@ -31,9 +31,11 @@ class CheckpointInfo:
     global_step: int | None = None
 
 
-def _load(path: Path) -> Any:
+def load_file(path: Path, missing_hint: str = "check the path") -> Any:
+    """torch.load a checkpoint (memory-mapped when it is a zip file); a missing, empty or
+    unreadable file becomes a one-line UserError."""
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; check the path")
+        raise UserError(f"{path}: checkpoint not found; {missing_hint}")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: checkpoint is empty (0 bytes; an interrupted copy?); use another one")
     try:
@@ -78,7 +80,7 @@ def peek(path: str | Path, verify: bool = False) -> CheckpointInfo:
     """What a project checkpoint holds (config and step), without building the model;
     ``verify``: also check the weights against their recorded checksum."""
     path = Path(path)
-    obj = _load(path)
+    obj = load_file(path)
     if isinstance(obj, dict) and isinstance(obj.get("emformer_variants"), dict):
         payload, kind = obj["emformer_variants"], "lightning"
     elif isinstance(obj, dict) and obj.get("format") == "emformer-variants":

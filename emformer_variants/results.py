@@ -24,6 +24,7 @@ from emformer_variants.errors import UserError
 
 ROWS = ["base", "dense", "moe", "moe_neutral", "mla", "lowrank", "mla_moe"]
 EVAL_SETS = {"test": ["split=test"], "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
+SURGERY_SETS = ["test"]  # the variant before fine-tuning: the test split is enough to show the drop
 
 
 def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
@@ -65,6 +66,8 @@ def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str]) -> dic
     result: dict = {"stages": {}, "commands": commands}
     for stage, ckpt in stages.items():
         for name, overrides in EVAL_SETS.items():
+            if stage == "surgery" and name not in SURGERY_SETS:
+                continue
             flops = "flops=true" if name == "test" else "flops=false"  # once per checkpoint is enough
             cmd = [py, "evaluate.py", f"ckpt={ckpt}", *overrides, flops, *eval_extra]
             if stage != "surgery":
@@ -93,7 +96,7 @@ def table(results: dict[str, dict]) -> str:
         cells = []
         for name in EVAL_SETS:
             b, a = _pct(before.get(name)), _pct(after.get(name))
-            cells.append(a if before is after else f"{b} → {a}")
+            cells.append(a if before is after or b == "-" else f"{b} → {a}")
         t = after["test"]
         cells += [f"{t['params_total']:,} / {t['params_active']:,}",
                   f"{t['gflops_per_audio_s']:.3f} / {t['gflops_per_audio_s_encoder']:.3f}",

@@ -35,6 +35,16 @@ TINY_ARCH = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Latency-bound small ops: one thread is faster and steadier on a busy 2-core box.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mini_corpus(tmp_path_factory) -> Path:
     """8 train / 2 dev / 2 test utterances of espeak-ng speech, 16 kHz FLAC + manifests."""

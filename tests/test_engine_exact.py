@@ -17,14 +17,7 @@ from emformer_variants.models.recognizer import load_recognizer
 from emformer_variants.streaming import chunk_windows, stream_decode
 from tests.conftest import ROOT, make_tiny_rec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Latency-bound small ops: one thread is faster and steadier on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ import torch
 from emformer_variants.engine.pipeline import build_pipeline
 from tests.conftest import make_tiny_rec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def encodings(rec, chunks: int, seed: int) -> list[torch.Tensor]:

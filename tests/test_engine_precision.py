@@ -16,13 +16,7 @@ from emformer_variants.errors import UserError
 from emformer_variants.streaming import stream_decode
 from tests.conftest import make_tiny_rec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("precision,kind,tol", [("bf16", Bf16Linear, 0.05), ("fp16", DynamicLinear, 0.01),

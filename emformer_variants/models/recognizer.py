@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torchaudio.models import RNNT, emformer_rnnt_model
 
-from emformer_variants.checkpoints import state_digest, verify_state
+from emformer_variants.checkpoints import load_file, state_digest, verify_state
 from emformer_variants.errors import UserError
 from emformer_variants.models.features import FeatureConfig, FeatureExtractor
 from emformer_variants.models.tokenizer import Tokenizer
@@ -116,15 +116,7 @@ def build_from_config(config: dict, tokenizer_proto: bytes) -> Recognizer:
 
 
 def _torch_load(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; pass ckpt=PATH to an existing file or ckpt=base")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise UserError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-            "the file is truncated or not a torch checkpoint"
-        ) from None
+    return load_file(path, missing_hint="pass ckpt=PATH to an existing file or ckpt=base")
 
 
 def load_state_strict(module: torch.nn.Module, state: dict, source: str) -> None:

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.checkpoints import check_variant
-from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic, write_jsonl
+from emformer_variants.cli import (
+    metrics_table,
+    one_line_errors,
+    set_threads,
+    write_json_atomic,
+    write_jsonl,
+)
 from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.evaluation import evaluate_recognizer
-from emformer_variants.hydra_run import pin_output_dir, report_hint
+from emformer_variants.hydra_run import check_overrides, pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.run_dir import claim_output_dir
 
@@ -63,4 +70,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_overrides("evaluate", sys.argv[1:])  # bad overrides: one line
     main()

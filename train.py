@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -19,7 +20,7 @@ from emformer_variants.cli import metrics_table, one_line_errors, set_threads, w
 from emformer_variants.config_checks import check_train_config
 from emformer_variants.errors import UserError
 from emformer_variants.evaluation import evaluate_recognizer
-from emformer_variants.hydra_run import metric_value, pin_output_dir, report_hint
+from emformer_variants.hydra_run import check_overrides, metric_value, pin_output_dir, report_hint
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import save_recognizer
 from emformer_variants.resume import (
@@ -144,4 +145,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_overrides("train", sys.argv[1:])  # bad overrides: one line
     main()

@@ -8,11 +8,32 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
+from collections.abc import Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from emformer_variants.errors import UserError
+
+
+def check_overrides(config_name: str, argv: Sequence[str]) -> None:
+    """Compose the config once before Hydra runs the job: an override Hydra cannot apply (an
+    unknown key, with a did-you-mean; a config file that does not exist, with the choices;
+    bad syntax) becomes one ``error:`` line and exit code 2, instead of Hydra's report.
+
+    Multirun (``-m``) and Hydra's own flags (``--cfg``, ``-cn``, ...) are left to Hydra and
+    to the sweep callback, which checks swept keys.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    from emformer_variants.sweep.validate import compose_checked
+
+    try:
+        compose_checked(config_name, list(argv), {}, where=f"{config_name}.py")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def pin_output_dir(cfg: DictConfig) -> str:

@@ -110,8 +110,24 @@ def test_every_data_config_passes(data):
 
 
 def test_unknown_variant_option_lists_the_choices(tmp_path):
-    """variant=nope is not a file of conf/variant/: Hydra refuses to compose and lists the options
-    (its own message, before any project code runs; exit code 1)."""
+    """variant=nope is not a file of conf/variant/: one line listing the options, exit 2,
+    before any project code runs."""
     proc = run_cli("train.py", "variant=nope", f"paths.output_dir={tmp_path}")
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "Could not find 'variant/nope'" in proc.stderr and "\tmla_moe" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = proc.stderr.strip()
+    assert "\n" not in err and "Could not find 'variant/nope'" in err and "mla_moe moe" in err
+    assert not (tmp_path / ".run.json").exists()
+
+
+@pytest.mark.parametrize("script,override,needle", [
+    ("train.py", "trainer.max_stepz=3", "'trainer.max_stepz' is not a key of the train config; "
+                                        "did you mean trainer.max_steps"),
+    ("evaluate.py", "bean=4", "'bean' is not a key of the evaluate config; did you mean beam?"),
+    ("evaluate.py", "data=nope", "Could not find 'data/nope' Available options in 'data': asterisk audiofolder"),
+])
+def test_unknown_key_or_config_is_one_line(tmp_path, script, override, needle):
+    extra = ["ckpt=base"] if script == "evaluate.py" else []
+    proc = run_cli(script, *extra, override, f"paths.output_dir={tmp_path}")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err and needle in err, proc.stderr[-2000:]
+    assert err.startswith(f"error: {script}: ")

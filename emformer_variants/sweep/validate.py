@@ -38,7 +38,8 @@ def compose_checked(config_name: str, overrides: list[str], origin: dict[str, st
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         try:
             cfg = compose(config_name, overrides=overrides)
-            OmegaConf.to_container(cfg.get("variant", {}), resolve=True)  # interpolations resolve
+            if cfg.get("variant") is not None:  # evaluate.py has variant: null
+                OmegaConf.to_container(cfg.variant, resolve=True)  # interpolations resolve
             return cfg
         except (HydraException, OmegaConfBaseException) as e:
             text = str(e)

@@ -47,7 +47,8 @@ def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str]) -> dict:
+def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str],
+            sets: list[str] | None = None) -> dict:
     """Train (unless base) and evaluate one row; returns {stage: {set: metrics}} plus commands."""
     py = sys.executable
     log = out / row / "commands.log"
@@ -66,7 +67,7 @@ def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str]) -> dic
     result: dict = {"stages": {}, "commands": commands}
     for stage, ckpt in stages.items():
         for name, overrides in EVAL_SETS.items():
-            if stage == "surgery" and name not in SURGERY_SETS:
+            if (stage == "surgery" and name not in SURGERY_SETS) or (sets and name not in sets):
                 continue
             flops = "flops=true" if name == "test" else "flops=false"  # once per checkpoint is enough
             cmd = [py, "evaluate.py", f"ckpt={ckpt}", *overrides, flops, *eval_extra]
@@ -113,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
     p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")
+    p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=None,
+                   help="evaluation sets to run (default: all; the table shows - for the others)")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         raise UserError(f"--rows {unknown}: unknown; choose from {ROWS}")
     out = args.out.resolve()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {r: pool.submit(run_row, r, out, args.train, args.eval) for r in args.rows}
+        futures = {r: pool.submit(run_row, r, out, args.train, args.eval, args.sets) for r in args.rows}
         results = {r: f.result() for r, f in futures.items()}
     md = table(results)
     cmds = "\n".join(f"- {r}: " + "; ".join(f"`{c}`" for c in res["commands"])

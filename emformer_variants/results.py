@@ -92,7 +92,7 @@ def table(results: dict[str, dict]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for row, res in results.items():
         stages = res["stages"]
-        before = stages.get("surgery") or stages.get("base")
+        before = stages.get("surgery") or stages.get("base") or {}  # dense: no surgery stage
         after = stages.get("final") or stages.get("base")
         cells = []
         for name in EVAL_SETS:

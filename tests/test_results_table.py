@@ -16,7 +16,9 @@ def test_rows_show_before_and_after_and_missing_sets():
         "base": {"stages": {"base": {"test": _m(0.30), "test_voice": _m(0.80), "asterisk": _m(0.90)}}},
         "mla": {"stages": {"surgery": {"test": _m(0.40)},
                            "final": {"test": _m(0.25, kv_cache_bytes=512)}}},
+        "dense": {"stages": {"final": {"test": _m(0.2), "asterisk": _m(1.5)}}},
     }
     lines = table(results).splitlines()
     assert lines[2] == "| base | 30.0 | 80.0 | 90.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"
     assert lines[3] == "| mla | 40.0 → 25.0 | - | - | 10 / 5 | 1.250 / 0.500 | 512 | 0.125 |"
+    assert lines[4] == "| dense | 20.0 | - | 150.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"

@@ -83,14 +83,15 @@ def run(cfg: DictConfig) -> dict:
     reports = [apply_variant_spec_(rec, s, init="convert", calibration=calibration) for s in specs]
     for report in reports:
         log.info(report.summary())
-    if any(s["name"] != "dense" for s in specs):  # the variant before fine-tuning, for evaluate.py
+    has_surgery = any(s["name"] != "dense" for s in specs)
+    if has_surgery:  # the variant before fine-tuning, for evaluate.py
         save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0})
 
     results: dict[str, dict] = {}
     rank0 = L.pytorch.utilities.rank_zero_only.rank == 0  # DDP: only rank 0 evaluates
     if cfg.eval.before and cfg.init == "base" and rank0:
         results["base"] = _evaluate(base, eval_utts, cfg)
-    if any(s["name"] != "dense" for s in specs) and cfg.eval.before and rank0:
+    if has_surgery and cfg.eval.before and rank0:
         results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
 
     teacher = base if cfg.module.distill.weight > 0 else None

@@ -115,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
     p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")
     p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=None,
-                   help="evaluation sets to run (default: all; the table shows - for the others)")
+                   help="evaluation sets to run, test among them (default: all; others show -)")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         raise UserError(f"--rows {unknown}: unknown; choose from {ROWS}")
+    if args.sets and "test" not in args.sets:
+        raise UserError(f"--sets {args.sets}: include test (the cost columns come from it)")
     out = args.out.resolve()
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {r: pool.submit(run_row, r, out, args.train, args.eval, args.sets) for r in args.rows}

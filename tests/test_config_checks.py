@@ -123,7 +123,8 @@ def test_unknown_variant_option_lists_the_choices(tmp_path):
     ("train.py", "trainer.max_stepz=3", "'trainer.max_stepz' is not a key of the train config; "
                                         "did you mean trainer.max_steps"),
     ("evaluate.py", "bean=4", "'bean' is not a key of the evaluate config; did you mean beam?"),
-    ("evaluate.py", "data=nope", "Could not find 'data/nope' Available options in 'data': asterisk audiofolder"),
+    ("evaluate.py", "data=nope",
+     "Could not find 'data/nope' Available options in 'data': asterisk audiofolder"),
 ])
 def test_unknown_key_or_config_is_one_line(tmp_path, script, override, needle):
     extra = ["ckpt=base"] if script == "evaluate.py" else []

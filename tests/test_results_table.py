@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from emformer_variants.results import table
+import pytest
+
+from emformer_variants.results import main, table
 
 
 def _m(wer: float, **kw) -> dict:
@@ -22,3 +24,9 @@ def test_rows_show_before_and_after_and_missing_sets():
     assert lines[2] == "| base | 30.0 | 80.0 | 90.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"
     assert lines[3] == "| mla | 40.0 → 25.0 | - | - | 10 / 5 | 1.250 / 0.500 | 512 | 0.125 |"
     assert lines[4] == "| dense | 20.0 | - | 150.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"
+
+
+def test_sets_without_test_are_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--sets", "asterisk"])
+    assert e.value.code == 2 and "include test" in capsys.readouterr().err

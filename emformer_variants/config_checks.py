@@ -248,6 +248,10 @@ def check_train_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "module.max_bad_batches", 1)
     number_in(cfg, "module.ctc_weight", 0, 1)
     number_above(cfg, "module.distill.weight", 0, inclusive=True, optional=True)
+    distill = _get(cfg, "module.distill.weight") or 0
+    if distill > 0 and cfg.get("init") != "base":
+        raise UserError(f"module.distill.weight={distill} needs init=base (the teacher is the base "
+                        "checkpoint); set module.distill.weight=0 to train from scratch")
     number_above(cfg, "module.optimizer.lr", 0, optional=True)
     int_at_least(cfg, "module.scheduler.warmup_steps", 0, optional=True)
     max_steps = _get(cfg, "trainer.max_steps")

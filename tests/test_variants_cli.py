@@ -35,6 +35,7 @@ def _common(mini_corpus, base_ckpt, out):
     ("lowrank", []),
     ("lowrank_asvd", []),
     ("mla_moe", []),
+    ("mla_moe", ["module.distill.weight=10"]),  # the MoE rows' recipe (conf/experiment/ft_moe_recipe.yaml)
 ])
 def test_variant_fine_tunes_and_reloads(variant, extra, mini_corpus, base_ckpt, tmp_path):
     out = tmp_path / "run"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -96,8 +95,6 @@ def run(cfg: DictConfig) -> dict:
         results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
 
     teacher = base if cfg.module.distill.weight > 0 else None
-    if teacher is not None:  # the frozen teacher stays in eval mode on purpose (no dropout)
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
     ckpt_dir = out_dir / "checkpoints"
     callbacks = [

@@ -5,6 +5,7 @@ Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import lightning as L
@@ -65,6 +66,9 @@ class RNNTModule(L.LightningModule):
         self.teacher = teacher
         if self.teacher is not None:
             self.teacher.requires_grad_(False).eval()
+            # Lightning warns about modules left in eval mode at fit start; this one is on
+            # purpose (a frozen teacher runs without dropout), so that warning is noise.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         self._val_refs: list[str] = []
         self._val_hyps: list[str] = []
         self._search = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import warnings
 
 import lightning as L
 import pytest
@@ -67,14 +68,17 @@ class _TeacherModes(L.Callback):
 
 
 def test_fit_keeps_the_teacher_frozen_in_eval_mode_and_out_of_checkpoints(mini_corpus, tmp_path):
-    rec, teacher, dm, module = _module(mini_corpus)
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    modes = _TeacherModes()
-    trainer = L.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, limit_val_batches=1,
-                        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[modes])
-    student_before = {k: v.clone() for k, v in rec.state_dict().items()}
-    trainer.fit(module, datamodule=dm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # the module's own filter (added next) still wins
+        rec, teacher, dm, module = _module(mini_corpus)
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        student_before = {k: v.clone() for k, v in rec.state_dict().items()}
+        modes = _TeacherModes()
+        trainer = L.Trainer(accelerator="cpu", max_steps=4, val_check_interval=2, limit_val_batches=1,
+                            num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[modes])
+        trainer.fit(module, datamodule=dm)
+    assert not [w for w in caught if "eval mode" in str(w.message)]  # the teacher is on purpose
     assert len(modes.any_training) == 4 and not any(modes.any_training)  # also after validation
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(student_before[k], v) for k, v in rec.state_dict().items())

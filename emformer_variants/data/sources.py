@@ -23,6 +23,15 @@ def _cache(cache_dir: str | None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
 
 
+def _plain(value):
+    """A Hydra DictConfig/ListConfig as a plain container (others unchanged)."""
+    if value is None or isinstance(value, (dict, list, str, int, float)):
+        return value
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True)
+
+
 @dataclass
 class SyntheticSource:
     """TTS voices reading Jane Austen sentences (built once, cached, deterministic)."""
@@ -34,18 +43,23 @@ class SyntheticSource:
     seed: int = 0
     workers: int = 2
     cache_dir: str | None = None
+    # {engine: slots per voice} in the train split's voice round-robin; None = balanced.
+    train_engine_weights: dict | None = None
 
     def splits(self) -> dict[str, list[Utterance]]:
-        from emformer_variants.data.synthetic import build_synthetic_corpus
+        from emformer_variants.data.synthetic import build_synthetic_corpus, check_engine_weights
 
         cache = _cache(self.cache_dir)
-        key = json.dumps([self.num_train, self.num_dev, self.num_test, self.num_test_voice,
-                          self.seed], separators=(",", ":"))
+        weights = check_engine_weights(_plain(self.train_engine_weights))
+        fields = [self.num_train, self.num_dev, self.num_test, self.num_test_voice, self.seed]
+        if weights:  # balanced corpora keep the key (and cache folder) they always had
+            fields.append(weights)
+        key = json.dumps(fields, separators=(",", ":"))
         out = cache / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         manifests = build_synthetic_corpus(
             out, num_train=self.num_train, num_dev=self.num_dev, num_test=self.num_test,
             num_test_voice=self.num_test_voice, seed=self.seed, workers=self.workers,
-            cache_dir=cache,
+            cache_dir=cache, train_engine_weights=weights,
         )
         return {split: read_manifest(path) for split, path in manifests.items()}
 

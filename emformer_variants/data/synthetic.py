@@ -10,9 +10,14 @@ Splits:
 Sentences go to the train/dev/test pools by a hash of their text, so the held-out pools
 do not move with the seed or corpus size. Each utterance's voice, rate, pitch, gain and
 padding come from ``numpy.random.default_rng([seed, split, index])``: texts, voices and
-settings do not depend on the number of workers. The audio is close but not bit-exact
-across runs: espeak-ng's pitch-flutter phase is library state that carries over from one
-utterance to the next in a process, and piper samples its own noise.
+settings do not depend on the number of workers. The neural voices (hibari, piper) are
+seeded per utterance and bit-exact; espeak-ng is close but not bit-exact across runs: its
+pitch-flutter phase is library state that carries over from one utterance to the next in a
+process.
+
+``train_engine_weights`` (e.g. ``{"espeak": 1, "flite": 2, "hibari": 3}``) gives each voice of
+an engine that many slots in the train split's round-robin, to put more training audio on
+the engines a model finds hard; dev and test stay balanced over voices.
 
 Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.flac``
 (16 kHz mono 16-bit), ``corpus.json`` (config + statistics).
@@ -106,18 +111,39 @@ def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int) -> 
     }
 
 
-def _plan(texts: dict[str, list[str]], seed: int, root: Path) -> list[_Job]:
+def check_engine_weights(weights: dict[str, int] | None) -> dict[str, int] | None:
+    """None, or {engine: positive int} for engines the training voices use (all of them)."""
+    if weights is None:
+        return None
+    engines = sorted({v.engine for v in default_voices()})
+    if not isinstance(weights, dict):
+        raise UserError(f"train_engine_weights={weights!r}: give a mapping engine -> weight, e.g. "
+                        "{espeak: 1, flite: 2, hibari: 3}")
+    if sorted(weights) != engines:
+        raise UserError(f"train_engine_weights={weights}: give one integer weight for each of {engines}")
+    for engine, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise UserError(f"train_engine_weights.{engine}={w!r}: use an integer >= 1")
+    return None if set(weights.values()) == {1} else {e: weights[e] for e in engines}
+
+
+def _plan(texts: dict[str, list[str]], seed: int, root: Path,
+          engine_weights: dict[str, int] | None = None) -> list[_Job]:
     voices = default_voices()
     jobs = []
     for split_id, split in enumerate(SPLITS):
-        # Voices in a shuffled round-robin: every voice gets an equal share of each split.
-        order = np.random.default_rng([seed, split_id, 1 << 30]).permutation(len(voices))
+        # Voices in a shuffled round-robin: every voice gets an equal share of each split
+        # (in train, ``engine_weights`` slots per voice of an engine).
+        cycle = voices
+        if split == "train" and engine_weights:
+            cycle = [v for v in voices for _ in range(engine_weights[v.engine])]
+        order = np.random.default_rng([seed, split_id, 1 << 30]).permutation(len(cycle))
         for i, text in enumerate(texts[split]):
             rng = np.random.default_rng([seed, split_id, i])
             if split == "test_voice":
                 voice, rate, pitch = held_out_voice(), 1.0, 1.0
             else:
-                voice = voices[order[i % len(voices)]]
+                voice = cycle[order[i % len(cycle)]]
                 rate, pitch = rng.uniform(*RATE_RANGE), rng.uniform(*PITCH_RANGE)
             jobs.append(
                 _Job(
@@ -180,8 +206,8 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _config(counts: dict[str, int], seed: int) -> dict:
-    return {
+def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | None = None) -> dict:
+    config = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "counts": counts,
@@ -196,6 +222,9 @@ def _config(counts: dict[str, int], seed: int) -> dict:
             "pad_seconds": PAD_SECONDS_RANGE,
         },
     }
+    if engine_weights:  # absent when balanced, so existing corpora keep their config
+        config["train_engine_weights"] = engine_weights
+    return config
 
 
 def _remove_stale_tmp(out_dir: Path) -> None:
@@ -234,6 +263,7 @@ def build_synthetic_corpus(
     seed: int = 0,
     workers: int = 2,
     cache_dir: Path,
+    train_engine_weights: dict[str, int] | None = None,
 ) -> dict[str, Path]:
     """Build (or find) the corpus; returns split name -> manifest path.
 
@@ -246,7 +276,8 @@ def build_synthetic_corpus(
     for split, n in counts.items():
         if n < 0:
             raise UserError(f"num_{split}={n}: must be >= 0")
-    config = _config(counts, seed)
+    engine_weights = check_engine_weights(train_engine_weights)
+    config = _config(counts, seed, engine_weights)
     found = _existing(out_dir, config)
     if found is not None:
         return found
@@ -256,7 +287,7 @@ def build_synthetic_corpus(
     _remove_stale_tmp(out_dir)
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jobs = _plan(_pick_sentences(sentences, counts, seed), seed, tmp)
+    jobs = _plan(_pick_sentences(sentences, counts, seed), seed, tmp, engine_weights)
     # Slow held-out-voice jobs first, so they spread over the workers instead of trailing.
     jobs.sort(key=lambda j: (j.split != "test_voice", SPLITS.index(j.split), j.index))
     print(f"[synthetic] building {out_dir} ({len(jobs)} utterances, {max(workers, 1)} workers)", flush=True)
@@ -311,6 +342,14 @@ def build_synthetic_corpus(
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
 
 
+def _parse_weights(text: str) -> dict[str, int]:
+    try:
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use engine=weight pairs, e.g. espeak=1,flite=2") \
+            from None
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -321,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-test-voice", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--train-engine-weights", type=_parse_weights, default=None, metavar="E=W,...",
+                   help="train-split slots per voice of each engine, e.g. espeak=1,flite=2,hibari=3")
     add_cache_dir_argument(p)
     args = p.parse_args(argv)
     manifests = build_synthetic_corpus(
@@ -332,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         workers=args.workers,
         cache_dir=args.cache_dir or default_cache_dir(),
+        train_engine_weights=args.train_engine_weights,
     )
     for split, path in manifests.items():
         print(f"{split}: {path} ({len(read_manifest(path))} utterances)")

@@ -50,7 +50,7 @@ class SyntheticSource:
         from emformer_variants.data.synthetic import build_synthetic_corpus, check_engine_weights
 
         cache = _cache(self.cache_dir)
-        weights = check_engine_weights(_plain(self.train_engine_weights))
+        weights = check_engine_weights(_plain(self.train_engine_weights), "data.source.train_engine_weights")
         fields = [self.num_train, self.num_dev, self.num_test, self.num_test_voice, self.seed]
         if weights:  # balanced corpora keep the key (and cache folder) they always had
             fields.append(weights)

@@ -111,19 +111,21 @@ def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int) -> 
     }
 
 
-def check_engine_weights(weights: dict[str, int] | None) -> dict[str, int] | None:
-    """None, or {engine: positive int} for engines the training voices use (all of them)."""
+def check_engine_weights(weights: dict[str, int] | None, field: str = "train_engine_weights"
+                         ) -> dict[str, int] | None:
+    """None (balanced), or {engine: positive int} for every engine the training voices use;
+    errors name ``field``."""
     if weights is None:
         return None
     engines = sorted({v.engine for v in default_voices()})
     if not isinstance(weights, dict):
-        raise UserError(f"train_engine_weights={weights!r}: give a mapping engine -> weight, e.g. "
+        raise UserError(f"{field}={weights!r}: give a mapping engine -> weight, e.g. "
                         "{espeak: 1, flite: 2, hibari: 3}")
     if sorted(weights) != engines:
-        raise UserError(f"train_engine_weights={weights}: give one integer weight for each of {engines}")
+        raise UserError(f"{field}={weights}: give one integer weight for each of {engines}")
     for engine, w in weights.items():
         if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise UserError(f"train_engine_weights.{engine}={w!r}: use an integer >= 1")
+            raise UserError(f"{field}.{engine}={w!r}: use an integer >= 1")
     return None if set(weights.values()) == {1} else {e: weights[e] for e in engines}
 
 

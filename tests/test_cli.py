@@ -128,3 +128,13 @@ def test_wandb_logger_offline(mini_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list(out.glob("wandb/offline-run-*"))
     assert runs, list(out.rglob("*"))[:20]
+
+
+def test_peer_whisper_script_names_a_missing_manifest(tmp_path):
+    """scripts/peer_whisper.py (its own venv) fails in one line before importing whisper."""
+    missing = tmp_path / "nope.jsonl"
+    proc = run_cli("scripts/peer_whisper.py", str(missing), str(tmp_path / "out.json"), timeout=60)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in err, proc.stderr[-2000:]
+    assert err.startswith(f"error: {missing}: no such manifest")
+    assert not (tmp_path / "out.json").exists()

@@ -105,7 +105,8 @@ class StepSeed(L.Callback):
 
 
 class BatchOrderLog(L.Callback):
-    """Appends {epoch, batch, step, indices} per training batch to ``path`` (JSON lines)."""
+    """Appends {epoch, batch, step, indices} per training batch to ``path`` (JSON lines); under
+    DDP every rank appends its own rows, tagged with ``rank``."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -113,6 +114,8 @@ class BatchOrderLog(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         row = {"epoch": trainer.current_epoch, "batch": batch_idx, "step": trainer.global_step,
                "indices": [int(i) for i in batch.get("indices", [])]}
+        if trainer.world_size > 1:
+            row["rank"] = trainer.global_rank
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")

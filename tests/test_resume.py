@@ -117,6 +117,34 @@ def test_sigkill_mid_epoch_then_resume_continues_exactly(reference, mini_corpus,
     assert _scores(resumed) == _scores(reference)
 
 
+def test_ddp_resume_continues_every_rank_exactly(mini_corpus, tmp_path):
+    """trainer=ddp (2 CPU processes): a run stopped at step 3 and resumed from its last.ckpt to
+    step 6 gives each rank the same batches and rank 0 the same losses as an unbroken 6-step run."""
+    ddp = ["trainer=ddp", "trainer.val_check_interval=3", "module.scheduler.total_steps=6",
+           "eval.after=false"]
+    _train(mini_corpus, tmp_path / "whole", *ddp, "trainer.max_steps=6")
+    _train(mini_corpus, tmp_path / "first", *ddp, "trainer.max_steps=3")
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3
+    proc = _train(mini_corpus, tmp_path / "rest", *ddp, "trainer.max_steps=6", f"ckpt_path={ckpt}")
+    assert f"Restored all states from the checkpoint at {ckpt}" in proc.stdout + proc.stderr
+
+    def by_rank(run: Path) -> dict[int, list[dict]]:
+        rows: dict[int, list[dict]] = {}
+        for row in _batches(run):
+            rows.setdefault(row.pop("rank"), []).append(row)
+        return rows
+
+    whole, first, rest = by_rank(tmp_path / "whole"), by_rank(tmp_path / "first"), by_rank(tmp_path / "rest")
+    assert sorted(whole) == sorted(rest) == [0, 1]
+    for rank in (0, 1):
+        assert first[rank] + rest[rank] == whole[rank]
+        assert [r["step"] for r in rest[rank]] == [3, 4, 5]
+    assert whole[0] != whole[1]  # each rank has its own share of the data
+    ref = _losses(tmp_path / "whole")
+    assert _losses(tmp_path / "rest") == {s: v for s, v in ref.items() if s >= 3} and len(ref) == 6
+
+
 # ---------------------------------------------------------------- atomic writes
 
 _WRITER = textwrap.dedent("""

@@ -101,7 +101,8 @@ def metrics_table(columns: dict[str, dict]) -> str:
     """Markdown table: one row per metric, one column per model (e.g. base / fine-tuned)."""
     names = list(columns)
     keys = [k for k in _TABLE_KEYS if any(k in c for c in columns.values())]
-    keys += sorted({k for c in columns.values() for k in c} - set(keys) - {"ref_words"})
+    keys += sorted({k for c in columns.values() for k, v in c.items() if not isinstance(v, dict)}
+                   - set(keys) - {"ref_words"})  # nested (e.g. wer_by_speaker): metrics.json only
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(columns[n].get(k)) for n in names) + " |")

@@ -21,7 +21,7 @@ from emformer_variants.errors import UserError
 from emformer_variants.metrics.latency import chunk_ready_times, percentiles, simulate_live_stream
 from emformer_variants.metrics.memory import peak_rss_mb
 from emformer_variants.metrics.params import count_params
-from emformer_variants.metrics.wer import error_rates
+from emformer_variants.metrics.wer import error_rates, error_rates_by
 from emformer_variants.streaming import stream_decode
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
                                       res.audio_s)
             ttft = simulate_live_stream(ready, chunks)[res.first_token_chunk]
             ttfts.append(ttft)
-        rows.append({"audio": utt.audio, "ref": utt.text, "hyp": res.text, "audio_s": res.audio_s,
+        rows.append({"audio": utt.audio, "speaker": utt.speaker, "ref": utt.text, "hyp": res.text,
+                     "audio_s": res.audio_s,
                      "rtf": rtfs[-1], "ttft_s": ttft, "chunk_ms": [round(1000 * c, 3) for c in chunks],
                      **{f"{part}_ms": [round(1000 * c, 3) for c in getattr(res, f"{part}_s")]
                         for part in ("features", "encoder", "decoder")}})
@@ -172,6 +173,10 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         "beam": beam, "decoder": decoder, "threads": torch.get_num_threads(),
         "ref_words": rates["ref_words"],
     }
+    speakers = [r["speaker"] for r in rows]
+    if len(set(speakers)) > 1:  # corpus WER within each speaker (voice), in metrics.json only
+        metrics["wer_by_speaker"] = {s: round(m["wer"], 6) for s, m in
+                                     error_rates_by(refs, hyps, speakers).items()}
     telemetry.close()
     metrics.update(telemetry.summary())
     if flops:  # on the longest decoded utterance: a 0.05 s clip would inflate FLOPs per second

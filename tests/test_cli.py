@@ -55,6 +55,33 @@ def test_evaluate_project_checkpoints(trained, mini_corpus, tmp_path, which):
     ratio = metrics["gflops_per_audio_s_encoder"] / metrics["gflops_per_audio_s_encoder_analytic"]
     assert 0.98 < ratio < 1.02
     assert (tmp_path / "hyps.jsonl").is_file()
+    assert "wer_by_speaker" not in metrics  # one speaker: nothing to break down
+
+
+def test_evaluate_breaks_wer_down_by_speaker(trained, mini_corpus, tmp_path):
+    """Two speakers: metrics.json holds each one's corpus WER (as recomputed from hyps.jsonl,
+    whose rows carry the speaker); the printed table stays flat."""
+    from emformer_variants.metrics.wer import error_rates
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [json.loads(x) for x in (mini_corpus / f"{split}.jsonl").read_text().splitlines()]
+        for i, row in enumerate(rows):
+            row["audio"] = str(mini_corpus / row["audio"])
+            row["speaker"] = f"voice{i % 2}"
+        (corpus / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, _ = trained
+    proc = run_cli("evaluate.py", f"ckpt={out / 'final.pt'}", "data=manifest", f"data.root={corpus}",
+                   "beam=2", "flops=false", f"paths.output_dir={tmp_path / 'ev'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    hyps = [json.loads(x) for x in (tmp_path / "ev" / "hyps.jsonl").read_text().splitlines()]
+    assert sorted(metrics["wer_by_speaker"]) == ["voice0", "voice1"]
+    for speaker, wer in metrics["wer_by_speaker"].items():
+        mine = [h for h in hyps if h["speaker"] == speaker]
+        assert wer == pytest.approx(error_rates([h["ref"] for h in mine], [h["hyp"] for h in mine])["wer"])
+    assert "wer_by_speaker" not in proc.stdout
 
 
 def _audiofolder(mini_corpus, tmp_path, rows_extra=()):

@@ -22,7 +22,7 @@ from emformer_variants.metrics.latency import (
     time_to_first_token,
 )
 from emformer_variants.metrics.memory import current_rss_mb, peak_rss_mb, tensor_bytes
-from emformer_variants.metrics.wer import error_rates
+from emformer_variants.metrics.wer import error_rates, error_rates_by
 
 # ---------------------------------------------------------------- WER / CER
 
@@ -61,6 +61,17 @@ def test_error_rates_skips_empty_references():
 
 
 # ---------------------------------------------------------------- latency
+
+
+def test_error_rates_by_group_scores_each_group_alone():
+    refs = ["a b c d", "e f", "g h i j"]
+    hyps = ["a b c d", "x f", "g h"]
+    by = error_rates_by(refs, hyps, ["s2", "s1", "s2"])
+    assert list(by) == ["s1", "s2"]
+    assert by["s1"] == {"wer": 0.5, "cer": pytest.approx(1 / 3), "ref_words": 2, "num_utterances": 1}
+    assert by["s2"]["wer"] == pytest.approx(2 / 8) and by["s2"]["num_utterances"] == 2
+    with pytest.raises(ValueError, match="differ in length"):
+        error_rates_by(refs, hyps, ["s1"])
 
 
 def test_percentiles():

@@ -68,3 +68,18 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
         insertions=words.insertions,
     )
     return result
+
+
+def error_rates_by(refs: list[str], hyps: list[str], groups: list[str]) -> dict[str, dict]:
+    """Corpus WER/CER within each group (e.g. speaker): ``{group: {wer, cer, ref_words,
+    num_utterances}}``, groups in sorted order. Each group is scored like :func:`error_rates`."""
+    if not len(refs) == len(hyps) == len(groups):
+        raise ValueError(f"refs, hyps and groups differ in length: {len(refs)}, {len(hyps)}, {len(groups)}")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    out = {}
+    for g in sorted(members):
+        r = error_rates([refs[i] for i in members[g]], [hyps[i] for i in members[g]])
+        out[g] = {k: r[k] for k in ("wer", "cer", "ref_words", "num_utterances")}
+    return out

@@ -45,6 +45,19 @@ def claim_output_dir(out_dir: str | Path) -> Path:
 def _read(marker: Path) -> str:
     try:
         info = json.loads(marker.read_text())
-        return f"pid {info.get('pid')} on {info.get('host')}, {' '.join(info.get('argv', []))[:80]}"
     except (OSError, ValueError):
         return f"see {marker}"
+    ended = ""
+    if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+        ended = ", no longer running: its files stay, so pick a new folder"
+    return f"pid {info.get('pid')} on {info.get('host')}{ended}, {' '.join(info.get('argv', []))[:80]}"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, TypeError, ValueError):  # another user's process, or no pid recorded
+        return True
+    return True

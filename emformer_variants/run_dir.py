@@ -48,16 +48,18 @@ def _read(marker: Path) -> str:
     except (OSError, ValueError):
         return f"see {marker}"
     ended = ""
-    if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+    if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
         ended = ", no longer running: its files stay, so pick a new folder"
     return f"pid {info.get('pid')} on {info.get('host')}{ended}, {' '.join(info.get('argv', []))[:80]}"
 
 
-def _alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """False only when no process ``pid`` exists on this host; True when it runs, belongs to
+    another user, or ``pid`` is not a number (so nothing is deleted on a guess)."""
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (OSError, TypeError, ValueError):  # another user's process, or no pid recorded
+    except (OSError, TypeError, ValueError):
         return True
     return True

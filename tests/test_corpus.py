@@ -126,6 +126,22 @@ def test_corpus_idempotent_and_atomic(tiny_corpus, cache_dir):
         build_synthetic_corpus(out, **TINY, seed=1, workers=2, cache_dir=cache_dir)
 
 
+def test_stale_build_folders_of_ended_processes_are_removed(tmp_path):
+    """<out>.tmp-<pid> of a process that no longer exists goes; a live or unparsable one stays."""
+    import subprocess
+    import sys
+
+    from emformer_variants.data.synthetic import _remove_stale_tmp
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    out = tmp_path / "corpus"
+    for suffix in (ended, str(os.getpid()), "x"):
+        (tmp_path / f"corpus.tmp-{suffix}").mkdir()
+    _remove_stale_tmp(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"corpus.tmp-{os.getpid()}", "corpus.tmp-x"]
+
+
 def test_corpus_deterministic_across_worker_counts(tiny_corpus, tmp_path, cache_dir):
     manifests, _ = tiny_corpus
     other = build_synthetic_corpus(tmp_path / "again", **TINY, seed=0, workers=1, cache_dir=cache_dir)

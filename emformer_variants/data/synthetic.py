@@ -50,6 +50,7 @@ from emformer_variants.data.text import (
 )
 from emformer_variants.data.tts import Voice, default_voices, held_out_voice, synthesize
 from emformer_variants.errors import UserError
+from emformer_variants.run_dir import pid_alive
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test", "test_voice")
@@ -231,13 +232,8 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | 
 
 def _remove_stale_tmp(out_dir: Path) -> None:
     for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(tmp.name.rsplit("-", 1)[1]):
             shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed build
-        except (ValueError, PermissionError):
-            pass
 
 
 def _existing(out_dir: Path, config: dict) -> dict[str, Path] | None:

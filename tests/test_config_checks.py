@@ -132,4 +132,3 @@ def test_unknown_key_or_config_is_one_line(tmp_path, script, override, needle):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and "\n" not in err and needle in err, proc.stderr[-2000:]
     assert err.startswith(f"error: {script}: ")
-

@@ -165,3 +165,26 @@ def test_peer_whisper_script_names_a_missing_manifest(tmp_path):
     assert proc.returncode == 1 and "\n" not in err, proc.stderr[-2000:]
     assert err.startswith(f"error: {missing}: no such manifest")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_wer_breakdown_script_groups_by_engine(tmp_path):
+    """scripts/wer_breakdown.py: per-engine corpus WER from hyps rows (speaker from the manifest
+    when a row lacks it) and the count of reference words unseen in training."""
+    rows = [{"audio": "/a/u0.flac", "ref": "a b c d", "hyp": "a b c d"},
+            {"audio": "/a/u1.flac", "ref": "e f", "hyp": "x f", "speaker": "flite-slt"},
+            {"audio": "/a/u2.flac", "ref": "g h i j", "hyp": "g h"}]
+    (tmp_path / "hyps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = [{"audio": "test/u0.flac", "text": "a b c d", "speaker": "espeak-en-us-m1"},
+                {"audio": "test/u2.flac", "text": "g h i j", "speaker": "espeak-en-gb-f2"}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in manifest))
+    (tmp_path / "train.jsonl").write_text(json.dumps({"audio": "x.flac", "text": "a b e f g"}) + "\n")
+    proc = run_cli("scripts/wer_breakdown.py", str(tmp_path / "hyps.jsonl"),
+                   "--manifest", str(tmp_path / "test.jsonl"),
+                   "--train-manifest", str(tmp_path / "train.jsonl"), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["all: 30.00% (3 utterances)", "  espeak: 25.0% (2)",
+                                        "  flite: 50.0% (1)",
+                                        "reference words never in training transcripts: 5 of 10"]
+    proc = run_cli("scripts/wer_breakdown.py", str(tmp_path / "hyps.jsonl"), timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"error: {tmp_path / 'hyps.jsonl'}: a row has no speaker (/a/u0.flac); pass --manifest")

@@ -19,7 +19,7 @@ from emformer_variants.cli import (
 )
 from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.engine.precision import apply_precision_
-from emformer_variants.evaluation import evaluate_recognizer
+from emformer_variants.evaluation import evaluate_recognizer, pick_utterances
 from emformer_variants.hydra_run import check_overrides, pin_output_dir, report_hint
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.run_dir import claim_output_dir
@@ -39,14 +39,15 @@ def run(cfg: DictConfig) -> dict:
     apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
-    if cfg.max_utterances:
-        utts = utts[: cfg.max_utterances]
+    utts = pick_utterances(utts, cfg.max_utterances, cfg.get("subset", "first"), cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
                                         decoder=cfg.decoder, decoder_options=options)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision, **options})
+    if cfg.max_utterances and cfg.get("subset", "first") != "first":
+        metrics["subset"] = f"{cfg.subset} (seed {cfg.seed})"
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
     if cfg.plots:

@@ -303,6 +303,11 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "beam", 1)
     int_at_least(cfg, "max_utterances", 1, optional=True)
     from emformer_variants.engine.pipeline import check_decoder
+    from emformer_variants.evaluation import SUBSETS
+
+    if cfg.get("subset", "first") not in SUBSETS:
+        raise UserError(f"subset={cfg.get('subset')!r}: must be one of {', '.join(SUBSETS)} "
+                        "(which max_utterances utterances to decode)")
     from emformer_variants.engine.precision import check_precision
 
     check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))

@@ -27,6 +27,25 @@ from emformer_variants.streaming import stream_decode
 log = logging.getLogger(__name__)
 
 
+SUBSETS = ("first", "random")
+
+
+def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "first",
+                    seed: int = 0) -> list[Utterance]:
+    """At most ``limit`` utterances: the first ones, or a seeded random sample kept in corpus
+    order (so a split sorted by voice, like a training manifest, is sampled across voices)."""
+    if not limit or limit >= len(utts):
+        return list(utts)
+    if subset == "first":
+        return list(utts[:limit])
+    if subset != "random":
+        raise UserError(f"subset={subset!r}: must be one of {', '.join(SUBSETS)}")
+    import random
+
+    keep = sorted(random.Random(seed).sample(range(len(utts)), limit))
+    return [utts[i] for i in keep]
+
+
 def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **options) -> dict:
     """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
     encoder alone, with the analytic encoder count beside it as a cross-check."""

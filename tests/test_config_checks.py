@@ -79,6 +79,7 @@ BAD_EVAL = [
     (["ckpt=/nonexistent.pt"], "ckpt=/nonexistent.pt: checkpoint not found"),
     (["ckpt=base", "variant=moe", "variant.top_k=20"], "top_k=20 exceeds num_experts=8"),
     (["ckpt=base", "threads=0"], "threads=0"),
+    (["ckpt=base", "subset=shuffled"], "subset='shuffled': must be one of first, random"),
 ]
 
 

@@ -1,5 +1,5 @@
 """Latency figures (pure functions of evaluation rows) and evaluate.py's decoder,
-precision, plots and profile options through the real CLI."""
+precision, plots, profile and subset options through the real CLI."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import pytest
 import torch
 
+from emformer_variants.data.manifest import read_manifest
+from emformer_variants.evaluation import pick_utterances
 from emformer_variants.metrics.plots import latency_figures, write_latency_plots
 from tests.conftest import run_cli
 
@@ -45,16 +47,31 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     decoder, precision = "exact", "int8"
     proc = run_cli("evaluate.py", "ckpt=base", "data=manifest", f"data.root={mini_corpus}", "beam=3",
                    f"decoder={decoder}", f"precision={precision}", "plots=true", "profile=true",
-                   "flops=false", f"paths.output_dir={tmp_path}")
+                   "flops=false", "split=train", "max_utterances=3", "subset=random", "seed=7",
+                   f"paths.output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["decoder"] == decoder and metrics["precision"] == precision
+    # subset=random: the seeded sample, in corpus order
+    train = read_manifest(mini_corpus / "train.jsonl")
+    picked = [u.audio for u in pick_utterances(train, 3, "random", seed=7)]
+    decoded = [json.loads(line)["audio"] for line in (tmp_path / "hyps.jsonl").read_text().splitlines()]
+    assert decoded == picked and metrics["subset"] == "random (seed 7)"
     assert metrics["algorithmic_latency_s"] == pytest.approx(0.2)
     for name in ("latency_cdf", "ttft", "rtf", "latency_over_time"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
     assert "stage:search" in (tmp_path / "profile.txt").read_text()
     row = json.loads((tmp_path / "hyps.jsonl").read_text().splitlines()[0])
     assert len(row["encoder_ms"]) == len(row["chunk_ms"]) == len(row["decoder_ms"])
+
+
+def test_pick_utterances_first_or_seeded_random():
+    utts = list(range(10))
+    assert pick_utterances(utts, 3) == [0, 1, 2]
+    assert pick_utterances(utts, None) == utts and pick_utterances(utts, 20) == utts
+    a = pick_utterances(utts, 4, "random", seed=1)
+    assert a == sorted(a) and len(set(a)) == 4 and a == pick_utterances(utts, 4, "random", seed=1)
+    assert a != pick_utterances(utts, 4, "random", seed=2) or a != pick_utterances(utts, 4, "random", seed=3)
 
 
 @pytest.mark.parametrize("setting,message", [

@@ -33,7 +33,8 @@ SUBSETS = ("first", "random")
 def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "first",
                     seed: int = 0) -> list[Utterance]:
     """At most ``limit`` utterances: the first ones, or a seeded random sample kept in corpus
-    order (so a split sorted by voice, like a training manifest, is sampled across voices)."""
+    order (so a split listed in a sorted order, e.g. Asterisk or an audiofolder by file name,
+    is sampled throughout)."""
     if not limit or limit >= len(utts):
         return list(utts)
     if subset == "first":

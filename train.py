@@ -59,6 +59,9 @@ def run(cfg: DictConfig) -> dict:
     specs = variant["stack"] if "stack" in variant else [variant]
     resume = resolve_resume(cfg.ckpt_path, cfg.paths.root_dir, cfg.task_name)
     claim_output_dir(out_dir)
+    if resume:
+        log.info("resuming from %s; this run writes its checkpoints to %s (the earlier run's stay "
+                 "in its own folder)", resume, out_dir / "checkpoints")
 
     dm = hydra.utils.instantiate(cfg.data)
     if cfg.init == "base":

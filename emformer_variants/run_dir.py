@@ -47,10 +47,13 @@ def _read(marker: Path) -> str:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return f"see {marker}"
+    command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(info.get("argv", [])))
+    if len(command) > 80:
+        command = command[:79] + "…"
     ended = ""
     if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
-        ended = ", no longer running: its files stay, so pick a new folder"
-    return f"pid {info.get('pid')} on {info.get('host')}{ended}, {' '.join(info.get('argv', []))[:80]}"
+        ended = ", ended; its files stay"
+    return f"`{command}`, pid {info.get('pid')} on {info.get('host')}{ended}"
 
 
 def pid_alive(pid) -> bool:

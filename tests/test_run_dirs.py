@@ -44,7 +44,7 @@ def test_claim_is_exclusive(tmp_path):
     assert json.loads((tmp_path / "run" / CLAIM).read_text())["pid"] > 0
     with pytest.raises(UserError, match="already used by another run") as e:
         claim_output_dir(tmp_path / "run")
-    assert "no longer running" not in str(e.value)  # this process holds it
+    assert "ended" not in str(e.value)  # this process holds it
 
 
 def test_claim_of_a_finished_run_says_so(tmp_path):
@@ -54,7 +54,7 @@ def test_claim_of_a_finished_run_says_so(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / CLAIM).write_text(json.dumps({"pid": int(done.stdout), "host": socket.gethostname(),
                                                       "argv": ["train.py", "x=1"]}))
-    with pytest.raises(UserError, match="no longer running: its files stay, so pick a new folder"):
+    with pytest.raises(UserError, match=r"\(`train.py x=1`, pid \d+ on .*, ended; its files stay\)"):
         claim_output_dir(tmp_path / "run")
 
 

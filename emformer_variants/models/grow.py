@@ -1,0 +1,97 @@
+"""Grow a base recognizer's FFNs without changing what it computes (more capacity to train on).
+
+python -m emformer_variants.models.grow SRC DST --ffn-dim N [--seed S] [--fp32]
+
+Every Emformer layer's feed-forward block ``Linear(d, f) -> act -> Linear(f, d)`` becomes
+``Linear(d, N) -> act -> Linear(N, d)``: the first ``f`` hidden units keep their weights, the
+``N - f`` new ones get fresh input weights (PyTorch's default ``nn.Linear`` init, seeded) and
+**zero output weights**, so the grown model's outputs equal the original's exactly until
+training moves those output weights. The result is a plain torchaudio Emformer RNN-T with
+``transformer_ffn_dim=N`` stored in its arch (not a surgery variant), so every later command
+treats it as a base. Depth cannot grow this way: each Emformer layer ends in a LayerNorm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+
+from emformer_variants.cli import one_line_errors
+from emformer_variants.errors import UserError
+from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
+
+
+def _ffn_linears(layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear]:
+    linears = [m for m in layer.pos_ff if isinstance(m, torch.nn.Linear)]
+    if len(linears) != 2:
+        raise UserError(f"expected 2 linears in an Emformer FFN, found {len(linears)}: "
+                        "grow a base without surgery (variants: [])")
+    return linears[0], linears[1]
+
+
+def _default_linear_init(out_features: int, in_features: int, gen: torch.Generator
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear's reset_parameters (kaiming_uniform a=sqrt(5) -> U(+-1/sqrt(fan_in))), seeded."""
+    bound = 1.0 / math.sqrt(in_features)
+    weight = (torch.rand(out_features, in_features, generator=gen) * 2 - 1) * bound
+    bias = (torch.rand(out_features, generator=gen) * 2 - 1) * bound
+    return weight, bias
+
+
+@torch.no_grad()
+def grow_ffn(rec: Recognizer, ffn_dim: int, seed: int = 0) -> tuple[Recognizer, dict]:
+    """A new Recognizer with FFN width ``ffn_dim`` computing exactly what ``rec`` computes.
+
+    ``rec`` is left untouched. Returns (grown recognizer, report dict).
+    """
+    if rec.variants:
+        names = [v.get("name") for v in rec.variants]
+        raise UserError(f"grow: the checkpoint carries surgery {names}; grow a base without surgery")
+    old = int(rec.arch["transformer_ffn_dim"])
+    if ffn_dim < old:
+        raise UserError(f"--ffn-dim {ffn_dim}: smaller than the current {old}; growing only adds units")
+    arch = dict(rec.arch, transformer_ffn_dim=ffn_dim)
+    grown = Recognizer(arch, rec.features.cfg, rec.tokenizer)
+    # Every tensor whose shape is unchanged is copied; then the FFN linears are widened.
+    target = grown.state_dict()
+    for key, value in rec.state_dict().items():
+        if target[key].shape == value.shape:
+            target[key].copy_(value)
+    gen = torch.Generator().manual_seed(seed)
+    for src_layer, dst_layer in zip(rec.model.transcriber.transformer.emformer_layers,
+                                    grown.model.transcriber.transformer.emformer_layers, strict=True):
+        (src_in, src_out), (dst_in, dst_out) = _ffn_linears(src_layer), _ffn_linears(dst_layer)
+        new_w, new_b = _default_linear_init(ffn_dim - old, src_in.in_features, gen)
+        dst_in.weight.copy_(torch.cat([src_in.weight, new_w]))
+        dst_in.bias.copy_(torch.cat([src_in.bias, new_b]))
+        zeros = src_out.weight.new_zeros(src_out.out_features, ffn_dim - old)
+        dst_out.weight.copy_(torch.cat([src_out.weight, zeros], dim=1))
+    params_before = sum(p.numel() for p in rec.parameters())
+    params_after = sum(p.numel() for p in grown.parameters())
+    report = {"ffn_dim": [old, ffn_dim], "layers": len(rec.model.transcriber.transformer.emformer_layers),
+              "params": [params_before, params_after], "seed": seed}
+    return grown, report
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="a base checkpoint (export or final.pt) without surgery")
+    parser.add_argument("dst")
+    parser.add_argument("--ffn-dim", type=int, required=True, help="new FFN width of every layer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the new units' input weights")
+    parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, as export)")
+    args = parser.parse_args(argv)
+    grown, report = grow_ffn(load_recognizer(args.src), args.ffn_dim, args.seed)
+    save_recognizer(grown, args.dst, meta={"source": args.src, "grow": report}, half=not args.fp32)
+    (before, after), (p0, p1) = report["ffn_dim"], report["params"]
+    print(f"grow: ffn {before} -> {after} in {report['layers']} layers, params {p0:,} -> {p1:,}; "
+          f"wrote {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -102,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
     ckpt_dir = out_dir / "checkpoints"
     callbacks = [
         L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/wer",
-                                            mode="min", save_last=False, save_top_k=1),
+                                            mode="min", save_last=False,
+                                            save_top_k=cfg.get("checkpoint_keep_best") or 1),
         LastCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),  # resume point, mid-epoch too
         StepSeed(cfg.seed),  # randomness from (seed, epoch, batch): resumed runs continue exactly
         L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),

@@ -265,6 +265,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if vci is not None and not (_is_num(vci) and vci > 0):
         raise UserError(f"trainer.val_check_interval={vci!r}: must be a number > 0")
     int_at_least(cfg, "checkpoint_every_n_steps", 1, optional=True)
+    int_at_least(cfg, "checkpoint_keep_best", 1, optional=True)
     check_data(cfg)
     check_model(cfg)
     base = base_architecture(cfg)

@@ -22,9 +22,10 @@ from emformer_variants.resume import atomic_torch_save
 from tests.conftest import ROOT, TINY_ARCH, run_cli
 
 # 8 training utterances of ~2 s; batch_seconds=3 puts one per batch: 8 batches per epoch, so
-# 20 steps span 2.5 epochs; validation every 5 steps, last.ckpt every 3 steps.
+# 20 steps span 2.5 epochs; validation every 5 steps, last.ckpt every 3 steps, 2 best kept.
 TRAIN = [*TINY_ARCH, "init=scratch", "trainer.max_steps=20", "trainer.val_check_interval=5",
-         "checkpoint_every_n_steps=3", "data.batch_seconds=3", "log_batch_order=true",
+         "checkpoint_every_n_steps=3", "checkpoint_keep_best=2", "data.batch_seconds=3",
+         "log_batch_order=true",
          "eval.before=false", "eval.max_utterances=2", "eval.beam=2", "eval.flops=false", "threads=1",
          "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]
 BATCHES_PER_EPOCH = 8
@@ -69,6 +70,13 @@ def test_same_seed_same_numbers(reference, mini_corpus, tmp_path):
     assert len(_losses(reference)) == 20
     assert _batches(tmp_path / "again") == _batches(reference)
     assert _scores(tmp_path / "again") == _scores(reference)
+
+
+def test_keeps_the_requested_number_of_best_checkpoints(reference):
+    """checkpoint_keep_best=2 over 4 validations: two best-step files (to average) and last.ckpt."""
+    best = sorted(p.name for p in (reference / "checkpoints").glob("best-step=*.ckpt"))
+    assert len(best) == 2, best
+    assert (reference / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_sigkill_mid_epoch_then_resume_continues_exactly(reference, mini_corpus, tmp_path):

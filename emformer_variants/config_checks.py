@@ -247,6 +247,10 @@ def check_train_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "module.val_beam", 1)
     int_at_least(cfg, "module.max_bad_batches", 1)
     number_in(cfg, "module.ctc_weight", 0, 1)
+    dropout = _get(cfg, "module.dropout")
+    if dropout is not None and not (_is_num(dropout) and 0 <= dropout < 1):
+        raise UserError(f"module.dropout={dropout!r}: must be a probability in [0, 1) or null "
+                        "(null keeps the architecture's own dropout)")
     number_above(cfg, "module.distill.weight", 0, inclusive=True, optional=True)
     distill = _get(cfg, "module.distill.weight") or 0
     if distill > 0 and cfg.get("init") != "base":

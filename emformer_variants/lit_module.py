@@ -40,13 +40,30 @@ class SpecAugment(torch.nn.Module):
         return x.transpose(1, 2)
 
 
+def set_dropout_(model: torch.nn.Module, p: float) -> int:
+    """Every dropout in ``model`` to probability ``p``, in place: ``nn.Dropout`` modules and the
+    float ``dropout`` of attention modules (torchaudio's Emformer attention, MLA). Returns how
+    many were set. A training-time setting: the stored architecture keeps its own values."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = p
+            count += 1
+        elif isinstance(getattr(module, "dropout", None), float):
+            module.dropout = p
+            count += 1
+    return count
+
+
 class RNNTModule(L.LightningModule):
     def __init__(self, recognizer: Recognizer, optimizer: Callable, scheduler: Callable | None = None,
                  spec_augment: dict | None = None, ctc_weight: float = 0.0, val_beam: int = 4,
                  loss_impl: str = "fast", max_bad_batches: int = 20, distill: dict | None = None,
-                 teacher: Recognizer | None = None):
+                 teacher: Recognizer | None = None, dropout: float | None = None):
         super().__init__()
         self.recognizer = recognizer
+        if dropout is not None:  # else the dropout the architecture was built with
+            set_dropout_(recognizer.model, float(dropout))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None

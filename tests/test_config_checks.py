@@ -46,6 +46,7 @@ BAD_TRAIN = [
     (["eval.beam=0"], "eval.beam=0: must be an integer >= 1"),
     (["module.val_beam=0"], "module.val_beam=0: must be an integer >= 1"),
     (["module.max_bad_batches=0"], "module.max_bad_batches=0"),
+    (["module.dropout=1.5"], "module.dropout=1.5: must be a probability in [0, 1) or null"),
     (["model.arch.encoding_dim=-3"], "model.arch.encoding_dim=-3: must be an integer >= 1"),
     (["model.arch.transformer_num_layers=0"], "model.arch.transformer_num_layers=0"),
     (["data.batch_seconds=-1"], "data.batch_seconds=-1: must be a number > 0"),

@@ -10,10 +10,11 @@ Splits:
 Sentences go to the train/dev/test pools by a hash of their text, so the held-out pools
 do not move with the seed or corpus size. Each utterance's voice, rate, pitch, gain and
 padding come from ``numpy.random.default_rng([seed, split, index])``: texts, voices and
-settings do not depend on the number of workers. The neural voices (hibari, piper) are
-seeded per utterance and bit-exact; espeak-ng is close but not bit-exact across runs: its
-pitch-flutter phase is library state that carries over from one utterance to the next in a
-process.
+settings do not depend on the number of workers. The audio does not either: the neural
+voices (hibari, piper) are seeded per utterance, and espeak-ng's pitch-flutter phase, library
+state that carries over from one utterance to the next in a process, starts afresh for every
+block of ``RENDER_BLOCK`` utterances, each rendered in a new worker process. Blocks are fixed
+slices of the job list, so a corpus is bit-exact across rebuilds and worker counts.
 
 ``train_engine_weights`` (e.g. ``{"espeak": 1, "flite": 2, "hibari": 3}``) gives each voice of
 an engine that many slots in the train split's round-robin, to put more training audio on
@@ -209,6 +210,14 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+RENDER_BLOCK = 256  # utterances per fresh worker process: espeak-ng starts from the same state
+
+
+def _render_block(jobs: list[_Job]) -> list[Utterance]:
+    _init_worker()
+    return [_render(job) for job in jobs]
+
+
 def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | None = None) -> dict:
     config = {
         "format_version": FORMAT_VERSION,
@@ -267,7 +276,7 @@ def build_synthetic_corpus(
 
     Idempotent: an ``out_dir`` holding the same config returns at once; one built with
     another config is an error. Crash-safe: built in ``<out_dir>.tmp-<pid>``, renamed
-    when complete. ``workers`` <= 1 renders in this process.
+    when complete. ``workers`` processes render blocks of ``RENDER_BLOCK`` utterances.
     """
     out_dir = Path(out_dir).absolute()
     counts = {"train": num_train, "dev": num_dev, "test": num_test, "test_voice": num_test_voice}
@@ -308,14 +317,12 @@ def build_synthetic_corpus(
                 flush=True,
             )
 
+    blocks = [jobs[i:i + RENDER_BLOCK] for i in range(0, len(jobs), RENDER_BLOCK)]
     try:
-        if workers <= 1:
-            _init_worker()
-            for job in jobs:
-                record((job.split, job.index), _render(job))
-        else:
-            with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-                for job, utt in zip(jobs, pool.imap(_render, jobs, chunksize=4), strict=True):
+        # One new process per block, also for workers=1, so no block sees another's espeak state.
+        with mp.get_context("spawn").Pool(max(workers, 1), maxtasksperchild=1) as pool:
+            for block, utts in zip(blocks, pool.imap(_render_block, blocks), strict=True):
+                for job, utt in zip(block, utts, strict=True):
                     record((job.split, job.index), utt)
         stats = {}
         for split in SPLITS:

@@ -39,15 +39,16 @@ def run(cfg: DictConfig) -> dict:
     apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
-    utts = pick_utterances(utts, cfg.max_utterances, cfg.get("subset", "first"), cfg.seed)
+    subset = cfg.get("subset", "first")
+    utts = pick_utterances(utts, cfg.max_utterances, subset, cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
                                         decoder=cfg.decoder, decoder_options=options)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision, **options})
-    if cfg.max_utterances and cfg.get("subset", "first") != "first":
-        metrics["subset"] = f"{cfg.subset} (seed {cfg.seed})"
+    if cfg.max_utterances and subset != "first":
+        metrics["subset"] = f"{subset} (seed {cfg.seed})"
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
     if cfg.plots:

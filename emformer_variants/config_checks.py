@@ -307,15 +307,12 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "beam", 1)
     int_at_least(cfg, "max_utterances", 1, optional=True)
     from emformer_variants.engine.pipeline import check_decoder
-    from emformer_variants.evaluation import SUBSETS
-
-    if cfg.get("subset", "first") not in SUBSETS:
-        raise UserError(f"subset={cfg.get('subset')!r}: must be one of {', '.join(SUBSETS)} "
-                        "(which max_utterances utterances to decode)")
     from emformer_variants.engine.precision import check_precision
+    from emformer_variants.evaluation import check_subset
 
     check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))
     check_precision(cfg.get("precision", "fp32"))
+    check_subset(cfg.get("subset", "first"))
     if not str(cfg.get("split") or "").strip():
         raise UserError("split is empty: name a data split such as test")
     ckpt = str(cfg.ckpt)

@@ -30,17 +30,22 @@ log = logging.getLogger(__name__)
 SUBSETS = ("first", "random")
 
 
+def check_subset(subset: str) -> None:
+    if subset not in SUBSETS:
+        raise UserError(f"subset={subset!r}: must be one of {', '.join(SUBSETS)} "
+                        "(which max_utterances utterances to decode)")
+
+
 def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "first",
                     seed: int = 0) -> list[Utterance]:
     """At most ``limit`` utterances: the first ones, or a seeded random sample kept in corpus
     order (so a split listed in a sorted order, e.g. Asterisk or an audiofolder by file name,
     is sampled throughout)."""
+    check_subset(subset)
     if not limit or limit >= len(utts):
         return list(utts)
     if subset == "first":
         return list(utts[:limit])
-    if subset != "random":
-        raise UserError(f"subset={subset!r}: must be one of {', '.join(SUBSETS)}")
     import random
 
     keep = sorted(random.Random(seed).sample(range(len(utts)), limit))

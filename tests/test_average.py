@@ -51,3 +51,7 @@ def test_cli_writes_an_export_that_loads(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(paths[0]), *map(str, paths)])
     assert "also a source" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "new.pt"), str(paths[0]), str(tmp_path / "missing.pt")])
+    assert "missing.pt: checkpoint not found; give the path of an existing" in capsys.readouterr().err
+    assert not (tmp_path / "new.pt").exists()

@@ -17,7 +17,7 @@ import torch
 
 from emformer_variants.cli import one_line_errors
 from emformer_variants.errors import UserError
-from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
+from emformer_variants.models.recognizer import CLI_HINT, Recognizer, load_recognizer, save_recognizer
 
 _MUST_MATCH = ("features.",)  # feature statistics: averaging two different normalisations is wrong
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dst in args.srcs:
         raise UserError(f"{args.dst}: also a source; write the average to a new file")
-    avg = average_recognizers([load_recognizer(s) for s in args.srcs], args.srcs)
+    avg = average_recognizers([load_recognizer(s, CLI_HINT) for s in args.srcs], args.srcs)
     save_recognizer(avg, args.dst, meta={"averaged": args.srcs, "note": args.note}, half=not args.fp32)
     print(f"averaged {len(args.srcs)} checkpoints; wrote {args.dst}")
     return 0

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from emformer_variants.cli import one_line_errors
-from emformer_variants.models.recognizer import load_recognizer, save_recognizer
+from emformer_variants.models.recognizer import CLI_HINT, load_recognizer, save_recognizer
 
 
 @one_line_errors
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     parser.add_argument("--note", default="", help="free text stored in the checkpoint's meta")
     args = parser.parse_args(argv)
-    rec = load_recognizer(args.src)
+    rec = load_recognizer(args.src, CLI_HINT)
     save_recognizer(rec, args.dst, meta={"source": args.src, "note": args.note}, half=not args.fp32)
     print(f"wrote {args.dst}")
     return 0

@@ -21,7 +21,7 @@ import torch
 
 from emformer_variants.cli import one_line_errors
 from emformer_variants.errors import UserError
-from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
+from emformer_variants.models.recognizer import CLI_HINT, Recognizer, load_recognizer, save_recognizer
 
 
 def _ffn_linears(layer: torch.nn.Module) -> tuple[torch.nn.Linear, torch.nn.Linear]:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the new units' input weights")
     parser.add_argument("--fp32", action="store_true", help="keep fp32 weights (default: fp16, as export)")
     args = parser.parse_args(argv)
-    grown, report = grow_ffn(load_recognizer(args.src), args.ffn_dim, args.seed)
+    grown, report = grow_ffn(load_recognizer(args.src, CLI_HINT), args.ffn_dim, args.seed)
     save_recognizer(grown, args.dst, meta={"source": args.src, "grow": report}, half=not args.fp32)
     (before, after), (p0, p1) = report["ffn_dim"], report["params"]
     print(f"grow: ffn {before} -> {after} in {report['layers']} layers, params {p0:,} -> {p1:,}; "

@@ -24,6 +24,8 @@ from emformer_variants.models.tokenizer import Tokenizer
 
 CHECKPOINT_FORMAT = "emformer-variants"
 CHECKPOINT_VERSION = 1
+# The fix for a missing checkpoint named on a command line (models.export / average / grow).
+CLI_HINT = "give the path of an existing final.pt, .ckpt or exported .pt"
 
 
 class Recognizer(torch.nn.Module):
@@ -115,8 +117,11 @@ def build_from_config(config: dict, tokenizer_proto: bytes) -> Recognizer:
     return rec
 
 
-def _torch_load(path: Path) -> Any:
-    return load_file(path, missing_hint="pass ckpt=PATH to an existing file or ckpt=base")
+CKPT_HINT = "pass ckpt=PATH to an existing file or ckpt=base"
+
+
+def _torch_load(path: Path, missing_hint: str = CKPT_HINT) -> Any:
+    return load_file(path, missing_hint=missing_hint)
 
 
 def load_state_strict(module: torch.nn.Module, state: dict, source: str) -> None:
@@ -133,10 +138,11 @@ def load_state_strict(module: torch.nn.Module, state: dict, source: str) -> None
         raise UserError(f"{source}: weights do not match the model: {'; '.join(problems)}")
 
 
-def load_recognizer(path: str | Path) -> Recognizer:
-    """Load a project checkpoint (our format or a Lightning .ckpt from train.py)."""
+def load_recognizer(path: str | Path, missing_hint: str = CKPT_HINT) -> Recognizer:
+    """Load a project checkpoint (our format or a Lightning .ckpt from train.py); ``missing_hint``
+    is the fix a missing file's error suggests (the default fits ``ckpt=`` of the CLIs)."""
     path = Path(path)
-    ckpt = _torch_load(path)
+    ckpt = _torch_load(path, missing_hint)
     if isinstance(ckpt, dict) and "emformer_variants" in ckpt:  # Lightning checkpoint
         payload = ckpt["emformer_variants"]
         verify_state(ckpt["state_dict"], payload.get("state_digest"), path)

@@ -17,6 +17,7 @@ import soundfile as sf
 from emformer_variants.data import synthetic, tts
 from emformer_variants.data.asterisk import build_asterisk
 from emformer_variants.data.manifest import read_manifest
+from emformer_variants.data.sources import SyntheticSource
 from emformer_variants.data.synthetic import (
     SPLITS,
     _config,
@@ -26,7 +27,12 @@ from emformer_variants.data.synthetic import (
     check_engine_weights,
     sentence_pool,
 )
-from emformer_variants.data.text import load_austen_sentences, split_sentences
+from emformer_variants.data.text import (
+    load_austen_clauses,
+    load_austen_sentences,
+    split_clauses,
+    split_sentences,
+)
 from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
 
@@ -69,6 +75,44 @@ def test_split_sentences_keeps_titles_together():
         '"No."',
         "She left.",
     ]
+
+
+def test_split_clauses_cuts_long_sentences_only():
+    long = ("When Mr. Knightley came in, she was sitting by the fire; he had walked from Donwell, "
+            "which was a mile off -- and he spoke of nothing but the weather, as all the family "
+            "knew he would.")
+    clauses = split_clauses(long)
+    assert clauses == [
+        # neighbours joined while they fit in 25 words (21 here; 29 with the next piece)
+        "when mister knightley came in she was sitting by the fire he had walked from donwell "
+        "which was a mile off",
+        "and he spoke of nothing but the weather as all the family knew he would",
+    ]
+    assert " ".join(clauses) == normalize_text(long.replace("Mr.", "Mister"))  # nothing lost here
+    assert split_clauses("She was sitting by the fire, and he came in.") == []  # short: a sentence
+    run_on = " ".join(["word"] * 30) + ", and then she was sitting by the fire " + "again " * 20
+    assert split_clauses(run_on) == []  # each piece alone is over 25 words
+    assert split_clauses("It cost 30 pounds, " + "and more " * 20) == []  # rejected characters
+
+
+def test_austen_clauses_are_extra_training_text(cache_dir, sentences):
+    clauses = load_austen_clauses(cache_dir)
+    assert len(clauses) > 20000 and len(set(clauses)) == len(clauses)
+    assert not set(clauses) & set(sentences)  # never a held-out (or any) sentence
+    for c in clauses[:: 97]:
+        assert normalize_text(c) == c and 5 <= len(c.split()) <= 25
+    counts = {"train": 50, "dev": 8, "test": 8, "test_voice": 4}
+    plain, extra = _pick_sentences(sentences, counts, 0), _pick_sentences(sentences, counts, 0, clauses)
+    for split in ("dev", "test", "test_voice"):
+        assert extra[split] == plain[split]
+    assert set(extra["train"]) & set(clauses) and not set(plain["train"]) & set(clauses)
+    assert _config({"train": 1}, 0) == _config({"train": 1}, 0, None, False)  # old corpora keep their key
+    assert _config({"train": 1}, 0, None, True)["train_clauses"].startswith("austen-clauses")
+
+
+def test_bad_train_clauses_is_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"^data.source.train_clauses='yes': use true or false$"):
+        SyntheticSource(train_clauses="yes", cache_dir=str(tmp_path)).splits()
 
 
 def test_voices_all_speak():

@@ -45,6 +45,8 @@ class SyntheticSource:
     cache_dir: str | None = None
     # {engine: slots per voice} in the train split's voice round-robin; None = balanced.
     train_engine_weights: dict | None = None
+    # Add clauses of Austen's long sentences to the train text (dev and test unchanged).
+    train_clauses: bool = False
 
     def splits(self) -> dict[str, list[Utterance]]:
         from emformer_variants.data.synthetic import build_synthetic_corpus, check_engine_weights
@@ -54,12 +56,16 @@ class SyntheticSource:
         fields = [self.num_train, self.num_dev, self.num_test, self.num_test_voice, self.seed]
         if weights:  # balanced corpora keep the key (and cache folder) they always had
             fields.append(weights)
+        if self.train_clauses is not False:  # likewise
+            if not isinstance(self.train_clauses, bool):
+                raise UserError(f"data.source.train_clauses={self.train_clauses!r}: use true or false")
+            fields.append("clauses")
         key = json.dumps(fields, separators=(",", ":"))
         out = cache / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         manifests = build_synthetic_corpus(
             out, num_train=self.num_train, num_dev=self.num_dev, num_test=self.num_test,
             num_test_voice=self.num_test_voice, seed=self.seed, workers=self.workers,
-            cache_dir=cache, train_engine_weights=weights,
+            cache_dir=cache, train_engine_weights=weights, train_clauses=self.train_clauses,
         )
         return {split: read_manifest(path) for split, path in manifests.items()}
 

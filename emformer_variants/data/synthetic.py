@@ -20,6 +20,10 @@ slices of the job list, so a corpus is bit-exact across rebuilds and worker coun
 an engine that many slots in the train split's round-robin, to put more training audio on
 the engines a model finds hard; dev and test stay balanced over voices.
 
+``train_clauses=True`` adds the clauses of Austen's sentences too long to read whole
+(``text.load_austen_clauses``, ~25k texts) to the train pool: more than twice the training
+text, while dev and test keep the same sentences and audio.
+
 Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.flac``
 (16 kHz mono 16-bit), ``corpus.json`` (config + statistics).
 """
@@ -44,9 +48,11 @@ import numpy as np
 from emformer_variants.cli import one_line_errors
 from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
 from emformer_variants.data.text import (
+    CLAUSES_VERSION,
     SENTENCES_VERSION,
     add_cache_dir_argument,
     default_cache_dir,
+    load_austen_clauses,
     load_austen_sentences,
 )
 from emformer_variants.data.tts import Voice, default_voices, held_out_voice, synthesize
@@ -85,10 +91,12 @@ def sentence_pool(text: str) -> str:
     return {0: "dev", 1: "test"}.get(bucket, "train")
 
 
-def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int) -> dict[str, list[str]]:
+def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int,
+                    extra_train: list[str] = ()) -> dict[str, list[str]]:
     pools: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
     for s in sentences:
         pools[sentence_pool(s)].append(s)
+    pools["train"].extend(extra_train)  # training-only text (clauses), shuffled in with the rest
     for name, pool in pools.items():
         random.Random(f"{seed}-{name}").shuffle(pool)
     for split in ("dev", "test"):
@@ -218,7 +226,8 @@ def _render_block(jobs: list[_Job]) -> list[Utterance]:
     return [_render(job) for job in jobs]
 
 
-def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | None = None) -> dict:
+def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | None = None,
+            train_clauses: bool = False) -> dict:
     config = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
@@ -236,6 +245,8 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | 
     }
     if engine_weights:  # absent when balanced, so existing corpora keep their config
         config["train_engine_weights"] = engine_weights
+    if train_clauses:  # likewise absent when off
+        config["train_clauses"] = CLAUSES_VERSION
     return config
 
 
@@ -271,6 +282,7 @@ def build_synthetic_corpus(
     workers: int = 2,
     cache_dir: Path,
     train_engine_weights: dict[str, int] | None = None,
+    train_clauses: bool = False,
 ) -> dict[str, Path]:
     """Build (or find) the corpus; returns split name -> manifest path.
 
@@ -284,17 +296,18 @@ def build_synthetic_corpus(
         if n < 0:
             raise UserError(f"num_{split}={n}: must be >= 0")
     engine_weights = check_engine_weights(train_engine_weights)
-    config = _config(counts, seed, engine_weights)
+    config = _config(counts, seed, engine_weights, train_clauses)
     found = _existing(out_dir, config)
     if found is not None:
         return found
     sentences = load_austen_sentences(Path(cache_dir))
+    clauses = load_austen_clauses(Path(cache_dir)) if train_clauses else []
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out_dir)
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jobs = _plan(_pick_sentences(sentences, counts, seed), seed, tmp, engine_weights)
+    jobs = _plan(_pick_sentences(sentences, counts, seed, clauses), seed, tmp, engine_weights)
     # Slow held-out-voice jobs first, so they spread over the workers instead of trailing.
     jobs.sort(key=lambda j: (j.split != "test_voice", SPLITS.index(j.split), j.index))
     print(f"[synthetic] building {out_dir} ({len(jobs)} utterances, {max(workers, 1)} workers)", flush=True)
@@ -367,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--train-engine-weights", type=_parse_weights, default=None, metavar="E=W,...",
                    help="train-split slots per voice of each engine, e.g. espeak=1,flite=2,hibari=3")
+    p.add_argument("--train-clauses", action="store_true",
+                   help="add clauses of Austen's long sentences to the train text (~2.3x the text)")
     add_cache_dir_argument(p)
     args = p.parse_args(argv)
     manifests = build_synthetic_corpus(
@@ -379,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         cache_dir=args.cache_dir or default_cache_dir(),
         train_engine_weights=args.train_engine_weights,
+        train_clauses=args.train_clauses,
     )
     for split, path in manifests.items():
         print(f"{split}: {path} ({len(read_manifest(path))} utterances)")

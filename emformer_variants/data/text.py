@@ -26,7 +26,7 @@ AUSTEN_PACKAGE = "r-cran-janeaustenr"
 MIN_WORDS, MAX_WORDS = 5, 25
 # Bump when the extraction changes: corpora record it and rebuild.
 SENTENCES_VERSION = f"austen-{MIN_WORDS}-{MAX_WORDS}-v2"
-_CACHE_NAME = f"{SENTENCES_VERSION}.txt"
+CLAUSES_VERSION = f"austen-clauses-{MIN_WORDS}-{MAX_WORDS}-v1"
 
 # Abbreviations after which a period does not end a sentence (Gutenberg spellings).
 _ABBREVIATIONS = {"mr", "mrs", "dr", "st", "messrs", "esq", "col", "capt", "gen", "rev"}
@@ -42,6 +42,8 @@ _BOUNDARY = re.compile(r"[.!?]+[\"')_\]]*\s+")
 _LAST_WORD = re.compile(r"([A-Za-z]+)\W*$")
 # Characters that signal a line the normaliser would mangle or a TTS would misread.
 _REJECT = re.compile(r"[0-9&\[\]{}<>|@$%#*=+~^\\]")
+# Where a sentence too long to be read whole may be cut into clauses.
+_CLAUSE_BREAK = re.compile(r"[,;:]|--")
 
 
 def add_cache_dir_argument(parser) -> None:
@@ -144,42 +146,102 @@ def split_sentences(lines: list[str]) -> list[str]:
     return sentences
 
 
-def clean_sentence(sentence: str) -> str | None:
-    """Normalised sentence of MIN_WORDS..MAX_WORDS words, or None if it should be skipped."""
+def _expanded(sentence: str) -> str | None:
+    """The sentence with abbreviations spelled as read, or None for a line a TTS would misread."""
     if _REJECT.search(sentence):
         return None
     for pattern, spoken in _EXPANSIONS:
         sentence = pattern.sub(spoken, sentence)
-    text = normalize_text(sentence)
-    if not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
+    return sentence
+
+
+def clean_sentence(sentence: str) -> str | None:
+    """Normalised sentence of MIN_WORDS..MAX_WORDS words, or None if it should be skipped."""
+    sentence = _expanded(sentence)
+    text = None if sentence is None else normalize_text(sentence)
+    if text is None or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
         return None
     return text
 
 
+def split_clauses(sentence: str) -> list[str]:
+    """Clauses of a sentence longer than MAX_WORDS words, as normalised texts of MIN_WORDS..MAX_WORDS.
+
+    Cuts at commas, semicolons, colons and dashes, then joins neighbouring pieces greedily
+    while they stay within MAX_WORDS; a piece longer than that on its own is dropped, and so
+    is a final run shorter than MIN_WORDS. Sentences that ``clean_sentence`` keeps give [].
+    """
+    sentence = _expanded(sentence)
+    if sentence is None or len(normalize_text(sentence).split()) <= MAX_WORDS:
+        return []
+    out: list[str] = []
+    run: list[str] = []
+    for piece in _CLAUSE_BREAK.split(sentence):
+        words = (normalize_text(piece) if piece.strip() else "").split()
+        if len(run) + len(words) > MAX_WORDS:
+            if len(run) >= MIN_WORDS:
+                out.append(" ".join(run))
+            run = []
+        run = [] if len(words) > MAX_WORDS else run + words
+    if len(run) >= MIN_WORDS:
+        out.append(" ".join(run))
+    return out
+
+
+def _austen_novels(cache_dir: Path) -> dict[str, object]:
+    root = fetch_deb(AUSTEN_PACKAGE, cache_dir)
+    rdx = next(root.glob("usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"), None)
+    if rdx is None:
+        raise UserError(f"{root}: no janeaustenr/data/Rdata.rdx inside {AUSTEN_PACKAGE}; delete it and retry")
+    return read_rdata_lazyload(rdx)
+
+
+def _cached_lines(path: Path, build) -> list[str]:
+    """``path``'s lines, or ``build()``'s, written there atomically first."""
+    if path.is_file():
+        return path.read_text(encoding="utf-8").splitlines()
+    out = build()
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return out
+
+
+def _distinct(texts) -> list[str]:
+    seen: set[str] = set()
+    return [t for t in texts if t and not (t in seen or seen.add(t))]
+
+
 def load_austen_sentences(cache_dir: Path) -> list[str]:
-    """~16k distinct normalised sentences of 5-25 words from Austen's six novels.
+    """~20k distinct normalised sentences of 5-25 words from Austen's six novels.
 
     Order is deterministic (novels by name, then order of appearance; first occurrence
     kept). The list is cached as ``<cache_dir>/<SENTENCES_VERSION>.txt``.
     """
     cache_dir = Path(cache_dir)
-    cached = cache_dir / _CACHE_NAME
-    if cached.is_file():
-        return cached.read_text(encoding="utf-8").splitlines()
-    root = fetch_deb(AUSTEN_PACKAGE, cache_dir)
-    rdx = next(root.glob("usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"), None)
-    if rdx is None:
-        raise UserError(f"{root}: no janeaustenr/data/Rdata.rdx inside {AUSTEN_PACKAGE}; delete it and retry")
-    novels = read_rdata_lazyload(rdx)
-    seen: set[str] = set()
-    out = []
-    for name in sorted(novels):
-        for sentence in split_sentences([str(x) for x in novels[name]]):
-            text = clean_sentence(sentence)
-            if text and text not in seen:
-                seen.add(text)
-                out.append(text)
-    tmp = cached.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text("\n".join(out) + "\n", encoding="utf-8")
-    os.replace(tmp, cached)
-    return out
+
+    def build():
+        novels = _austen_novels(cache_dir)
+        return _distinct(clean_sentence(s) for name in sorted(novels)
+                         for s in split_sentences([str(x) for x in novels[name]]))
+
+    return _cached_lines(cache_dir / f"{SENTENCES_VERSION}.txt", build)
+
+
+def load_austen_clauses(cache_dir: Path) -> list[str]:
+    """~25k distinct clauses (``split_clauses``) of Austen's sentences too long to read whole.
+
+    Extra training text only: none equals a sentence of ``load_austen_sentences``, so the
+    held-out dev and test pools stay unseen. Deterministic order; cached as
+    ``<cache_dir>/<CLAUSES_VERSION>.txt``.
+    """
+    cache_dir = Path(cache_dir)
+
+    def build():
+        sentences = set(load_austen_sentences(cache_dir))
+        novels = _austen_novels(cache_dir)
+        clauses = (c for name in sorted(novels) for s in split_sentences([str(x) for x in novels[name]])
+                   for c in split_clauses(s))
+        return [c for c in _distinct(clauses) if c not in sentences]
+
+    return _cached_lines(cache_dir / f"{CLAUSES_VERSION}.txt", build)

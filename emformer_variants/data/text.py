@@ -158,10 +158,10 @@ def _expanded(sentence: str) -> str | None:
 def clean_sentence(sentence: str) -> str | None:
     """Normalised sentence of MIN_WORDS..MAX_WORDS words, or None if it should be skipped."""
     sentence = _expanded(sentence)
-    text = None if sentence is None else normalize_text(sentence)
-    if text is None or not MIN_WORDS <= len(text.split()) <= MAX_WORDS:
+    if sentence is None:
         return None
-    return text
+    text = normalize_text(sentence)
+    return text if MIN_WORDS <= len(text.split()) <= MAX_WORDS else None
 
 
 def split_clauses(sentence: str) -> list[str]:
@@ -188,12 +188,15 @@ def split_clauses(sentence: str) -> list[str]:
     return out
 
 
-def _austen_novels(cache_dir: Path) -> dict[str, object]:
+def _austen_raw_sentences(cache_dir: Path):
+    """Every raw sentence of the six novels: novels by name, then order of appearance."""
     root = fetch_deb(AUSTEN_PACKAGE, cache_dir)
     rdx = next(root.glob("usr/lib/R/site-library/janeaustenr/data/Rdata.rdx"), None)
     if rdx is None:
         raise UserError(f"{root}: no janeaustenr/data/Rdata.rdx inside {AUSTEN_PACKAGE}; delete it and retry")
-    return read_rdata_lazyload(rdx)
+    novels = read_rdata_lazyload(rdx)
+    for name in sorted(novels):
+        yield from split_sentences([str(x) for x in novels[name]])
 
 
 def _cached_lines(path: Path, build) -> list[str]:
@@ -221,9 +224,7 @@ def load_austen_sentences(cache_dir: Path) -> list[str]:
     cache_dir = Path(cache_dir)
 
     def build():
-        novels = _austen_novels(cache_dir)
-        return _distinct(clean_sentence(s) for name in sorted(novels)
-                         for s in split_sentences([str(x) for x in novels[name]]))
+        return _distinct(clean_sentence(s) for s in _austen_raw_sentences(cache_dir))
 
     return _cached_lines(cache_dir / f"{SENTENCES_VERSION}.txt", build)
 
@@ -239,9 +240,7 @@ def load_austen_clauses(cache_dir: Path) -> list[str]:
 
     def build():
         sentences = set(load_austen_sentences(cache_dir))
-        novels = _austen_novels(cache_dir)
-        clauses = (c for name in sorted(novels) for s in split_sentences([str(x) for x in novels[name]])
-                   for c in split_clauses(s))
+        clauses = (c for s in _austen_raw_sentences(cache_dir) for c in split_clauses(s))
         return [c for c in _distinct(clauses) if c not in sentences]
 
     return _cached_lines(cache_dir / f"{CLAUSES_VERSION}.txt", build)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from emformer_variants.cli import PROJECT_ROOT, one_line_errors
+from emformer_variants.engine.packed import counting_flops
 from emformer_variants.engine.pipeline import DECODERS, Pipeline, build_pipeline
 from emformer_variants.engine.precision import PRECISIONS, apply_precision_
 from emformer_variants.errors import UserError
@@ -86,6 +87,7 @@ class Mode:
 class Timings:
     wall_ms: list[float] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)
+    gflop: list[float] = field(default_factory=list)  # packed-kernel matmul work per chunk
     tokens: list[list[int]] = field(default_factory=list)  # best hypothesis per utterance
 
 
@@ -161,12 +163,14 @@ def interleaved(rec_for: dict, pipes: dict[str, Pipeline], waves: list[torch.Ten
             for m in order:
                 rec, pipe = rec_for[m], pipes[m]
                 enc_state, hyps = states[m]
-                t0, c0 = time.perf_counter(), time.thread_time()
-                feats = rec.features.streaming(window).unsqueeze(0)
-                enc, enc_state = pipe.encoder.step(feats, enc_state)
-                hyps = pipe.search.step(enc, hyps)
-                out[m].wall_ms.append(1000 * (time.perf_counter() - t0))
-                out[m].cpu_ms.append(1000 * (time.thread_time() - c0))
+                with counting_flops() as flops:
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    feats = rec.features.streaming(window).unsqueeze(0)
+                    enc, enc_state = pipe.encoder.step(feats, enc_state)
+                    hyps = pipe.search.step(enc, hyps)
+                    out[m].wall_ms.append(1000 * (time.perf_counter() - t0))
+                    out[m].cpu_ms.append(1000 * (time.thread_time() - c0))
+                out[m].gflop.append(flops[0] / 1e9)
                 states[m] = (enc_state, hyps)
         for m in labels:
             out[m].tokens.append(pipes[m].search.best_tokens(states[m][1][0]))
@@ -226,8 +230,20 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
 
 # ------------------------------------------------------------------ report
 
+def fp32_peak_gflops() -> float:
+    """This CPU's fp32 matmul rate at the current thread count: the best of a few
+    256 x 1024 x 4096 products."""
+    a, b = torch.randn(256, 1024), torch.randn(1024, 4096)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 256 * 1024 * 4096 / best / 1e9
+
+
 def summarize(results: dict[str, Timings], audio_s: float, reference: str | None,
-              texts: list[str] | None, decode) -> list[dict]:
+              texts: list[str] | None, decode, peak_gflops: float | None = None) -> list[dict]:
     ref = results.get(reference) if reference else None
     ref_p50 = statistics.median(ref.wall_ms) if ref else None
     rows = []
@@ -239,6 +255,11 @@ def summarize(results: dict[str, Timings], audio_s: float, reference: str | None
                "rtf": sum(t.wall_ms) / 1000 / audio_s,
                "same_as_stock": (f"{sum(a == b for a, b in zip(t.tokens, ref.tokens, strict=True))}"
                                  f"/{len(t.tokens)}") if ref else "n/a"}
+        gflop = statistics.mean(t.gflop) if t.gflop else 0.0
+        if gflop > 0:  # only modes whose linears all run through the packed kernel count
+            row["gflop_per_chunk"] = gflop
+            if peak_gflops:
+                row["floor_ms"] = 1000 * gflop / peak_gflops
         if texts is not None and decode is not None:
             from emformer_variants.metrics.wer import error_rates
 
@@ -251,7 +272,8 @@ def format_table(rows: list[dict]) -> str:
     cols = [("mode", "mode", "{}"), ("chunk_ms_p50", "chunk ms p50", "{:.1f}"),
             ("chunk_ms_p90", "p90", "{:.1f}"), ("cpu_ms_p50", "CPU ms p50", "{:.1f}"),
             ("speedup_vs_stock", "vs stock", "{:.2f}x"), ("rtf", "RTF", "{:.3f}"),
-            ("same_as_stock", "same transcript as stock", "{}"), ("wer", "WER", "{:.4f}")]
+            ("same_as_stock", "same transcript as stock", "{}"), ("wer", "WER", "{:.4f}"),
+            ("gflop_per_chunk", "matmul GFLOP/chunk", "{:.3f}"), ("floor_ms", "floor ms at peak", "{:.1f}")]
     cols = [c for c in cols if any(c[0] in r for r in rows)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -318,14 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     results = interleaved(rec_for, pipes, waves)
     reference = next((m.label for m in modes if m.decoder == "stock"), None)
     trained = args.model == "tiny"
+    peak = fp32_peak_gflops()
     rows = summarize(results, audio_s, reference, texts if trained else None,
-                     rec.tokenizer.decode if trained else None)
+                     rec.tokenizer.decode if trained else None, peak)
 
     print(f"# bench: {note}")
     print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio, {args.chunks} chunks of "
           f"{1000 * cfg.chunk_seconds:.0f} ms (+{1000 * cfg.right_context_seconds:.0f} ms right context) "
           f"per mode; threads {args.threads}; torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; modes interleaved chunk by chunk")
+    print(f"# fp32 matmul peak here: {peak:.0f} GFLOP/s (256x1024x4096); 'floor ms at peak' = the packed "
+          f"kernel's matmul work per chunk at that rate (modes whose linears all run in the kernel)")
     print(format_table(rows))
     stream_rows = []
     for m in stream_modes if args.streams else []:
@@ -348,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"profile: {path}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "note": note, "audio_s": audio_s,
+                                               "fp32_peak_gflops": peak,
                                                "single_stream": rows, "streams": stream_rows}, indent=1))
     return 0
 

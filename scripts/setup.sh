@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v flite >/dev/null || need_apt+=(flite)          # one of the TTS engines
+command -v g++ >/dev/null || need_apt+=(g++)              # builds the engine's packed linear kernel
 command -v apt-get >/dev/null || { echo "error: apt-get not found (Debian needed for corpus text/voices)"; exit 2; }
 if [ ${#need_apt[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then
   # apt lists are also needed by `apt-get download` (corpus text, Asterisk prompts).
@@ -24,4 +25,8 @@ if ! .venv/bin/python -c "import emformer_variants, torch, torchaudio, lightning
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.installed
 fi
+# Build the engine's packed linear kernel now (about a minute, once per machine; cached
+# under ~/.cache/torch_extensions) rather than inside the first timed run.
+.venv/bin/python -c "from emformer_variants.engine.packed import kernel; import sys; sys.exit(kernel() is None)" \
+  2>/dev/null && echo "packed linear kernel: ready" || echo "packed linear kernel: not available (engine uses F.linear)"
 echo "setup done: $(.venv/bin/python -c 'import torch, torchaudio; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)')"

@@ -11,7 +11,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from emformer_variants.engine.linear import fuse_linears
 from emformer_variants.engine.pipeline import build_pipeline
-from emformer_variants.engine.precision import Bf16Linear, apply_precision_
+from emformer_variants.engine.precision import WeightCastLinear, apply_precision_
 from emformer_variants.errors import UserError
 from emformer_variants.streaming import stream_decode
 from tests.conftest import make_tiny_rec
@@ -19,7 +19,8 @@ from tests.conftest import make_tiny_rec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("precision,kind,tol", [("bf16", Bf16Linear, 0.05), ("fp16", DynamicLinear, 0.01),
+@pytest.mark.parametrize("precision,kind,tol", [("bf16", WeightCastLinear, 0.02),
+                                                ("fp16", WeightCastLinear, 0.002),
                                                 ("int8", DynamicLinear, 0.1)])
 def test_every_linear_is_converted_and_outputs_stay_close(precision, kind, tol):
     rec = make_tiny_rec(0)

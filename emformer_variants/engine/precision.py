@@ -1,18 +1,19 @@
 """Evaluation precisions: cast or quantise the model's linear layers in place.
 
 - fp32: everything in fp32 (default); nothing changes.
-- bf16: linears in bf16 (``Bf16Linear``: bf16 weights, inputs cast to bf16, outputs back to
-  fp32); norms, softmax, LSTM cell math and scores stay fp32.
-- fp16: linears with fp16 weights and fp32 activations
-  (``torch.ao.quantization.quantize_dynamic(dtype=torch.float16)``, fbgemm).
+- bf16 / fp16: linears keep their weights in bf16 / fp16 (``WeightCastLinear``); the packed
+  AVX2 kernel (``engine.packed``) widens them to fp32 in registers, so activations and
+  accumulation stay fp32 and only half the weight bytes are read. Norms, softmax, LSTM cell
+  math and scores stay fp32.
 - int8: linears with int8 weights (per output channel), activations quantised per call
   (``torch.ao.quantization.quantize_dynamic`` with ``per_channel_dynamic_qconfig``, fbgemm).
 
 torchaudio's predictor LSTM is built from ``nn.Linear`` (``x2g``, ``p2g``), not ``nn.LSTM``,
 so "Linear/LSTM layers" are all covered by the linear swap. ``quantize_dynamic`` is
 deprecated in torch 2.14 in favour of torchao's ``quantize_`` but is what ships with
-torch and works here; its warnings are silenced. Whether bf16 is fast depends on the CPU:
-without AVX-512 BF16 / AMX, torch computes bf16 matmuls in a slow generic path.
+torch and works here; its warnings are silenced. (An earlier bf16 mode cast activations to
+bf16 too and ran torch's bf16 matmul: without AVX-512 BF16 / AMX that is a generic path,
+slower than fp32; fp16 used fbgemm's fp16 linear, about 1.5x slower than the packed kernel.)
 Embeddings and layer norms stay fp32.
 """
 
@@ -21,25 +22,38 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch.nn import functional as F
 
+from emformer_variants.engine.packed import PackedLinear, kernel
 from emformer_variants.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
-class Bf16Linear(torch.nn.Module):
-    """A linear with bf16 weights: computes in bf16, returns the input's dtype."""
+CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, linear: torch.nn.Linear):
+
+class WeightCastLinear(torch.nn.Module):
+    """A linear whose weight is stored in fp16 or bf16; fp32 in, fp32 compute, fp32 out.
+    The bias stays fp32. ``weight`` is the stored weight widened to fp32 (N, K)."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        self.impl = PackedLinear(linear.weight, linear.bias, dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.impl.weight()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.impl.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+        return self.impl(x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weight_dtype={self.dtype}"
 
 
 def _swap_linears_(model: torch.nn.Module, make) -> int:
@@ -62,15 +76,19 @@ def apply_precision_(rec, precision: str) -> dict:
     model = rec.model.eval()
     if precision == "fp32":
         return {"precision": "fp32", "replaced": 0}
-    if precision == "bf16":
-        return {"precision": "bf16", "replaced": _swap_linears_(model, Bf16Linear)}
+    if precision in CAST_DTYPES:
+        dtype = CAST_DTYPES[precision]
+        replaced = _swap_linears_(model, lambda m: WeightCastLinear(m, dtype))
+        kernel_used = kernel() is not None
+        return {"precision": precision, "replaced": replaced,
+                "method": f"{precision} weights, fp32 compute ("
+                          + ("packed AVX2 kernel" if kernel_used else "F.linear on widened weights") + ")"}
     from torch.ao import quantization as tq
 
     before = sum(type(m) is torch.nn.Linear for m in model.modules())
-    qconfig = tq.float16_dynamic_qconfig if precision == "fp16" else tq.per_channel_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tq.quantize_dynamic(model, {torch.nn.Linear: qconfig}, inplace=True)
+        tq.quantize_dynamic(model, {torch.nn.Linear: tq.per_channel_dynamic_qconfig}, inplace=True)
     after = sum(type(m) is torch.nn.Linear for m in model.modules())
     return {"precision": precision, "replaced": before - after,
-            "method": f"torch.ao.quantization.quantize_dynamic({precision} dynamic qconfig)"}
+            "method": "torch.ao.quantization.quantize_dynamic(per_channel_dynamic_qconfig)"}

@@ -1,0 +1,142 @@
+// Small-batch linear layers for x86-64 CPUs with AVX2, FMA and F16C.
+//
+//   y[M, N] = x[M, K] @ W[N, K]^T + bias[N]      (x, y, bias fp32; W fp32, fp16 or bf16)
+//
+// W is packed into panels of 16 output columns, [P][K][16] with P = ceil(N / 16), so a
+// panel is one contiguous stream. Each 6 x 16 block of y keeps 12 accumulators in
+// registers: per k it loads 16 weights (widening 16-bit weights to fp32) and broadcasts one
+// x value per row. Every output is one fp32 FMA chain over k in order, so a row's result
+// does not depend on how many other rows are in the batch.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+namespace {
+
+constexpr int64_t NR = 16;   // output columns per panel
+constexpr int64_t PREFETCH = 32;  // k steps ahead
+
+template <typename T> inline void load16(const T* p, __m256& lo, __m256& hi);
+template <> inline void load16<float>(const float* p, __m256& lo, __m256& hi) {
+  lo = _mm256_loadu_ps(p);
+  hi = _mm256_loadu_ps(p + 8);
+}
+template <> inline void load16<at::Half>(const at::Half* p, __m256& lo, __m256& hi) {
+  lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+}
+template <> inline void load16<at::BFloat16>(const at::BFloat16* p, __m256& lo, __m256& hi) {
+  // bf16 is the top half of an fp32: widen to 32 bits and shift left by 16.
+  lo = _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+  hi = _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8))), 16));
+}
+
+inline void store16(float* y, __m256 lo, __m256 hi, const float* bias, int64_t n) {
+  if (n == NR) {
+    if (bias) {
+      lo = _mm256_add_ps(lo, _mm256_loadu_ps(bias));
+      hi = _mm256_add_ps(hi, _mm256_loadu_ps(bias + 8));
+    }
+    _mm256_storeu_ps(y, lo);
+    _mm256_storeu_ps(y + 8, hi);
+    return;
+  }
+  alignas(32) float buf[NR];
+  _mm256_store_ps(buf, lo);
+  _mm256_store_ps(buf + 8, hi);
+  for (int64_t j = 0; j < n; ++j) y[j] = buf[j] + (bias ? bias[j] : 0.f);
+}
+
+// MR rows (1..6) of x times one panel. Accumulators are named variables, not an array:
+// with an array gcc stores every accumulator to the stack on each k step.
+template <typename T, int MR>
+void block(const float* x, int64_t K, const T* panel, const float* bias, float* y, int64_t N,
+           int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0;
+  __m256 a3 = a0, b3 = a0, a4 = a0, b4 = a0, a5 = a0, b5 = a0;
+  const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K, *x5 = x + 5 * K;
+  for (int64_t k = 0; k < K; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PREFETCH) * NR), _MM_HINT_T0);
+    __m256 w0, w1, xb;
+    load16<T>(panel + k * NR, w0, w1);
+#define EV_ROW(i)                                        \
+    if (MR > i) {                                        \
+      xb = _mm256_broadcast_ss(x##i + k);                \
+      a##i = _mm256_fmadd_ps(xb, w0, a##i);              \
+      b##i = _mm256_fmadd_ps(xb, w1, b##i);              \
+    }
+    EV_ROW(0) EV_ROW(1) EV_ROW(2) EV_ROW(3) EV_ROW(4) EV_ROW(5)
+#undef EV_ROW
+  }
+  if (MR > 0) store16(y, a0, b0, bias, n);
+  if (MR > 1) store16(y + N, a1, b1, bias, n);
+  if (MR > 2) store16(y + 2 * N, a2, b2, bias, n);
+  if (MR > 3) store16(y + 3 * N, a3, b3, bias, n);
+  if (MR > 4) store16(y + 4 * N, a4, b4, bias, n);
+  if (MR > 5) store16(y + 5 * N, a5, b5, bias, n);
+}
+
+template <typename T>
+void panels(const float* x, int64_t M, int64_t K, const T* w, const float* bias, float* y,
+            int64_t N, int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
+    const T* panel = w + p * K * NR;
+    const int64_t n0 = p * NR, n = std::min(NR, N - n0);
+    const float* b = bias ? bias + n0 : nullptr;
+    int64_t m = 0;
+    for (; m + 6 <= M; m += 6) block<T, 6>(x + m * K, K, panel, b, y + m * N + n0, N, n);
+    const float* xm = x + m * K;
+    float* ym = y + m * N + n0;
+    switch (M - m) {
+      case 1: block<T, 1>(xm, K, panel, b, ym, N, n); break;
+      case 2: block<T, 2>(xm, K, panel, b, ym, N, n); break;
+      case 3: block<T, 3>(xm, K, panel, b, ym, N, n); break;
+      case 4: block<T, 4>(xm, K, panel, b, ym, N, n); break;
+      case 5: block<T, 5>(xm, K, panel, b, ym, N, n); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+// x: (M, K) fp32; packed: (P, K, 16) fp32/fp16/bf16; bias: (N,) fp32 or None.
+torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch::Tensor> bias,
+                            int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat, "packed_linear: x must be 2-D fp32");
+  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == NR && packed.is_contiguous(),
+              "packed_linear: weight must be packed as (P, K, 16)");
+  TORCH_CHECK(x.size(1) == packed.size(1), "packed_linear: x has ", x.size(1), " features, weight ",
+              packed.size(1));
+  TORCH_CHECK(packed.size(0) * NR >= N && packed.size(0) * NR < N + NR, "packed_linear: bad N");
+  x = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
+  auto y = torch::empty({M, N}, x.options());
+  const float* b = nullptr;
+  torch::Tensor bias_c;
+  if (bias.has_value() && bias->defined()) {
+    bias_c = bias->contiguous();
+    TORCH_CHECK(bias_c.scalar_type() == torch::kFloat && bias_c.numel() == N, "packed_linear: bad bias");
+    b = bias_c.data_ptr<float>();
+  }
+  const auto dtype = packed.scalar_type();
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kHalf || dtype == torch::kBFloat16,
+              "packed_linear: weight dtype must be float32, float16 or bfloat16");
+  if (M == 0) return y;
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  // Split panels across threads only when each gets a few hundred KB of weights.
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K * NR * packed.element_size()));
+  at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
+    if (dtype == torch::kFloat) panels(xp, M, K, packed.data_ptr<float>(), b, yp, N, begin, end);
+    else if (dtype == torch::kHalf) panels(xp, M, K, packed.data_ptr<at::Half>(), b, yp, N, begin, end);
+    else panels(xp, M, K, packed.data_ptr<at::BFloat16>(), b, yp, N, begin, end);
+  });
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("packed_linear", &packed_linear, "y = x @ W^T + b with W packed in 16-column panels");
+}

@@ -1,0 +1,86 @@
+"""The packed small-batch linear kernel: same results as F.linear on the weight it stores,
+for every batch size, shape and weight dtype, and the fallback when it cannot be used."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from emformer_variants.engine import packed
+from emformer_variants.engine.packed import PackedLinear, kernel, pack, unpack
+
+
+def test_kernel_builds_where_it_can():
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512") or not shutil.which("g++"):
+        pytest.skip("no AVX2 or no g++: the fallback is used")
+    assert kernel() is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k,n", [(1, 1), (17, 33), (64, 16), (300, 97)])
+def test_matches_f_linear_on_the_stored_weight(dtype, k, n):
+    g = torch.Generator().manual_seed(k * n)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    lin = PackedLinear(w, b, dtype)
+    torch.testing.assert_close(lin.weight(), w.to(dtype).float(), rtol=0, atol=0)
+    for m in (0, 1, 5, 6, 7, 13):
+        x = torch.randn(m, k, generator=g)
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight(), b), rtol=1e-5, atol=1e-5)
+
+
+def test_rows_do_not_depend_on_the_batch_and_shapes_pass_through():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(40, 24, generator=g)
+    lin = PackedLinear(w, None)
+    x = torch.randn(2, 9, 24, generator=g)
+    y = lin(x)
+    assert y.shape == (2, 9, 40)
+    for i in range(9):  # each row alone gives the same bits as inside the batch
+        assert torch.equal(lin(x[1, i:i + 1]), y[1, i:i + 1])
+
+
+def test_threads_give_the_same_bits():
+    if kernel() is None:
+        pytest.skip("kernel unavailable")
+    g = torch.Generator().manual_seed(1)
+    lin = PackedLinear(torch.randn(1000, 512, generator=g), torch.randn(1000, generator=g))
+    x = torch.randn(5, 512, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = lin(x)
+        torch.set_num_threads(2)
+        assert torch.equal(lin(x), one)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pack_round_trips_and_pads():
+    w = torch.arange(35 * 3, dtype=torch.float32).view(35, 3)
+    p = pack(w)
+    assert p.shape == (3, 3, 16) and p[2, :, 3:].abs().sum() == 0
+    assert torch.equal(unpack(p, 35), w)
+
+
+def test_fallback_computes_the_same(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    w, b, x = torch.randn(33, 20, generator=g), torch.randn(33, generator=g), torch.randn(4, 20, generator=g)
+    fast = PackedLinear(w, b, torch.float16)
+    monkeypatch.setattr(packed, "kernel", lambda: None)
+    slow = PackedLinear(w, b, torch.float16)
+    torch.testing.assert_close(slow(x), fast(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(slow(x), F.linear(x, w.half().float(), b))
+
+
+def test_disabled_by_environment(monkeypatch, caplog):
+    monkeypatch.setenv("EMFORMER_VARIANTS_PACKED", "0")
+    monkeypatch.setattr(packed, "_TRIED", False)
+    monkeypatch.setattr(packed, "_KERNEL", None)
+    with caplog.at_level("WARNING"):
+        assert packed.kernel() is None
+    assert "EMFORMER_VARIANTS_PACKED=0" in caplog.text
+    with pytest.raises(ValueError, match="weight dtype"):
+        PackedLinear(torch.zeros(2, 2), None, torch.int8)

@@ -33,6 +33,10 @@ def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
     n = rows["exact@fp32"]["same_as_stock"].split("/")[1]
     assert rows["exact@fp32"]["same_as_stock"] == f"{n}/{n}"
     assert all(r["chunk_ms_p50"] > 0 and r["rtf"] > 0 and 0 <= r["wer"] for r in rows.values())
+    # matmul work is counted for modes whose linears all run in the packed kernel (or its fallback)
+    assert "gflop_per_chunk" not in rows["stock@fp32"] and "gflop_per_chunk" not in rows["modified:2@int8"]
+    assert rows["exact@fp32"]["gflop_per_chunk"] > 0 and rows["exact@fp32"]["floor_ms"] > 0
+    assert result["fp32_peak_gflops"] > 0
     streams = result["streams"]
     assert [s["streams"] for s in streams] == [1, 3]
     assert all(s["throughput"] > 0 and s["audio_s"] > 0 for s in streams)

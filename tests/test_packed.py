@@ -84,3 +84,15 @@ def test_disabled_by_environment(monkeypatch, caplog):
     assert "EMFORMER_VARIANTS_PACKED=0" in caplog.text
     with pytest.raises(ValueError, match="weight dtype"):
         PackedLinear(torch.zeros(2, 2), None, torch.int8)
+
+
+def test_counting_flops_counts_every_call_and_nests():
+    lin = PackedLinear(torch.randn(7, 3), None)
+    with packed.counting_flops() as outer:
+        lin(torch.randn(4, 3))
+        with packed.counting_flops() as inner:
+            lin(torch.randn(2, 5, 3))
+        assert inner[0] == 2 * 10 * 3 * 7
+    assert outer[0] == 2 * 4 * 3 * 7 + inner[0]
+    lin(torch.randn(1, 3))  # outside any block: not counted, no error
+    assert outer[0] == 2 * 14 * 3 * 7

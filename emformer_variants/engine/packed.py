@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,6 +64,17 @@ def _unavailable_reason() -> str | None:
     return None
 
 
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the pip package's binary may not be on it (venv not
+    activated)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def kernel():
     """The compiled extension module, or None when it cannot be used here."""
     global _KERNEL, _TRIED
@@ -72,7 +84,11 @@ def kernel():
     reason = _unavailable_reason()
     if reason is None:
         try:
+            # importing cpp_extension warns that no CUDA runtime exists: irrelevant for a CPU kernel
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             from torch.utils.cpp_extension import load
+
+            _put_ninja_on_path()
 
             _KERNEL = load(EXTENSION, [str(SOURCE)], extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"],
                            verbose=False)

@@ -1,0 +1,101 @@
+"""Time the emformer_base linears at the engine's batch sizes, one backend against another.
+
+    python scripts/bench_linears.py [--threads 1] [--reps 9]
+
+Every linear of the random-weight ``emformer_base`` (torchaudio's architecture) is grouped as
+the engine calls it: the 20 encoder layers' linears (query/key/value fused, attention output,
+both FFN halves) on one chunk (5 rows: 4 frames + 1 right-context frame), and the joiner and
+the predictor's linears on a beam of 10 rows. Each pass calls every linear of a group once,
+so the weights stream from memory as in decoding (they do not fit in cache). Backends run in
+rotating order, pass by pass; the median pass is reported, with the weight bytes and
+floating-point operations per pass turned into GB/s and GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emformer_variants.arch_report import build_random  # noqa: E402
+from emformer_variants.engine.linear import OneDNNLinear, PlainLinear, onednn_available  # noqa: E402
+from emformer_variants.engine.packed import PackedLinear, kernel  # noqa: E402
+
+
+def groups(model) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
+    """name -> (rows per call, linears)."""
+    encoder, search = [], []
+    for layer in model.transcriber.transformer.emformer_layers:
+        att = layer.attention
+        qkv = torch.nn.Linear(512, 1536)
+        qkv.weight.data = torch.cat([att.emb_to_query.weight, att.emb_to_key_value.weight]).detach()
+        qkv.bias.data = torch.cat([att.emb_to_query.bias, att.emb_to_key_value.bias]).detach()
+        encoder += [qkv, att.out_proj, layer.pos_ff[1], layer.pos_ff[4]]
+    for lstm in model.predictor.lstm_layers:
+        search += [lstm.x2g, lstm.p2g]
+    search += [model.predictor.linear, model.joiner.linear]
+    return {"encoder (20 layers, 5 rows)": (5, encoder), "joiner + predictor (10 rows)": (10, search)}
+
+
+def backends(linears: list[torch.nn.Linear]) -> dict[str, list]:
+    out = {"F.linear (MKL)": [PlainLinear(m) for m in linears]}
+    if onednn_available():
+        out["oneDNN"] = [OneDNNLinear(m) for m in linears]
+    if kernel() is not None:
+        for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+            out[f"packed {name}"] = [PackedLinear(m.weight, m.bias, dtype) for m in linears]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao import quantization as tq
+
+        qconfig = {torch.nn.Linear: tq.per_channel_dynamic_qconfig}
+        out["fbgemm dynamic int8"] = [tq.quantize_dynamic(torch.nn.Sequential(m), qconfig)[0]
+                                      for m in linears]
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reps", type=int, default=9)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_random("emformer_base").model
+    print(f"# threads {args.threads}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"median of {args.reps} passes; weight GB/s counts fp32 bytes for F.linear/oneDNN/packed fp32, "
+          f"2 bytes for fp16/bf16, 1 for int8")
+    print("| group | backend | ms per pass | vs F.linear | weight GB/s | GFLOP/s |")
+    print("|---|---|---|---|---|---|")
+    with torch.inference_mode():
+        for name, (rows, linears) in groups(model).items():
+            fns = backends(linears)
+            xs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
+            times: dict[str, list[float]] = {b: [] for b in fns}
+            labels = list(fns)
+            for rep in range(args.reps + 1):
+                for b in labels[rep % len(labels):] + labels[:rep % len(labels)]:
+                    t0 = time.perf_counter()
+                    for m, f in zip(linears, fns[b], strict=True):
+                        f(xs[m.in_features])
+                    if rep:  # the first pass warms up
+                        times[b].append(1000 * (time.perf_counter() - t0))
+            params = sum(m.weight.numel() for m in linears)
+            flops = 2 * rows * params
+            base = statistics.median(times["F.linear (MKL)"])
+            for b in labels:
+                ms = statistics.median(times[b])
+                width = 1 if "int8" in b else 2 if ("fp16" in b or "bf16" in b) else 4
+                print(f"| {name} | {b} | {ms:.1f} | {base / ms:.2f}x | {params * width / ms / 1e6:.1f} "
+                      f"| {flops / ms / 1e6:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -55,9 +55,10 @@ def backends(linears: list[torch.nn.Linear]) -> dict[str, list]:
         warnings.simplefilter("ignore")
         from torch.ao import quantization as tq
 
-        qconfig = {torch.nn.Linear: tq.per_channel_dynamic_qconfig}
-        out["fbgemm dynamic int8"] = [tq.quantize_dynamic(torch.nn.Sequential(m), qconfig)[0]
-                                      for m in linears]
+        for name, qconfig in (("fbgemm fp16", tq.float16_dynamic_qconfig),
+                              ("fbgemm dynamic int8", tq.per_channel_dynamic_qconfig)):
+            out[name] = [tq.quantize_dynamic(torch.nn.Sequential(m), {torch.nn.Linear: qconfig})[0]
+                         for m in linears]
     return out
 
 

@@ -67,3 +67,17 @@ def test_bench_bad_modes_are_one_line_errors(mode, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_bench_linears_script_prints_every_backend():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_linears.py"), "--reps", "1"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| encoder") or line.startswith("| joiner")]
+    backends = {line.split(" | ")[1] for line in rows}
+    assert {"F.linear (MKL)", "fbgemm fp16", "fbgemm dynamic int8"} <= backends
+    assert all(float(line.split(" | ")[2]) > 0 for line in rows)

@@ -1,12 +1,13 @@
 """Packed small-batch linears: an AVX2 C++ kernel for the engine's few-row matmuls.
 
 The engine multiplies 1-20 rows at a time (one chunk of frames, one beam of hypotheses).
-At that size MKL and oneDNN reach about a third of this CPU's fp32 peak, and every call
-streams the whole weight from memory anyway. ``kernels/packed_linear.cpp`` stores a weight
-in panels of 16 output columns, keeps a 6 x 16 block of outputs in registers and streams
-each panel once: on the ``emformer_base`` encoder's linears (5 rows) it is about 2.4x faster
-than ``F.linear`` at fp32. Weights may also be kept as fp16 or bf16 and widened to fp32 in
-registers, which halves the bytes streamed; activations and accumulation stay fp32.
+At that size MKL and oneDNN reach 10-23 GFLOP/s on this CPU (a large fp32 matmul: 73), and
+every call streams the whole weight from memory anyway. ``kernels/packed_linear.cpp`` stores
+a weight in panels of 16 output columns, keeps a 6 x 16 block of outputs in registers and
+streams each panel once: on ``emformer_base``'s linears it is 2.0-2.7x faster than
+``F.linear`` at fp32 (``python scripts/bench_linears.py``). Weights may also be kept as fp16
+or bf16 and widened to fp32 in registers, which halves the bytes streamed; activations and
+accumulation stay fp32.
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja;
 about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).

@@ -4,6 +4,7 @@
 - ``encoder``: torchaudio's streaming transcriber for N streams with per-stream history
 - ``exact`` / ``modified`` / ``greedy``: searches over N streams in lockstep (``base``)
 - ``predictor`` / ``joiner``: batched predictor steps with a prefix cache; joiner log-probs
-- ``linear``: linears for small batches (oneDNN for large fp32 weights, fused projections)
-- ``precision``: bf16 / fp16 / int8 conversion of a model's linears
+- ``linear``: linears for small batches (the packed kernel for fp32, fused projections)
+- ``packed``: the packed AVX2 small-batch linear kernel (``kernels/packed_linear.cpp``)
+- ``precision``: bf16 / fp16 weights or int8 quantisation of a model's linears
 """

@@ -9,7 +9,7 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   masks the unused slots (torchaudio's batched ``infer`` takes the first stream's length
   for all), and streams can start and stop independently (``reset``);
 - the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
-  large fp32 linears use oneDNN (``engine.linear.fast_linear``), other layers run as they are.
+  fp32 linears use the packed kernel (``engine.linear.fast_linear``), other layers run as they are.
 
 Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
 ``StockEncoder`` (``supports`` says which applies).

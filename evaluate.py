@@ -18,6 +18,7 @@ from emformer_variants.cli import (
     write_jsonl,
 )
 from emformer_variants.config_checks import check_evaluate_config
+from emformer_variants.engine.packed import kernel
 from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.evaluation import evaluate_recognizer, pick_utterances
 from emformer_variants.hydra_run import check_overrides, pin_output_dir, report_hint
@@ -36,7 +37,7 @@ def run(cfg: DictConfig) -> dict:
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
     if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold that variant
         check_variant(rec.variants, OmegaConf.to_container(cfg.variant, resolve=True), "ckpt", cfg.ckpt)
-    apply_precision_(rec, cfg.precision)
+    precision = apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
     utts = dm.utterances(cfg.split)
     subset = cfg.get("subset", "first")
@@ -46,7 +47,11 @@ def run(cfg: DictConfig) -> dict:
                                         decoder=cfg.decoder, decoder_options=options)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
-                    "precision": cfg.precision, **options})
+                    "precision": cfg.precision, **options,
+                    # which code computed the linears: the engine's packed kernel or torch's fallback
+                    "linear_kernel": "packed-avx2" if kernel() is not None else "torch"})
+    if "method" in precision:
+        metrics["precision_method"] = precision["method"]
     if cfg.max_utterances and subset != "first":
         metrics["subset"] = f"{subset} (seed {cfg.seed})"
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from emformer_variants.data.manifest import read_manifest
+from emformer_variants.engine.packed import kernel
 from emformer_variants.evaluation import pick_utterances
 from emformer_variants.metrics.plots import latency_figures, write_latency_plots
 from tests.conftest import run_cli
@@ -52,6 +53,8 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["decoder"] == decoder and metrics["precision"] == precision
+    assert "quantize_dynamic" in metrics["precision_method"]
+    assert metrics["linear_kernel"] == ("packed-avx2" if kernel() is not None else "torch")
     # subset=random: the seeded sample, in corpus order
     train = read_manifest(mini_corpus / "train.jsonl")
     picked = [u.audio for u in pick_utterances(train, 3, "random", seed=7)]

@@ -138,3 +138,21 @@ def test_engine_encoder_is_torchaudio_transcriber(base_rec, packed, monkeypatch)
         for layer, state in enumerate(st):
             torch.testing.assert_close(es.keys[layer][0], state[1][:, 0], atol=tol, rtol=tol)
             torch.testing.assert_close(es.values[layer][0], state[2][:, 0], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("variant", ["lowrank", "moe", "mla"])
+def test_exact_equals_stock_on_surgery_variants(variant):
+    """Surgery swaps linears for other modules (low-rank pairs, MoE FFNs, MLA attention): the
+    engine must run them as they are (no fusing of modules it does not know) and still give
+    stock's beams."""
+    import yaml
+
+    from emformer_variants.surgery import apply_variant_spec_
+
+    rec = make_tiny_rec(4)
+    spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
+    apply_variant_spec_(rec, spec, init="convert")
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
+    assert_same_beams(rec, chunk_features(rec, wave), 4)
+    for decoder in ("modified", "greedy"):
+        assert isinstance(stream_decode(rec, wave, 4, build_pipeline(rec, decoder, 4)).text, str)

@@ -84,10 +84,10 @@ def fuse_linears(modules: list[torch.nn.Module]):
     kind = kinds.pop()
     if kind is WeightCastLinear and len({m.dtype for m in modules}) != 1:
         return None
-    biases = [m.bias for m in modules]
-    if len({b is None for b in biases}) != 1:
-        return None
     if kind is torch.nn.Linear or kind is WeightCastLinear:
+        biases = [m.bias for m in modules]
+        if len({b is None for b in biases}) != 1:
+            return None
         fused = torch.nn.Linear(modules[0].in_features, sum(m.out_features for m in modules),
                                 bias=all(b is not None for b in biases))
         with torch.no_grad():
@@ -100,6 +100,8 @@ def fuse_linears(modules: list[torch.nn.Module]):
     if kind is not DynamicLinear:
         return None
     parts = [m._weight_bias() for m in modules]
+    if len({b is None for _, b in parts}) != 1:
+        return None
     dtype = modules[0]._packed_params.dtype
     bias = None if parts[0][1] is None else torch.cat([b for _, b in parts])
     per_channel = all(w.qscheme() == torch.per_channel_affine and w.q_per_channel_axis() == 0

@@ -10,7 +10,8 @@ or bf16 and widened to fp32 in registers, which halves the bytes streamed; activ
 accumulation stay fp32.
 
 The kernel is compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja;
-about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).
+about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
+in a directory per checkout and environment).
 Without AVX2, without a compiler, or with ``EMFORMER_VARIANTS_PACKED=0``, ``PackedLinear``
 computes the same thing with ``F.linear`` on the widened weight (a warning says why once).
 
@@ -19,9 +20,11 @@ Shapes: ``PackedLinear(weight (N, K), bias (N,) | None, dtype)``; ``(..., K) -> 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +36,10 @@ log = logging.getLogger(__name__)
 
 PANEL = 16
 SOURCE = Path(__file__).with_name("kernels") / "packed_linear.cpp"
-EXTENSION = "emformer_variants_packed_linear_v1"
+# One build directory per checkout and environment: torch's build file names the source path
+# and the venv's include paths, so two checkouts sharing one name would rebuild in turn.
+EXTENSION = "emformer_variants_packed_linear_" + hashlib.sha1(
+    f"{SOURCE.resolve()}|{sys.prefix}".encode()).hexdigest()[:10]
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _KERNEL: object | None = None

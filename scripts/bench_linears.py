@@ -25,7 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emformer_variants.arch_report import build_random  # noqa: E402
-from emformer_variants.engine.linear import OneDNNLinear, PlainLinear, onednn_available  # noqa: E402
+from emformer_variants.engine.linear import (  # noqa: E402
+    OneDNNLinear,
+    PlainLinear,
+    concat_linears,
+    onednn_available,
+)
 from emformer_variants.engine.packed import PackedLinear, kernel  # noqa: E402
 
 
@@ -34,9 +39,7 @@ def groups(model) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
     encoder, search = [], []
     for layer in model.transcriber.transformer.emformer_layers:
         att = layer.attention
-        qkv = torch.nn.Linear(512, 1536)
-        qkv.weight.data = torch.cat([att.emb_to_query.weight, att.emb_to_key_value.weight]).detach()
-        qkv.bias.data = torch.cat([att.emb_to_query.bias, att.emb_to_key_value.bias]).detach()
+        qkv = concat_linears([att.emb_to_query, att.emb_to_key_value])  # as the engine fuses them
         encoder += [qkv, att.out_proj, layer.pos_ff[1], layer.pos_ff[4]]
     for lstm in model.predictor.lstm_layers:
         search += [lstm.x2g, lstm.p2g]

@@ -25,8 +25,8 @@ if ! .venv/bin/python -c "import emformer_variants, torch, torchaudio, lightning
   .venv/bin/pip install -q -e '.[dev]'
   touch .venv/.installed
 fi
-# Build the engine's packed linear kernel now (about a minute, once per machine; cached
-# under ~/.cache/torch_extensions) rather than inside the first timed run.
+# Build the engine's packed linear kernel now (about a minute, once per checkout and venv;
+# cached under ~/.cache/torch_extensions) rather than inside the first timed run.
 .venv/bin/python -c "from emformer_variants.engine.packed import kernel; import sys; sys.exit(kernel() is None)" \
   2>/dev/null && echo "packed linear kernel: ready" || echo "packed linear kernel: not available (engine uses F.linear)"
 echo "setup done: $(.venv/bin/python -c 'import torch, torchaudio; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)')"

@@ -2,11 +2,11 @@
 
 The engine multiplies small batches (M = 1-20 rows: a beam of hypotheses, one chunk of
 frames). fp32 ``nn.Linear`` layers run through ``engine.packed.PackedLinear``, an AVX2 kernel
-for such batches (about 2.4x ``F.linear`` on the base encoder's linears). Results agree with
-``F.linear`` to fp32 rounding, not bit for bit. Where that kernel cannot be built, a large
-fp32 weight with a long reduction (e.g. the base joiner, 1024 -> 4097) runs through oneDNN's
-``mkldnn::_linear_pointwise`` (1.4-1.9x faster than MKL at these sizes on this CPU) and
-smaller ones through ``F.linear``. Any other module (an fp16/bf16-weight or int8 linear, a
+for such batches (2.0-2.7x ``F.linear`` on the base's linears, ``scripts/bench_linears.py``).
+Results agree with ``F.linear`` to fp32 rounding, not bit for bit. Where that kernel cannot
+be built, a large fp32 weight with a long reduction (e.g. the base joiner, 1024 -> 4097) runs
+through oneDNN's ``mkldnn::_linear_pointwise`` (1.4-1.9x faster than MKL at these sizes on this
+CPU) and smaller ones through ``F.linear``. Any other module (an fp16/bf16-weight or int8 linear, a
 low-rank or MoE layer) is called as it is.
 
 Shapes: (..., K) -> (..., N).
@@ -66,6 +66,22 @@ def fast_linear(module: torch.nn.Module):
     return module
 
 
+def concat_linears(modules: list[torch.nn.Module]) -> torch.nn.Linear | None:
+    """One fp32 ``nn.Linear`` whose output is ``cat([m(x) for m in modules], -1)``, from
+    modules with ``weight`` (N_i, K) and ``bias`` (N_i,) or None; None when some have a bias
+    and others do not."""
+    biases = [m.bias for m in modules]
+    if len({b is None for b in biases}) != 1:
+        return None
+    fused = torch.nn.Linear(modules[0].in_features, sum(m.out_features for m in modules),
+                            bias=biases[0] is not None)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight.detach() for m in modules]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([b.detach() for b in biases]))
+    return fused
+
+
 def fuse_linears(modules: list[torch.nn.Module]):
     """One callable computing ``cat([m(x) for m in modules], -1)`` with a single matmul, or
     None when the modules cannot be fused exactly (different types or weight dtypes, bias on
@@ -85,15 +101,9 @@ def fuse_linears(modules: list[torch.nn.Module]):
     if kind is WeightCastLinear and len({m.dtype for m in modules}) != 1:
         return None
     if kind is torch.nn.Linear or kind is WeightCastLinear:
-        biases = [m.bias for m in modules]
-        if len({b is None for b in biases}) != 1:
+        fused = concat_linears(modules)
+        if fused is None:
             return None
-        fused = torch.nn.Linear(modules[0].in_features, sum(m.out_features for m in modules),
-                                bias=all(b is not None for b in biases))
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([m.weight.detach() for m in modules]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([b.detach() for b in biases]))
         return fast_linear(fused) if kind is torch.nn.Linear else WeightCastLinear(fused, modules[0].dtype)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 

@@ -130,7 +130,7 @@ class PackedLinear:  # plain callable: the engine calls it, nothing trains it
         self.dtype = dtype
         self.packed = pack(weight.float(), dtype)
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._fallback = None if kernel() is not None else unpack(self.packed, self.out_features).float()
+        self._fallback = None if kernel() is not None else self.weight()
 
     def weight(self) -> torch.Tensor:
         """The weight as the kernel sees it, widened to fp32: (N, K)."""

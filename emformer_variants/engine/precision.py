@@ -13,7 +13,8 @@ so "Linear/LSTM layers" are all covered by the linear swap. ``quantize_dynamic``
 deprecated in torch 2.14 in favour of torchao's ``quantize_`` but is what ships with
 torch and works here; its warnings are silenced. (An earlier bf16 mode cast activations to
 bf16 too and ran torch's bf16 matmul: without AVX-512 BF16 / AMX that is a generic path,
-slower than fp32; fp16 used fbgemm's fp16 linear, about 1.5x slower than the packed kernel.)
+slower than fp32; fp16 used fbgemm's fp16 linear, 1.2-1.6x slower than the packed kernel in
+``scripts/bench_linears.py``.)
 Embeddings and layer norms stay fp32.
 """
 

@@ -81,3 +81,16 @@ def test_bench_linears_script_prints_every_backend():
     backends = {line.split(" | ")[1] for line in rows}
     assert {"F.linear (MKL)", "fbgemm fp16", "fbgemm dynamic int8"} <= backends
     assert all(float(line.split(" | ")[2]) > 0 for line in rows)
+
+
+def test_bench_encoder_script_compares_fused_and_loop():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_encoder.py"), "--model", "tiny",
+                          "--chunks", "3"], capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp")]
+    assert [r[0] for r in rows] == ["| fp32", "| fp16"]
+    assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)

@@ -11,6 +11,7 @@ import torch
 
 from emformer_variants.data.audio import load_audio
 from emformer_variants.data.manifest import read_manifest
+from emformer_variants.engine import packed
 from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.models.recognizer import load_recognizer
@@ -138,6 +139,48 @@ def test_engine_encoder_is_torchaudio_transcriber(base_rec, packed, monkeypatch)
         for layer, state in enumerate(st):
             torch.testing.assert_close(es.keys[layer][0], state[1][:, 0], atol=tol, rtol=tol)
             torch.testing.assert_close(es.values[layer][0], state[2][:, 0], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_fused_layer_stack_is_bit_for_bit_the_python_loop(precision):
+    """The C++ stack runs the same ATen ops as ``_Layer``: identical outputs and caches, over
+    the first chunks (history shorter than the left context), and for two streams with
+    different histories (the masked path)."""
+    from emformer_variants.engine.precision import apply_precision_
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(2)
+    apply_precision_(rec, precision)
+    fused, loop = StreamingEncoder(rec.model), StreamingEncoder(rec.model, fused=False)
+    assert fused.stack is not None and loop.stack is None
+    gen = torch.Generator().manual_seed(4)
+    a, b = fused.init(2), loop.init(2)
+    with torch.inference_mode():
+        for k in range(8):
+            if k == 3:  # stream 1 starts a new utterance: its old history is masked
+                fused.reset(a, 1)
+                loop.reset(b, 1)
+            x = torch.randn(2, 21, 80, generator=gen)
+            ya, a = fused.step(x, a)
+            yb, b = loop.step(x, b)
+            assert torch.equal(ya, yb)
+            assert all(torch.equal(u, v) for u, v in zip(a.keys + a.values, b.keys + b.values, strict=True))
+
+
+def test_fused_stack_only_for_packed_torchaudio_layers(monkeypatch):
+    """Surgery (a low-rank linear) or no kernel: the encoder falls back to the Python loop."""
+    import yaml
+
+    from emformer_variants.surgery import apply_variant_spec_
+
+    rec = make_tiny_rec(4)
+    spec = yaml.safe_load((ROOT / "conf" / "variant" / "lowrank.yaml").read_text())
+    apply_variant_spec_(rec, spec, init="convert")
+    assert StreamingEncoder(rec.model).stack is None
+    monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
+    monkeypatch.setattr("emformer_variants.engine.packed.kernel", lambda: None)
+    assert StreamingEncoder(make_tiny_rec(4).model).stack is None
 
 
 @pytest.mark.parametrize("variant", ["lowrank", "moe", "mla"])

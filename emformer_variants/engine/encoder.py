@@ -9,7 +9,12 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   masks the unused slots (torchaudio's batched ``infer`` takes the first stream's length
   for all), and streams can start and stop independently (``reset``);
 - the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
-  fp32 linears use the packed kernel (``engine.linear.fast_linear``), other layers run as they are.
+  fp32 linears use the packed kernel (``engine.linear.fast_linear``), other layers run as they are;
+- when every linear of every layer runs in the packed kernel (fp32, fp16 or bf16 weights, no
+  surgery) and the FFN activation is ReLU, GELU or SiLU, the whole layer stack runs in one C++
+  call (``emformer_stack`` in ``kernels/packed_linear.cpp``): the same ATen ops in the same
+  order, without the interpreter's per-op cost (on ``emformer_base`` that cost was 2.5 of the
+  5 ms per chunk outside the matmuls, ``scripts/bench_encoder.py``).
 
 Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
 ``StockEncoder`` (``supports`` says which applies).
@@ -25,7 +30,9 @@ from dataclasses import dataclass, field
 import torch
 from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
+from emformer_variants.engine import packed
 from emformer_variants.engine.linear import fast_linear, fuse_linears
+from emformer_variants.engine.packed import PackedLinear
 
 
 @dataclass
@@ -46,6 +53,67 @@ def supports(model: torch.nn.Module) -> bool:
         for layer in em.emformer_layers)
 
 
+_NO_BIAS = torch.empty(0)
+
+
+def _packed_of(linear) -> PackedLinear | None:
+    from emformer_variants.engine.precision import WeightCastLinear
+
+    if isinstance(linear, WeightCastLinear):
+        linear = linear.impl
+    return linear if isinstance(linear, PackedLinear) and packed.kernel() is not None else None
+
+
+def _activation_code(act: torch.nn.Module) -> int | None:
+    if type(act) is torch.nn.ReLU:
+        return 0
+    if type(act) is torch.nn.GELU:
+        return {"none": 1, "tanh": 2}.get(act.approximate)
+    return 3 if type(act) is torch.nn.SiLU else None
+
+
+def _plain_norm(m: torch.nn.Module) -> bool:
+    return (type(m) is torch.nn.LayerNorm and m.weight is not None and m.bias is not None
+            and tuple(m.normalized_shape) == (m.weight.numel(),))
+
+
+class _Stack:
+    """Every layer in one C++ call (``emformer_stack``); same results as ``_Layer`` in a loop."""
+
+    def __init__(self, layers: list[_Layer]):
+        args = [layer.stack_args() for layer in layers]
+        if any(a is None for a in args) or len({(la.heads, la.scaling) for la in layers}) != 1 \
+                or len({a[3] for a in args}) != 1:
+            raise ValueError("layers not all packed with one activation, head count and scaling")
+        self.params = [t for a in args for t in a[0]]
+        self.dims = [n for a in args for n in a[1]]
+        self.eps = [e for a in args for e in a[2]]
+        self.activation = args[0][3]
+        self.heads, self.scaling = layers[0].heads, layers[0].scaling
+        self.flops_per_row = 2 * sum(a[4] for a in args)
+
+    @classmethod
+    def build(cls, layers: list[_Layer]) -> _Stack | None:
+        try:
+            return cls(layers)
+        except ValueError:
+            return None
+
+    def __call__(self, x: torch.Tensor, r: int, lo: int, s: int, keys: list[torch.Tensor],
+                 values: list[torch.Tensor], mask: torch.Tensor | None):
+        """-> (output (N, R + S, D), next keys, next values) as ``StreamingEncoder.step``'s loop."""
+        args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.dims, self.eps,
+                self.heads, self.scaling, self.activation)
+        packed.count_flops(x.shape[0] * x.shape[1] * self.flops_per_row)
+        if torch.autograd._profiler_enabled():
+            with torch.profiler.record_function("emformer_stack"):
+                out = packed.kernel().emformer_stack(*args)
+        else:
+            out = packed.kernel().emformer_stack(*args)
+        n = len(keys)
+        return out[0], out[1:1 + n], out[1 + n:]
+
+
 class _Layer:
     def __init__(self, layer: _EmformerLayer):
         att = layer.attention
@@ -57,12 +125,31 @@ class _Layer:
         self.out_proj = fast_linear(att.out_proj)
         self.heads, self.scaling = att.num_heads, att.scaling
         ff = layer.pos_ff
-        if isinstance(ff, torch.nn.Sequential) and len(ff) == 6 and all(
-                isinstance(ff[i], torch.nn.Linear) for i in (1, 4)):
+        self.ff_parts = None
+        # torchaudio's FFN: norm, linear, activation, dropout, linear, dropout
+        if isinstance(ff, torch.nn.Sequential) and len(ff) == 6:
             norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
             self.ffn = lambda x: lin2(act(lin1(norm(x))))
+            self.ff_parts = (norm, lin1, act, lin2)
         else:  # a replaced FFN (MoE, low-rank): run the module
             self.ffn = ff
+
+    def stack_args(self) -> tuple[list[torch.Tensor], list[int], list[float], int, int] | None:
+        """This layer's arguments for the fused C++ stack (``_Stack``): (14 tensors, 4 output
+        widths, 3 norm eps, activation code, multiply-adds per row), or None when a part of it is not a packed
+        linear, an affine LayerNorm over the last dim or a ReLU/GELU/SiLU."""
+        if self.ff_parts is None:
+            return None
+        norm, lin1, act, lin2 = self.ff_parts
+        linears = [_packed_of(m) for m in (self.qkv, self.out_proj, lin1, lin2)]
+        norms = [self.ln_in, norm, self.ln_out]
+        code = _activation_code(act)
+        if None in linears or code is None or not all(_plain_norm(m) for m in norms):
+            return None
+        ln_in, ln_ff, ln_out = ([m.weight.detach(), m.bias.detach()] for m in norms)
+        qkv, out, ff1, ff2 = ([m.packed, _NO_BIAS if m.bias is None else m.bias] for m in linears)
+        return ([*ln_in, *qkv, *out, *ln_ff, *ff1, *ff2, *ln_out], [m.out_features for m in linears],
+                [float(m.eps) for m in norms], code, sum(m.in_features * m.out_features for m in linears))
 
     def __call__(self, x: torch.Tensor, r: int, keys: torch.Tensor, values: torch.Tensor,
                  mask: torch.Tensor | None):
@@ -94,7 +181,7 @@ class StreamingEncoder:
 
     name = "engine"
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, fused: bool = True):
         if not supports(model):
             raise ValueError("StreamingEncoder needs torchaudio Emformer layers without memory")
         tr = model.transcriber
@@ -104,6 +191,7 @@ class StreamingEncoder:
         self.segment, self.right = em.segment_length, em.right_context_length
         self.left = em.left_context_length
         self.layers = [_Layer(layer) for layer in em.emformer_layers]
+        self.stack = _Stack.build(self.layers) if fused else None  # None: a Python loop over layers
         self.width = em.emformer_layers[0].input_dim
         self.output_linear = fast_linear(tr.output_linear)
         self.out_norm = tr.layer_norm
@@ -115,6 +203,18 @@ class StreamingEncoder:
     def reset(self, state: EncoderState, stream: int) -> None:
         """Start a new utterance in ``stream`` (its old history is masked from now on)."""
         state.past[stream] = 0
+
+    def _loop(self, x: torch.Tensor, r: int, lo: int, s: int, keys_old: list[torch.Tensor],
+              values_old: list[torch.Tensor], mask: torch.Tensor | None):
+        """The layers one by one in Python: what ``_Stack`` does in one C++ call."""
+        left = self.left
+        keys, values = [], []
+        for layer, k_old, v_old in zip(self.layers, keys_old, values_old, strict=True):
+            x, k, v = layer(x, r, k_old[:, lo:], v_old[:, lo:], mask)
+            # next left context: the last L rows of [old left context, this utterance]
+            keys.append(k[:, -left:] if s >= lo else torch.cat([k_old[:, s:], k[:, -s:]], dim=1))
+            values.append(v[:, -left:] if s >= lo else torch.cat([v_old[:, s:], v[:, -s:]], dim=1))
+        return x, keys, values
 
     @torch.inference_mode()
     def step(self, feats: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
@@ -133,11 +233,7 @@ class StreamingEncoder:
             cols = torch.arange(r + left - lo + s)
             start = torch.tensor([r + (left - v) - lo for v in valid])
             mask = (cols[None, :] >= r) & (cols[None, :] < start[:, None])
-        keys, values = [], []
-        for layer, k_old, v_old in zip(self.layers, state.keys, state.values, strict=True):
-            x, k, v = layer(x, r, k_old[:, lo:], v_old[:, lo:], mask)
-            # next left context: the last L rows of [old left context, this utterance]
-            keys.append(k[:, -left:] if s >= lo else torch.cat([k_old[:, s:], k[:, -s:]], dim=1))
-            values.append(v[:, -left:] if s >= lo else torch.cat([v_old[:, s:], v[:, -s:]], dim=1))
+        run = self._loop if self.stack is None else self.stack
+        x, keys, values = run(x, r, lo, s, state.keys, state.values, mask)
         out = self.out_norm(self.output_linear(x[:, r:]))
         return out, EncoderState(keys, values, [p + s for p in state.past])

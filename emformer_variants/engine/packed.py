@@ -62,6 +62,12 @@ def counting_flops() -> Iterator[list[int]]:
             outer[0] += counter[0]
 
 
+def count_flops(flops: int) -> None:
+    """Add work done outside ``PackedLinear.__call__`` (a fused kernel) to ``counting_flops``."""
+    if _FLOPS is not None:
+        _FLOPS[0] += flops
+
+
 def _unavailable_reason() -> str | None:
     if os.environ.get("EMFORMER_VARIANTS_PACKED", "1") == "0":
         return "EMFORMER_VARIANTS_PACKED=0"
@@ -138,8 +144,7 @@ class PackedLinear:  # plain callable: the engine calls it, nothing trains it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(..., K) -> (..., N), fp32."""
-        if _FLOPS is not None:
-            _FLOPS[0] += 2 * (x.numel() // self.in_features) * self.in_features * self.out_features
+        count_flops(2 * (x.numel() // self.in_features) * self.in_features * self.out_features)
         if self._fallback is not None:
             return F.linear(x, self._fallback, self.bias)
         flat = x.reshape(-1, x.shape[-1])

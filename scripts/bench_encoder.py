@@ -1,0 +1,99 @@
+"""Time the engine's streaming encoder with its layers in one C++ call against the Python loop.
+
+    python scripts/bench_encoder.py [--model emformer_base|tiny] [--precisions fp32 fp16]
+                                    [--chunks 40] [--threads 1]
+
+Both encoders (``StreamingEncoder(model)`` and ``StreamingEncoder(model, fused=False)``) get
+the same random feature chunks, alternately, chunk by chunk, each carrying its own state;
+their outputs must be identical (it says so, or fails). Reported: median ms per chunk of
+each, the ratio, and the time of the matmuls alone (every layer's packed linears called on
+the same shapes, same order), so "other ms" is what remains around them: norms, attention,
+activation, copies and, for the loop, the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from emformer_variants.bench import build_model  # noqa: E402
+from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
+from emformer_variants.engine.packed import kernel  # noqa: E402
+from emformer_variants.engine.precision import apply_precision_  # noqa: E402
+
+
+def matmuls_only(enc: StreamingEncoder, rows: int):
+    """A callable running the packed linears of every layer once on ``rows`` rows."""
+    calls = []
+    for layer in enc.layers:
+        _, lin1, _, lin2 = layer.ff_parts
+        for lin in (layer.qkv, layer.out_proj, lin1, lin2):
+            calls.append((lin, torch.randn(rows, lin.in_features)))
+
+    def run():
+        for lin, x in calls:
+            lin(x)
+    return run
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--chunks", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    if kernel() is None:
+        print("bench_encoder: the packed kernel is unavailable here (see the warning above); "
+              "nothing to compare", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    print(f"# {args.model}, threads {args.threads}, {args.chunks} chunks per encoder, alternating; "
+          "median ms per chunk")
+    print("| precision | Python loop ms | fused stack ms | speedup | matmuls ms | other ms, loop | "
+          "other ms, fused | outputs identical |")
+    print("|---|---|---|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    for precision in args.precisions:
+        rec, _ = build_model(args.model)
+        apply_precision_(rec, precision)
+        encs = {"loop": StreamingEncoder(rec.model, fused=False), "fused": StreamingEncoder(rec.model)}
+        if encs["fused"].stack is None:
+            raise SystemExit(f"bench_encoder: {args.model} at {precision} does not run fused")
+        enc = encs["fused"]
+        t_in = (enc.segment + enc.right) * enc.stride + (enc.stride - 1)
+        states = {k: e.init(1) for k, e in encs.items()}
+        times: dict[str, list[float]] = {k: [] for k in [*encs, "matmuls"]}
+        mm = matmuls_only(enc, enc.segment + enc.right)
+        same = True
+        with torch.inference_mode():
+            for c in range(args.chunks + 5):  # 5 warm-up chunks
+                feats = torch.randn(1, t_in, rec.features.cfg.n_mels, generator=gen)
+                outs = {}
+                for k in (list(encs) if c % 2 else list(encs)[::-1]):
+                    t0 = time.perf_counter()
+                    outs[k], states[k] = encs[k].step(feats, states[k])
+                    if c >= 5:
+                        times[k].append(1000 * (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                mm()
+                if c >= 5:
+                    times["matmuls"].append(1000 * (time.perf_counter() - t0))
+                same &= torch.equal(outs["loop"], outs["fused"])
+        loop, fused, mat = (statistics.median(times[k]) for k in ("loop", "fused", "matmuls"))
+        print(f"| {precision} | {loop:.2f} | {fused:.2f} | {loop / fused:.2f}x | {mat:.2f} | "
+              f"{loop - mat:.2f} | {fused - mat:.2f} | {'yes' if same else 'NO'} |")
+        if not same:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Time the engine's streaming encoder with its layers in one C++ call against the Python loop.
 
-    python scripts/bench_encoder.py [--model emformer_base|tiny] [--precisions fp32 fp16]
+    python scripts/bench_encoder.py [--model emformer_base|tiny] [--precisions fp32 fp16 bf16 int8]
                                     [--chunks 40] [--threads 1]
 
 Both encoders (``StreamingEncoder(model)`` and ``StreamingEncoder(model, fused=False)``) get
@@ -46,7 +46,8 @@ def matmuls_only(enc: StreamingEncoder, rows: int):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
+                   choices=["fp32", "fp16", "bf16", "int8"])
     p.add_argument("--chunks", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()

@@ -31,7 +31,7 @@ from emformer_variants.engine.linear import (  # noqa: E402
     concat_linears,
     onednn_available,
 )
-from emformer_variants.engine.packed import PackedLinear, kernel  # noqa: E402
+from emformer_variants.engine.packed import Int8Linear, PackedLinear, kernel  # noqa: E402
 
 
 def groups(model) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
@@ -54,6 +54,7 @@ def backends(linears: list[torch.nn.Linear]) -> dict[str, list]:
     if kernel() is not None:
         for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
             out[f"packed {name}"] = [PackedLinear(m.weight, m.bias, dtype) for m in linears]
+        out["packed dynamic int8"] = [Int8Linear(m.weight, m.bias) for m in linears]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao import quantization as tq

@@ -21,21 +21,23 @@ def restore_threads():
 def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["--model", "tiny", "--chunks", "8", "--beam", "4", "--modes", "stock", "exact",
-                 "modified:2@int8", "greedy", "--streams", "1", "3", "--stream-modes", "exact",
+                 "modified:2@int8", "greedy@int8-fbgemm", "--streams", "1", "3", "--stream-modes", "exact",
                  "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "tiny: the shipped trained base" in text and "| stock@fp32 |" in text
     result = json.loads(out.read_text())
     rows = {r["mode"]: r for r in result["single_stream"]}
-    assert set(rows) == {"stock@fp32", "exact@fp32", "modified:2@int8", "greedy@fp32"}
+    assert set(rows) == {"stock@fp32", "exact@fp32", "modified:2@int8", "greedy@int8-fbgemm"}
     assert rows["stock@fp32"]["speedup_vs_stock"] == 1.0
     n = rows["exact@fp32"]["same_as_stock"].split("/")[1]
     assert rows["exact@fp32"]["same_as_stock"] == f"{n}/{n}"
     assert all(r["chunk_ms_p50"] > 0 and r["rtf"] > 0 and 0 <= r["wer"] for r in rows.values())
-    # matmul work is counted for modes whose linears all run in the packed kernel (or its fallback)
-    assert "gflop_per_chunk" not in rows["stock@fp32"] and "gflop_per_chunk" not in rows["modified:2@int8"]
+    # matmul work is counted for modes whose linears all run in the packed kernels (or their
+    # fallbacks); the fp32-peak floor only for fp32 arithmetic
+    assert "gflop_per_chunk" not in rows["stock@fp32"] and "gflop_per_chunk" not in rows["greedy@int8-fbgemm"]
     assert rows["exact@fp32"]["gflop_per_chunk"] > 0 and rows["exact@fp32"]["floor_ms"] > 0
+    assert rows["modified:2@int8"]["gflop_per_chunk"] > 0 and "floor_ms" not in rows["modified:2@int8"]
     assert result["fp32_peak_gflops"] > 0
     streams = result["streams"]
     assert [s["streams"] for s in streams] == [1, 3]

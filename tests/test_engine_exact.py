@@ -141,7 +141,7 @@ def test_engine_encoder_is_torchaudio_transcriber(base_rec, packed, monkeypatch)
             torch.testing.assert_close(es.values[layer][0], state[2][:, 0], atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_fused_layer_stack_is_bit_for_bit_the_python_loop(precision):
     """The C++ stack runs the same ATen ops as ``_Layer``: identical outputs and caches, over
     the first chunks (history shorter than the left context), and for two streams with

@@ -53,7 +53,8 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["decoder"] == decoder and metrics["precision"] == precision
-    assert "quantize_dynamic" in metrics["precision_method"]
+    assert metrics["precision_method"].startswith("dynamic int8") and (
+        ("packed AVX2 int8 kernel" in metrics["precision_method"]) == (kernel() is not None))
     assert metrics["linear_kernel"] == ("packed-avx2" if kernel() is not None else "torch")
     # subset=random: the seeded sample, in corpus order
     train = read_manifest(mini_corpus / "train.jsonl")
@@ -79,7 +80,7 @@ def test_pick_utterances_first_or_seeded_random():
 
 @pytest.mark.parametrize("setting,message", [
     ("decoder=viterbi", "decoder=viterbi: unknown; choose one of stock, exact, modified, greedy"),
-    ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8"),
+    ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8, int8-fbgemm"),
     ("max_symbols=2", "max_symbols=2: a count >= 1, for decoder=modified or greedy only"),
 ])
 def test_evaluate_rejects_unknown_settings_first(setting, message, capsys):

@@ -10,7 +10,16 @@ import torch
 from torch.nn import functional as F
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.packed import PackedLinear, kernel, pack, unpack
+from emformer_variants.engine.packed import (
+    Int8Linear,
+    PackedLinear,
+    kernel,
+    pack,
+    pack_int8,
+    quantize_activations,
+    quantize_rows,
+    unpack,
+)
 
 
 def test_kernel_builds_where_it_can():
@@ -96,3 +105,48 @@ def test_counting_flops_counts_every_call_and_nests():
     assert outer[0] == 2 * 4 * 3 * 7 + inner[0]
     lin(torch.randn(1, 3))  # outside any block: not counted, no error
     assert outer[0] == 2 * 14 * 3 * 7
+
+
+def test_int8_rows_use_the_full_range_and_round_to_nearest():
+    w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.0, -0.01]])
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and q.abs().amax(1).tolist() == [127, 0, 127]
+    torch.testing.assert_close(scale, torch.tensor([1 / 127, 1.0, 3 / 127]))
+    assert q[0].tolist() == [64, -127, 32] and q[2].tolist() == [127, 42, 0]
+    err = (q.float() * scale[:, None] - w).abs()
+    assert (err <= scale[:, None] / 2 + 1e-7).all()
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (17, 33), (64, 16), (300, 97)])
+def test_int8_kernel_equals_its_torch_reference(k, n):
+    """Integer sums are exact, so kernel and reference differ only in the last fp32 steps;
+    both stay within int8 rounding of the fp32 linear."""
+    if kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    g = torch.Generator().manual_seed(k + n)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    lin = Int8Linear(w, b)
+    for m in (0, 1, 4, 5, 6, 11):
+        x = torch.randn(m, k, generator=g) * 3
+        y = lin(x)
+        torch.testing.assert_close(y, lin.reference(x), rtol=1e-5, atol=1e-5)
+        if m:
+            assert (y - F.linear(x, w, b)).norm() <= 0.03 * F.linear(x, w, None).norm() + 1e-6
+    x = torch.randn(7, k, generator=g)
+    torch.testing.assert_close(lin(x)[3:5], lin(x[3:5]), rtol=0, atol=0)  # rows are independent
+
+
+def test_int8_activation_rows_keep_zero_exact_and_use_seven_bits():
+    x = torch.tensor([[-1.0, 0.0, 3.0], [0.5, 0.25, 0.0], [0.0, 0.0, 0.0]])
+    xq, scale, zero = quantize_activations(x)
+    assert xq.min() >= 0 and xq.max() <= 127 and xq[0].max() == 127
+    torch.testing.assert_close((xq - zero[:, None]) * scale[:, None], x, atol=scale.max().item() / 2, rtol=0)
+    assert xq[0, 1] == zero[0] and xq[2].tolist() == [0, 0, 0]
+
+
+def test_pack_int8_layout():
+    q = torch.arange(20 * 6, dtype=torch.int8).view(20, 6)
+    p = pack_int8(q)
+    assert p.shape == (2, 2, 16, 4)
+    assert p[0, 0, 3].tolist() == q[3, :4].tolist() and p[0, 1, 3].tolist() == [*q[3, 4:].tolist(), 0, 0]
+    assert p[1, 0, 3].tolist() == q[19, :4].tolist() and p[1, 0, 4].abs().sum() == 0

@@ -10,11 +10,12 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   for all), and streams can start and stop independently (``reset``);
 - the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
   fp32 linears use the packed kernel (``engine.linear.fast_linear``), other layers run as they are;
-- when every linear of every layer runs in the packed kernel (fp32, fp16 or bf16 weights, no
-  surgery) and the FFN activation is ReLU, GELU or SiLU, the whole layer stack runs in one C++
-  call (``emformer_stack`` in ``kernels/packed_linear.cpp``): the same ATen ops in the same
-  order, without the interpreter's per-op cost (on ``emformer_base`` that cost was 2.5 of the
-  5 ms per chunk outside the matmuls, ``scripts/bench_encoder.py``).
+- when every linear of every layer runs in a packed kernel (fp32, fp16 or bf16 weights, or
+  the int8 kernel; no surgery) and the FFN activation is ReLU, GELU or SiLU, the whole layer
+  stack runs in one C++ call (``emformer_stack`` in ``kernels/emformer_stack.cpp``): the same
+  ATen ops in the same order, bit for bit, without the interpreter's per-op cost (on
+  ``emformer_base`` about 4 of the 6 ms per chunk outside the matmuls,
+  ``scripts/bench_encoder.py``).
 
 Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
 ``StockEncoder`` (``supports`` says which applies).
@@ -32,7 +33,7 @@ from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
 from emformer_variants.engine.linear import fast_linear, fuse_linears
-from emformer_variants.engine.packed import PackedLinear
+from emformer_variants.engine.packed import Int8Linear, PackedLinear
 
 
 @dataclass
@@ -56,12 +57,21 @@ def supports(model: torch.nn.Module) -> bool:
 _NO_BIAS = torch.empty(0)
 
 
-def _packed_of(linear) -> PackedLinear | None:
-    from emformer_variants.engine.precision import WeightCastLinear
+def _packed_of(linear) -> PackedLinear | Int8Linear | None:
+    from emformer_variants.engine.precision import KernelLinear
 
-    if isinstance(linear, WeightCastLinear):
+    if isinstance(linear, KernelLinear):
         linear = linear.impl
-    return linear if isinstance(linear, PackedLinear) and packed.kernel() is not None else None
+    ok = isinstance(linear, PackedLinear | Int8Linear) and packed.kernel() is not None
+    return linear if ok else None
+
+
+def _linear_args(m: PackedLinear | Int8Linear) -> list[torch.Tensor]:
+    """packed weight, bias, and for int8 the weight scales and column sums (see the C++)."""
+    bias = _NO_BIAS if m.bias is None else m.bias
+    if isinstance(m, Int8Linear):
+        return [m.packed, bias, m.scale, m.colsum]
+    return [m.packed, bias, _NO_BIAS, _NO_BIAS]
 
 
 def _activation_code(act: torch.nn.Module) -> int | None:
@@ -135,7 +145,7 @@ class _Layer:
             self.ffn = ff
 
     def stack_args(self) -> tuple[list[torch.Tensor], list[int], list[float], int, int] | None:
-        """This layer's arguments for the fused C++ stack (``_Stack``): (14 tensors, 4 output
+        """This layer's arguments for the fused C++ stack (``_Stack``): (22 tensors, 4 output
         widths, 3 norm eps, activation code, multiply-adds per row), or None when a part of it is not a packed
         linear, an affine LayerNorm over the last dim or a ReLU/GELU/SiLU."""
         if self.ff_parts is None:
@@ -147,7 +157,7 @@ class _Layer:
         if None in linears or code is None or not all(_plain_norm(m) for m in norms):
             return None
         ln_in, ln_ff, ln_out = ([m.weight.detach(), m.bias.detach()] for m in norms)
-        qkv, out, ff1, ff2 = ([m.packed, _NO_BIAS if m.bias is None else m.bias] for m in linears)
+        qkv, out, ff1, ff2 = (_linear_args(m) for m in linears)
         return ([*ln_in, *qkv, *out, *ln_ff, *ff1, *ff2, *ln_out], [m.out_features for m in linears],
                 [float(m.eps) for m in norms], code, sum(m.in_features * m.out_features for m in linears))
 

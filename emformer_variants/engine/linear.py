@@ -88,11 +88,11 @@ def fuse_linears(modules: list[torch.nn.Module]):
     some but not all, per-tensor int8).
 
     fp32 and fp16/bf16-weight linears concatenate their weights (the 16-bit ones widened,
-    which is exact); dynamically quantised int8 linears with per-channel scales concatenate
-    their rows, which is lossless. Saves a call's fixed cost (for int8: quantising the input
+    which is exact); int8 linears (the packed kernel's, or fbgemm's with per-channel scales)
+    concatenate their rows, which is lossless. Saves a call's fixed cost (for int8: quantising the input
     again) per extra module.
     """
-    from emformer_variants.engine.precision import WeightCastLinear
+    from emformer_variants.engine.precision import Int8DynamicLinear, WeightCastLinear
 
     kinds = {type(m) for m in modules}
     if len(kinds) != 1:
@@ -100,11 +100,15 @@ def fuse_linears(modules: list[torch.nn.Module]):
     kind = kinds.pop()
     if kind is WeightCastLinear and len({m.dtype for m in modules}) != 1:
         return None
-    if kind is torch.nn.Linear or kind is WeightCastLinear:
+    if kind in (torch.nn.Linear, WeightCastLinear, Int8DynamicLinear):
         fused = concat_linears(modules)
         if fused is None:
             return None
-        return fast_linear(fused) if kind is torch.nn.Linear else WeightCastLinear(fused, modules[0].dtype)
+        if kind is WeightCastLinear:
+            return WeightCastLinear(fused, modules[0].dtype)
+        # int8: the rows are quantised one by one, so requantising the dequantised rows
+        # gives the same integers (scales to fp32 rounding)
+        return Int8DynamicLinear(fused) if kind is Int8DynamicLinear else fast_linear(fused)
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     if kind is not DynamicLinear:

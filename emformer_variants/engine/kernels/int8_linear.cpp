@@ -1,0 +1,144 @@
+// Dynamic int8 linear layers for few rows on x86-64 CPUs with AVX2.
+//
+//   y[m, n] = sx[m] * sw[n] * (sum_k xq[m, k] * q[n, k] - zx[m] * colsum[n]) + bias[n]
+//
+// q: the weight in int8, symmetric, one scale sw per output row (engine.packed.quantize_rows).
+// xq: each row of x quantised on the fly, asymmetric, to 0..127 (7 bits) with its own scale
+// sx and zero point zx, so that 0 is exact; colsum[n] = sum_k q[n, k]. Seven bits, not eight:
+// vpmaddubsw adds two u8 x s8 products into a saturating int16, and 2 * 127 * 128 still fits
+// (fbgemm's x86 "reduce_range" for the same reason). The sums are exact int32; only the
+// rounding of x and of the weight is approximate.
+//
+// q is packed as (P, K4, 16, 4): panels of 16 output columns, 4 consecutive k per column, so
+// one 32-byte load holds 8 columns x 4 k. Per 4 k, one broadcast of a row's 4 bytes,
+// vpmaddubsw (pairs -> int16) and vpmaddwd with ones (-> int32 per column) accumulate 32
+// multiply-adds. Blocks of up to 5 rows x 16 columns keep 10 accumulators in registers.
+#include "linears.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t NR = 16;
+constexpr int64_t MR_MAX = 5;
+
+template <int MR>
+void block(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, __m256i* acc) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
+  __m256i a4 = a0, b4 = a0;
+  const uint8_t *x0 = xq, *x1 = xq + ldx, *x2 = xq + 2 * ldx, *x3 = xq + 3 * ldx, *x4 = xq + 4 * ldx;
+  for (int64_t k = 0; k < K4; ++k) {
+    _mm_prefetch(reinterpret_cast<const char*>(panel + (k + 16) * 64), _MM_HINT_T0);
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + k * 64));
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + k * 64 + 32));
+    __m256i xb;
+    int32_t quad;
+#define EV_ROW(i)                                                                            \
+    if (MR > i) {                                                                            \
+      std::memcpy(&quad, x##i + 4 * k, 4);                                                   \
+      xb = _mm256_set1_epi32(quad);                                                          \
+      a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_maddubs_epi16(xb, w0), ones)); \
+      b##i = _mm256_add_epi32(b##i, _mm256_madd_epi16(_mm256_maddubs_epi16(xb, w1), ones)); \
+    }
+    EV_ROW(0) EV_ROW(1) EV_ROW(2) EV_ROW(3) EV_ROW(4)
+#undef EV_ROW
+  }
+  const __m256i all[10] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4};
+  for (int i = 0; i < 2 * MR; ++i) acc[i] = all[i];
+}
+
+// acc (2 per row) -> y for rows m0.., columns n0..n0+n.
+void finish(const __m256i* acc, int mr, const float* sx, const int32_t* zx, const int32_t* colsum,
+            const float* sw, const float* bias, float* y, int64_t N, int64_t n) {
+  for (int i = 0; i < mr; ++i) {
+    alignas(32) int32_t sums[NR];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[2 * i]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 8), acc[2 * i + 1]);
+    float* yi = y + i * N;
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = static_cast<float>(sums[j] - zx[i] * colsum[j]) * (sx[i] * sw[j]);
+      yi[j] = bias ? v + bias[j] : v;
+    }
+  }
+}
+
+}  // namespace
+
+torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
+                          torch::Tensor scale, c10::optional<torch::Tensor> bias, int64_t N) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat, "int8_linear: x must be 2-D fp32");
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == NR && packed.size(3) == 4 &&
+                  packed.scalar_type() == torch::kChar && packed.is_contiguous(),
+              "int8_linear: weight must be int8 packed as (P, K/4, 16, 4)");
+  const int64_t P = packed.size(0), K4 = packed.size(1), M = x.size(0), K = x.size(1);
+  TORCH_CHECK((K + 3) / 4 == K4, "int8_linear: x has ", K, " features, weight ", 4 * K4, " (padded)");
+  TORCH_CHECK(P * NR >= N && P * NR < N + NR, "int8_linear: bad N");
+  TORCH_CHECK(colsum.scalar_type() == torch::kInt && colsum.numel() == P * NR && colsum.is_contiguous(),
+              "int8_linear: colsum must be (P * 16,) int32");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.numel() == N && scale.is_contiguous(),
+              "int8_linear: scale must be (N,) fp32");
+  const float* b = nullptr;
+  torch::Tensor bias_c;
+  if (bias.has_value() && bias->defined() && bias->numel()) {
+    bias_c = bias->contiguous();
+    TORCH_CHECK(bias_c.scalar_type() == torch::kFloat && bias_c.numel() == N, "int8_linear: bad bias");
+    b = bias_c.data_ptr<float>();
+  }
+  x = x.contiguous();
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0) return y;
+  // quantise x: per row, asymmetric 0..127 with 0 exact; padding k's are 0 (their weights are 0)
+  const int64_t ldx = 4 * K4;
+  std::vector<uint8_t> xq(M * ldx, 0);
+  std::vector<float> sx(M);
+  std::vector<int32_t> zx(M);
+  const float* xp = x.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = xp + m * K;
+    float lo = 0.f, hi = 0.f;
+    for (int64_t k = 0; k < K; ++k) {
+      lo = std::min(lo, row[k]);
+      hi = std::max(hi, row[k]);
+    }
+    float s = (hi - lo) / 127.f;
+    if (!(s > 0.f)) s = 1.f;
+    const float z = std::nearbyint(-lo / s);
+    sx[m] = s;
+    zx[m] = static_cast<int32_t>(z);
+    uint8_t* q = xq.data() + m * ldx;
+    for (int64_t k = 0; k < K; ++k)
+      q[k] = static_cast<uint8_t>(std::min(127.f, std::max(0.f, std::nearbyint(row[k] / s) + z)));
+  }
+  const int8_t* w = packed.data_ptr<int8_t>();
+  const int32_t* cs = colsum.data_ptr<int32_t>();
+  const float* sw = scale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K4 * 64));
+  at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
+    __m256i acc[2 * MR_MAX];
+    for (int64_t p = begin; p < end; ++p) {
+      const int8_t* panel = w + p * K4 * 64;
+      const int64_t n0 = p * NR, n = std::min(NR, N - n0);
+      for (int64_t m = 0; m < M; m += MR_MAX) {
+        const int mr = static_cast<int>(std::min(MR_MAX, M - m));
+        const uint8_t* xm = xq.data() + m * ldx;
+        switch (mr) {
+          case 1: block<1>(xm, ldx, K4, panel, acc); break;
+          case 2: block<2>(xm, ldx, K4, panel, acc); break;
+          case 3: block<3>(xm, ldx, K4, panel, acc); break;
+          case 4: block<4>(xm, ldx, K4, panel, acc); break;
+          default: block<5>(xm, ldx, K4, panel, acc); break;
+        }
+        finish(acc, mr, sx.data() + m, zx.data() + m, cs + n0, sw + n0, b ? b + n0 : nullptr,
+               yp + m * N + n0, N, n);
+      }
+    }
+  });
+  return y;
+}

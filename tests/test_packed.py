@@ -51,11 +51,12 @@ def test_rows_do_not_depend_on_the_batch_and_shapes_pass_through():
         assert torch.equal(lin(x[1, i:i + 1]), y[1, i:i + 1])
 
 
-def test_threads_give_the_same_bits():
+@pytest.mark.parametrize("kind", [PackedLinear, Int8Linear])
+def test_threads_give_the_same_bits(kind):
     if kernel() is None:
         pytest.skip("kernel unavailable")
     g = torch.Generator().manual_seed(1)
-    lin = PackedLinear(torch.randn(1000, 512, generator=g), torch.randn(1000, generator=g))
+    lin = kind(torch.randn(1000, 512, generator=g), torch.randn(1000, generator=g))
     x = torch.randn(5, 512, generator=g)
     threads = torch.get_num_threads()
     try:
@@ -82,6 +83,10 @@ def test_fallback_computes_the_same(monkeypatch):
     slow = PackedLinear(w, b, torch.float16)
     torch.testing.assert_close(slow(x), fast(x), rtol=1e-5, atol=1e-5)
     assert torch.equal(slow(x), F.linear(x, w.half().float(), b))
+    slow8 = Int8Linear(w, b)
+    monkeypatch.undo()
+    torch.testing.assert_close(slow8(x), Int8Linear(w, b)(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(slow8(x), slow8.reference(x))
 
 
 def test_disabled_by_environment(monkeypatch, caplog):

@@ -208,6 +208,7 @@ class Int8Linear:  # plain callable, like PackedLinear
         colsum[:self.out_features] = self.q.sum(dim=1, dtype=torch.int32)
         self.colsum = colsum
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._use_kernel = kernel() is not None
 
     def weight(self) -> torch.Tensor:
         """The dequantised weight (N, K), fp32."""
@@ -230,7 +231,7 @@ class Int8Linear:  # plain callable, like PackedLinear
         flat = x.reshape(-1, x.shape[-1])
         if flat.dtype != torch.float32:
             flat = flat.float()
-        if _KERNEL is None and kernel() is None:
+        if not self._use_kernel:
             y = self.reference(flat)
         elif torch.autograd._profiler_enabled():
             with torch.profiler.record_function("int8_linear"):

@@ -199,3 +199,31 @@ def test_exact_equals_stock_on_surgery_variants(variant):
     assert_same_beams(rec, chunk_features(rec, wave), 4)
     for decoder in ("modified", "greedy"):
         assert isinstance(stream_decode(rec, wave, 4, build_pipeline(rec, decoder, 4)).text, str)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_fused_predictor_step_is_bit_for_bit_the_python_loop(precision):
+    from emformer_variants.engine.precision import apply_precision_
+    from emformer_variants.engine.predictor import PredictorStep
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(3)
+    apply_precision_(rec, precision)
+    fused, loop = PredictorStep(rec.model.predictor), PredictorStep(rec.model.predictor, fused=False)
+    assert fused.fused is not None and loop.fused is None
+    g = torch.Generator().manual_seed(6)
+    for m in (1, 7):
+        tokens = torch.randint(0, fused.table0.shape[0], (m,), generator=g)
+        h, c = (torch.randn(fused.num_layers, m, fused.hidden, generator=g) for _ in range(2))
+        with torch.inference_mode():
+            got = fused(tokens, fused.recurrent_gates(h), c)
+            want = loop(tokens, loop.recurrent_gates(h), c)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_predictor_falls_back_without_the_kernel(monkeypatch):
+    from emformer_variants.engine.predictor import PredictorStep
+
+    monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
+    assert PredictorStep(make_tiny_rec(3).model.predictor).fused is None

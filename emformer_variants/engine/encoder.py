@@ -32,8 +32,7 @@ import torch
 from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.linear import fast_linear, fuse_linears
-from emformer_variants.engine.packed import Int8Linear, PackedLinear
+from emformer_variants.engine.linear import fast_linear, fuse_linears, kernel_args, kernel_impl, plain_norm
 
 
 @dataclass
@@ -54,37 +53,12 @@ def supports(model: torch.nn.Module) -> bool:
         for layer in em.emformer_layers)
 
 
-_NO_BIAS = torch.empty(0)
-
-
-def _packed_of(linear) -> PackedLinear | Int8Linear | None:
-    from emformer_variants.engine.precision import KernelLinear
-
-    if isinstance(linear, KernelLinear):
-        linear = linear.impl
-    ok = isinstance(linear, PackedLinear | Int8Linear) and packed.kernel() is not None
-    return linear if ok else None
-
-
-def _linear_args(m: PackedLinear | Int8Linear) -> list[torch.Tensor]:
-    """packed weight, bias, and for int8 the weight scales and column sums (see the C++)."""
-    bias = _NO_BIAS if m.bias is None else m.bias
-    if isinstance(m, Int8Linear):
-        return [m.packed, bias, m.scale, m.colsum]
-    return [m.packed, bias, _NO_BIAS, _NO_BIAS]
-
-
 def _activation_code(act: torch.nn.Module) -> int | None:
     if type(act) is torch.nn.ReLU:
         return 0
     if type(act) is torch.nn.GELU:
         return {"none": 1, "tanh": 2}.get(act.approximate)
     return 3 if type(act) is torch.nn.SiLU else None
-
-
-def _plain_norm(m: torch.nn.Module) -> bool:
-    return (type(m) is torch.nn.LayerNorm and m.weight is not None and m.bias is not None
-            and tuple(m.normalized_shape) == (m.weight.numel(),))
 
 
 class _Stack:
@@ -151,13 +125,13 @@ class _Layer:
         if self.ff_parts is None:
             return None
         norm, lin1, act, lin2 = self.ff_parts
-        linears = [_packed_of(m) for m in (self.qkv, self.out_proj, lin1, lin2)]
+        linears = [kernel_impl(m) for m in (self.qkv, self.out_proj, lin1, lin2)]
         norms = [self.ln_in, norm, self.ln_out]
         code = _activation_code(act)
-        if None in linears or code is None or not all(_plain_norm(m) for m in norms):
+        if None in linears or code is None or not all(plain_norm(m) for m in norms):
             return None
         ln_in, ln_ff, ln_out = ([m.weight.detach(), m.bias.detach()] for m in norms)
-        qkv, out, ff1, ff2 = (_linear_args(m) for m in linears)
+        qkv, out, ff1, ff2 = (kernel_args(m) for m in linears)
         return ([*ln_in, *qkv, *out, *ln_ff, *ff1, *ff2, *ln_out], [m.out_features for m in linears],
                 [float(m.eps) for m in norms], code, sum(m.in_features * m.out_features for m in linears))
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from emformer_variants.engine.packed import PackedLinear, kernel
+from emformer_variants.engine.packed import Int8Linear, PackedLinear, kernel
 
 ONEDNN_MIN_IN = 1024
 ONEDNN_MIN_NUMEL = 1 << 20
@@ -64,6 +64,35 @@ def fast_linear(module: torch.nn.Module):
         big = module.in_features >= ONEDNN_MIN_IN and module.weight.numel() >= ONEDNN_MIN_NUMEL
         return OneDNNLinear(module) if big and onednn_available() else PlainLinear(module)
     return module
+
+
+_NO_TENSOR = torch.empty(0)
+
+
+def kernel_impl(linear) -> PackedLinear | Int8Linear | None:
+    """The packed kernel behind ``linear`` (a ``PackedLinear``/``Int8Linear``, or a module
+    wrapping one), or None when it does not run in one (no kernel here, or another module)."""
+    from emformer_variants.engine.precision import KernelLinear
+
+    if isinstance(linear, KernelLinear):
+        linear = linear.impl
+    ok = isinstance(linear, PackedLinear | Int8Linear) and kernel() is not None
+    return linear if ok else None
+
+
+def kernel_args(impl: PackedLinear | Int8Linear) -> list[torch.Tensor]:
+    """A kernel linear as the C++ kernels take it (``kernel_linear`` in kernels/linears.h):
+    packed weight, bias, and for int8 the weight scales and column sums; empty = none."""
+    bias = _NO_TENSOR if impl.bias is None else impl.bias
+    if isinstance(impl, Int8Linear):
+        return [impl.packed, bias, impl.scale, impl.colsum]
+    return [impl.packed, bias, _NO_TENSOR, _NO_TENSOR]
+
+
+def plain_norm(m: torch.nn.Module) -> bool:
+    """An affine ``nn.LayerNorm`` over the last dimension (what the C++ kernels assume)."""
+    return (type(m) is torch.nn.LayerNorm and m.weight is not None and m.bias is not None
+            and tuple(m.normalized_shape) == (m.weight.numel(),))
 
 
 def concat_linears(modules: list[torch.nn.Module]) -> torch.nn.Linear | None:

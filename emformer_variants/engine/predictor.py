@@ -12,20 +12,24 @@ are computed where they are cheapest, in the same order and with the same weight
   kept with the parent's slot.
 The predictor is a deterministic function of the token prefix, so outputs and LSTM states
 are cached per prefix (``PrefixCache``) and shared by hypotheses, frames and streams.
+When every linear after the first layer's table runs in a packed kernel and the norms are
+LayerNorms, the per-child step runs in one C++ call (``kernels/predictor_step.cpp``): the same
+ATen ops in the same order, so the same bits, without the interpreter's per-op cost.
 """
 
 from __future__ import annotations
 
 import torch
 
-from emformer_variants.engine.linear import fast_linear
+from emformer_variants.engine import packed
+from emformer_variants.engine.linear import fast_linear, kernel_args, kernel_impl, plain_norm
 
 
 class PredictorStep:
     """torchaudio's ``_Predictor`` + ``_CustomLSTM`` for one token, batched, split as
     ``recurrent_gates(h)`` (per parent) and ``__call__(tokens, pgates, c)`` (per child)."""
 
-    def __init__(self, predictor: torch.nn.Module):
+    def __init__(self, predictor: torch.nn.Module, fused: bool = True):
         layers = list(predictor.lstm_layers)
         self.x2g = [fast_linear(m.x2g) for m in layers]
         self.p2g = [fast_linear(m.p2g) for m in layers]
@@ -39,6 +43,23 @@ class PredictorStep:
         with torch.inference_mode():
             emb = predictor.input_layer_norm(predictor.embedding.weight.detach())
             self.table0 = self.x2g[0](emb).float()  # (V, 4H)
+        self.fused = self._fused_args() if fused else None  # None: the Python loop
+
+    def _fused_args(self) -> tuple[list[torch.Tensor], list[float], int] | None:
+        """(params, eps, macs per row) for ``predictor_step``, or None if a part does not fit."""
+        impls = [kernel_impl(m) for m in self.x2g[1:] + [self.linear]]
+        norms = self.g_norm + self.c_norm + [self.out_norm]
+        if None in impls or not all(plain_norm(m) for m in norms):
+            return None
+        params, eps = [], []
+        for i in range(self.num_layers):
+            x2g = kernel_args(impls[i - 1]) if i else [torch.empty(0)] * 4
+            params += [*x2g, self.g_norm[i].weight.detach(), self.g_norm[i].bias.detach(),
+                       self.c_norm[i].weight.detach(), self.c_norm[i].bias.detach()]
+            eps += [float(self.g_norm[i].eps), float(self.c_norm[i].eps)]
+        params += [*kernel_args(impls[-1]), self.out_norm.weight.detach(), self.out_norm.bias.detach()]
+        eps.append(float(self.out_norm.eps))
+        return params, eps, sum(m.in_features * m.out_features for m in impls)
 
     def zeros(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(self.num_layers, m, self.hidden), torch.zeros(self.num_layers, m, self.hidden)
@@ -50,6 +71,16 @@ class PredictorStep:
     def __call__(self, tokens: torch.Tensor, pgates: torch.Tensor, c: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """tokens (M,), parents' p2g(h) (L, M, 4H) and cells (L, M, H) -> out (M, D), h', c'."""
+        if self.fused is not None:
+            params, eps, macs = self.fused
+            packed.count_flops(2 * macs * tokens.numel())
+            args = (tokens, pgates, c, self.table0, params, eps, self.out_dim)
+            if torch.autograd._profiler_enabled():
+                with torch.profiler.record_function("predictor_step"):
+                    out, h, c = packed.kernel().predictor_step(*args)
+            else:
+                out, h, c = packed.kernel().predictor_step(*args)
+            return out, h, c
         H = self.hidden
         hs, cs = [], []
         x = None

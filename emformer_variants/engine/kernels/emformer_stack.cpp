@@ -1,6 +1,5 @@
 #include "linears.h"
 
-#include <torch/extension.h>
 
 // One streaming chunk through a stack of torchaudio Emformer layers (``_EmformerLayer`` with
 // ``_EmformerAttention``, no memory bank, eval mode), with every linear packed. The same ATen
@@ -19,16 +18,8 @@
 // keys are the last L rows of [old left context, this chunk's utterance keys].
 namespace {
 
-c10::optional<torch::Tensor> maybe(const torch::Tensor& t) {
-  return t.numel() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
-}
-
-// p: packed weight, bias, scale, column sums
 torch::Tensor linear3(const torch::Tensor& x, const torch::Tensor* p, int64_t n) {
-  const auto flat = x.reshape({-1, x.size(-1)});
-  return (p[3].numel() ? int8_linear(flat, p[0], p[3], p[2], maybe(p[1]), n)
-                       : packed_linear(flat, p[0], maybe(p[1]), n))
-      .view({x.size(0), x.size(1), n});
+  return kernel_linear(x.reshape({-1, x.size(-1)}), p, n).view({x.size(0), x.size(1), n});
 }
 
 torch::Tensor activate(const torch::Tensor& x, int64_t kind) {
@@ -96,10 +87,4 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
   }
   out[0] = x;
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("packed_linear", &packed_linear, "y = x @ W^T + b with W packed in 16-column panels");
-  m.def("int8_linear", &int8_linear, "y = x @ W^T + b with W int8 and x quantised per row to 7 bits");
-  m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");
 }

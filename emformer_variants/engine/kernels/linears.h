@@ -1,7 +1,7 @@
-// The engine's small-batch linear kernels, shared by the extension's source files.
+// The engine's C++ kernels: declarations shared by the extension's source files.
 #pragma once
 
-#include <torch/extension.h>
+#include <torch/types.h>
 
 // y = x @ W^T + bias, W packed (P, K, 16) in fp32, fp16 or bf16; fp32 compute (packed_linear.cpp).
 torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch::Tensor> bias,
@@ -11,3 +11,22 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
 // on the fly: integer products, int32 sums (int8_linear.cpp).
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
                           torch::Tensor scale, c10::optional<torch::Tensor> bias, int64_t N);
+
+// A linear given as 4 tensors (the engine's ``kernel_args``): packed weight, bias, and for
+// int8 the weight scales and column sums, else two empty tensors (an empty bias = none).
+// x: (M, K) fp32 -> (M, n) (kernel_linear.cpp).
+torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int64_t n);
+
+// The encoder's layers for one chunk (emformer_stack.cpp).
+std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
+                                          std::vector<torch::Tensor> keys,
+                                          std::vector<torch::Tensor> values,
+                                          c10::optional<torch::Tensor> mask,
+                                          std::vector<torch::Tensor> params, std::vector<int64_t> dims,
+                                          std::vector<double> eps, int64_t heads, double scaling,
+                                          int64_t activation);
+
+// One token step of the predictor (predictor_step.cpp).
+std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pgates, torch::Tensor c,
+                                          torch::Tensor table0, std::vector<torch::Tensor> params,
+                                          std::vector<double> eps, int64_t out_dim);

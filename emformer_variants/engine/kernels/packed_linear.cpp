@@ -9,7 +9,6 @@
 // does not depend on how many other rows are in the batch.
 #include "linears.h"
 
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 

@@ -1,0 +1,15 @@
+// Dispatch a linear given as the engine's 4 tensors to the packed fp or int8 kernel.
+#include "linears.h"
+
+namespace {
+
+c10::optional<torch::Tensor> maybe(const torch::Tensor& t) {
+  return t.numel() ? c10::optional<torch::Tensor>(t) : c10::nullopt;
+}
+
+}  // namespace
+
+torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int64_t n) {
+  return p[3].numel() ? int8_linear(x, p[0], p[3], p[2], maybe(p[1]), n)
+                      : packed_linear(x, p[0], maybe(p[1]), n);
+}

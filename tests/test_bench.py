@@ -85,14 +85,14 @@ def test_bench_linears_script_prints_every_backend():
     assert all(float(line.split(" | ")[2]) > 0 for line in rows)
 
 
-def test_bench_encoder_script_compares_fused_and_loop():
+def test_bench_fused_script_compares_fused_and_loop():
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_encoder.py"), "--model", "tiny",
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_fused.py"), "--model", "tiny",
                           "--chunks", "3"], capture_output=True, text=True, timeout=600, check=True).stdout
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp")]
-    assert [r[0] for r in rows] == ["| fp32", "| fp16"]
+    assert [r[0] for r in rows] == ["| fp32", "| fp16"] * 2  # encoder table, predictor table
     assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)

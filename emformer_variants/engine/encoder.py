@@ -15,7 +15,7 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   stack runs in one C++ call (``emformer_stack`` in ``kernels/emformer_stack.cpp``): the same
   ATen ops in the same order, bit for bit, without the interpreter's per-op cost (on
   ``emformer_base`` about 4 of the 6 ms per chunk outside the matmuls,
-  ``scripts/bench_encoder.py``).
+  ``scripts/bench_fused.py``).
 
 Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
 ``StockEncoder`` (``supports`` says which applies).

@@ -1,7 +1,8 @@
-"""Time the engine's streaming encoder with its layers in one C++ call against the Python loop.
+"""Time the engine's fused C++ paths against the Python loops they replace: the encoder's
+layer stack, and the predictor's token step.
 
-    python scripts/bench_encoder.py [--model emformer_base|tiny] [--precisions fp32 fp16 bf16 int8]
-                                    [--chunks 40] [--threads 1]
+    python scripts/bench_fused.py [--model emformer_base|tiny] [--precisions fp32 fp16 bf16 int8]
+                                  [--chunks 40] [--rows 10] [--threads 1]
 
 Both encoders (``StreamingEncoder(model)`` and ``StreamingEncoder(model, fused=False)``) get
 the same random feature chunks, alternately, chunk by chunk, each carrying its own state;
@@ -9,6 +10,10 @@ their outputs must be identical (it says so, or fails). Reported: median ms per 
 each, the ratio, and the time of the matmuls alone (every layer's packed linears called on
 the same shapes, same order), so "other ms" is what remains around them: norms, attention,
 activation, copies and, for the loop, the interpreter.
+
+Predictor: ``PredictorStep(predictor)`` and ``PredictorStep(predictor, fused=False)`` step the
+same ``--rows`` random tokens from the same random states (a beam's worth), alternately; the
+median of ``--chunks`` x 10 calls each, and whether the results are identical.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.packed import kernel  # noqa: E402
 from emformer_variants.engine.precision import apply_precision_  # noqa: E402
+from emformer_variants.engine.predictor import PredictorStep  # noqa: E402
 
 
 def matmuls_only(enc: StreamingEncoder, rows: int):
@@ -49,10 +55,11 @@ def main() -> int:
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
                    choices=["fp32", "fp16", "bf16", "int8"])
     p.add_argument("--chunks", type=int, default=40)
+    p.add_argument("--rows", type=int, default=10, help="predictor rows per call")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if kernel() is None:
-        print("bench_encoder: the packed kernel is unavailable here (see the warning above); "
+        print("bench_fused: the packed kernel is unavailable here (see the warning above); "
               "nothing to compare", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
@@ -67,7 +74,7 @@ def main() -> int:
         apply_precision_(rec, precision)
         encs = {"loop": StreamingEncoder(rec.model, fused=False), "fused": StreamingEncoder(rec.model)}
         if encs["fused"].stack is None:
-            raise SystemExit(f"bench_encoder: {args.model} at {precision} does not run fused")
+            raise SystemExit(f"bench_fused: {args.model} at {precision} does not run fused")
         enc = encs["fused"]
         t_in = (enc.segment + enc.right) * enc.stride + (enc.stride - 1)
         states = {k: e.init(1) for k, e in encs.items()}
@@ -91,6 +98,41 @@ def main() -> int:
         loop, fused, mat = (statistics.median(times[k]) for k in ("loop", "fused", "matmuls"))
         print(f"| {precision} | {loop:.2f} | {fused:.2f} | {loop / fused:.2f}x | {mat:.2f} | "
               f"{loop - mat:.2f} | {fused - mat:.2f} | {'yes' if same else 'NO'} |")
+        if not same:
+            return 1
+    return bench_predictor(args, gen)
+
+
+def bench_predictor(args, gen: torch.Generator) -> int:
+    print(f"\n# predictor step, {args.rows} rows per call, {args.chunks * 10} calls each, alternating; "
+          "median us per call")
+    print("| precision | Python loop us | fused step us | speedup | outputs identical |")
+    print("|---|---|---|---|---|")
+    for precision in args.precisions:
+        rec, _ = build_model(args.model)
+        apply_precision_(rec, precision)
+        steps = {"loop": PredictorStep(rec.model.predictor, fused=False),
+                 "fused": PredictorStep(rec.model.predictor)}
+        if steps["fused"].fused is None:
+            raise SystemExit(f"bench_fused: the predictor of {args.model} at {precision} does not run fused")
+        one = steps["fused"]
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        same = True
+        with torch.inference_mode():
+            for c in range(args.chunks * 10 + 20):  # 20 warm-up calls
+                tokens = torch.randint(0, one.table0.shape[0], (args.rows,), generator=gen)
+                shape = (one.num_layers, args.rows, one.hidden)
+                h, cell = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+                pgates = one.recurrent_gates(h)
+                outs = {}
+                for k in (list(steps) if c % 2 else list(steps)[::-1]):
+                    t0 = time.perf_counter()
+                    outs[k] = steps[k](tokens, pgates, cell)
+                    if c >= 20:
+                        times[k].append(1e6 * (time.perf_counter() - t0))
+                same &= all(torch.equal(a, b) for a, b in zip(outs["loop"], outs["fused"], strict=True))
+        loop, fused = (statistics.median(times[k]) for k in ("loop", "fused"))
+        print(f"| {precision} | {loop:.0f} | {fused:.0f} | {loop / fused:.2f}x | {'yes' if same else 'NO'} |")
         if not same:
             return 1
     return 0

@@ -75,3 +75,24 @@ def test_pipelines_decode_converted_models(precision, decoder):
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(1)) * 0.1
     res = stream_decode(rec, wave, 3, build_pipeline(rec, decoder, 3))
     assert len(res.encoder_s) == 7 and isinstance(res.text, str)
+
+
+@pytest.mark.parametrize("variant", ["lowrank", "moe", "mla"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int8-fbgemm"])
+def test_surgery_variants_decode_at_every_precision(variant, precision):
+    """MLA's absorbed attention and the MoE router read child linears' weights directly: they
+    must still work once those linears are converted (a property, a method, a quantised
+    tensor). MLA used to fail here with "Inference tensors do not track version counter"."""
+    import yaml
+
+    from emformer_variants.surgery import apply_variant_spec_
+    from tests.conftest import ROOT
+
+    rec = make_tiny_rec(4)
+    spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
+    apply_variant_spec_(rec, spec, init="convert")
+    assert apply_precision_(rec, precision)["replaced"] > 0
+    wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
+    for decoder in ("stock", "exact"):
+        res = stream_decode(rec, wave, 3, build_pipeline(rec, decoder, 3))
+        assert len(res.encoder_s) == 7 and isinstance(res.text, str)

@@ -38,6 +38,7 @@ from torchaudio.models.emformer import _EmformerLayer, _gen_padding_mask
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops
 from emformer_variants.surgery.registry import SurgeryReport, register_surgery
+from emformer_variants.surgery.weights import dense_bias, dense_weight, is_trainable
 
 
 @dataclass(frozen=True)
@@ -173,10 +174,15 @@ class MLAAttention(torch.nn.Module):
 
     def absorbed_output_weight(self) -> torch.Tensor:
         """W_o,h W_uv,h for every head, side by side: (D, H*r). Cached while the weights
-        are unchanged (parameter version counters) and no gradient is wanted."""
+        are unchanged (parameter version counters, or for linears converted for inference
+        by ``engine.precision``, whose weights are fixed, the modules themselves) and no
+        gradient is wanted."""
         h, d, r = self.num_heads, self.input_dim, self.kv_rank
-        w_o, w_uv = self.out_proj.weight, self.value_up.weight
-        key = (w_o.data_ptr(), w_o._version, w_uv.data_ptr(), w_uv._version, w_o.dtype, w_o.device)
+        w_o, w_uv = dense_weight(self.out_proj), dense_weight(self.value_up)
+        if is_trainable(self.out_proj) and is_trainable(self.value_up):
+            key = (w_o.data_ptr(), w_o._version, w_uv.data_ptr(), w_uv._version, w_o.dtype, w_o.device)
+        else:
+            key = (id(self.out_proj), id(self.value_up))
         if torch.is_grad_enabled() or self._absorbed_cache is None or self._absorbed_cache[0] != key:
             fused = torch.einsum("ehd,hdr->ehr", w_o.view(d, h, d // h), w_uv.view(h, d // h, r))
             fused = fused.reshape(d, h * r)
@@ -191,12 +197,12 @@ class MLAAttention(torch.nn.Module):
         t, b, d = query.shape
         h, dh, r = self.num_heads, d // self.num_heads, self.kv_rank
         q = (query * self.scaling).view(t, b, h, dh)
-        q_lat = torch.einsum("tbhd,hdr->bhtr", q, self.key_up.weight.view(h, dh, r))
+        q_lat = torch.einsum("tbhd,hdr->bhtr", q, dense_weight(self.key_up).view(h, dh, r))
         c = latent.transpose(0, 1)  # (B, K, r), shared by all heads
         weights = torch.einsum("bhtr,bkr->bhtk", q_lat, c).reshape(b * h, t, -1)
         probs = self._probs(weights, attention_mask, padding_mask).view(b, h, t, -1)
         ctx = torch.einsum("bhtk,bkr->tbhr", probs, c).reshape(t, b, h * r)
-        return torch.nn.functional.linear(ctx, self.absorbed_output_weight(), self.out_proj.bias)
+        return torch.nn.functional.linear(ctx, self.absorbed_output_weight(), dense_bias(self.out_proj))
 
     def _forward_impl(self, utterance, lengths, right_context, summary, mems, attention_mask,
                       left_context_latent: torch.Tensor | None = None, absorb: bool = False):

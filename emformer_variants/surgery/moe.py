@@ -54,6 +54,7 @@ from torch import nn
 
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.registry import SurgeryReport, register_surgery, spec_from_config
+from emformer_variants.surgery.weights import dense_bias, dense_weight
 
 INITS = ("upcycle", "partition", "random")
 CALIBRATION_ROWS = 4096  # per layer; bounds memory of collected FFN inputs (N x D each)
@@ -225,7 +226,9 @@ class MoEFeedForward(nn.Module):
             h = h * torch.empty_like(h).uniform_(1 - self.router_jitter, 1 + self.router_jitter)
         # fp32 router even under autocast: softmax/top-k ties and z-loss need the range.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(h.float(), self.router.weight.float(), self.router.bias.float())
+            bias = dense_bias(self.router)
+            logits = F.linear(h.float(), dense_weight(self.router).float(),
+                              None if bias is None else bias.float())
         probs = logits.softmax(dim=-1)
         top_p, experts = probs.topk(self.top_k, dim=-1)
         weights = top_p / top_p.sum(dim=-1, keepdim=True)

@@ -19,10 +19,10 @@ per chunk, each finished utterance replaced by the next (continuous batching); r
 aggregate throughput (audio seconds per wall second) and the per-stream chunk latency
 (= the step's wall time).
 
-For modes whose linears all run in the packed kernel (fp32, fp16, bf16 engine modes), the
-table adds the kernel's matmul work per chunk and that work's time at the fp32 matmul peak
-measured in the same run: a floor no implementation of those matmuls at fp32 arithmetic
-can beat on this CPU.
+For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
+modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
+that work's time at the fp32 matmul peak measured in the same run: a floor no implementation
+of those matmuls at fp32 arithmetic can beat on this CPU.
 """
 
 from __future__ import annotations

@@ -64,11 +64,7 @@ def _activation_code(act: torch.nn.Module) -> int | None:
 class _Stack:
     """Every layer in one C++ call (``emformer_stack``); same results as ``_Layer`` in a loop."""
 
-    def __init__(self, layers: list[_Layer]):
-        args = [layer.stack_args() for layer in layers]
-        if any(a is None for a in args) or len({(la.heads, la.scaling) for la in layers}) != 1 \
-                or len({a[3] for a in args}) != 1:
-            raise ValueError("layers not all packed with one activation, head count and scaling")
+    def __init__(self, layers: list[_Layer], args: list[tuple]):
         self.params = [t for a in args for t in a[0]]
         self.dims = [n for a in args for n in a[1]]
         self.eps = [e for a in args for e in a[2]]
@@ -78,10 +74,13 @@ class _Stack:
 
     @classmethod
     def build(cls, layers: list[_Layer]) -> _Stack | None:
-        try:
-            return cls(layers)
-        except ValueError:
+        """The stack, or None unless every layer is packed, with one activation, head count
+        and scaling."""
+        args = [layer.stack_args() for layer in layers]
+        if any(a is None for a in args) or len({(la.heads, la.scaling) for la in layers}) != 1 \
+                or len({a[3] for a in args}) != 1:
             return None
+        return cls(layers, args)
 
     def __call__(self, x: torch.Tensor, r: int, lo: int, s: int, keys: list[torch.Tensor],
                  values: list[torch.Tensor], mask: torch.Tensor | None):
@@ -89,11 +88,7 @@ class _Stack:
         args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.dims, self.eps,
                 self.heads, self.scaling, self.activation)
         packed.count_flops(x.shape[0] * x.shape[1] * self.flops_per_row)
-        if torch.autograd._profiler_enabled():
-            with torch.profiler.record_function("emformer_stack"):
-                out = packed.kernel().emformer_stack(*args)
-        else:
-            out = packed.kernel().emformer_stack(*args)
+        out = packed.run("emformer_stack", *args)
         n = len(keys)
         return out[0], out[1:1 + n], out[1 + n:]
 

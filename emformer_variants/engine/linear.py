@@ -66,7 +66,7 @@ def fast_linear(module: torch.nn.Module):
     return module
 
 
-_NO_TENSOR = torch.empty(0)
+NO_TENSOR = torch.empty(0)  # "none" in the C++ kernels' tensor lists
 
 
 def kernel_impl(linear) -> PackedLinear | Int8Linear | None:
@@ -83,10 +83,10 @@ def kernel_impl(linear) -> PackedLinear | Int8Linear | None:
 def kernel_args(impl: PackedLinear | Int8Linear) -> list[torch.Tensor]:
     """A kernel linear as the C++ kernels take it (``kernel_linear`` in kernels/linears.h):
     packed weight, bias, and for int8 the weight scales and column sums; empty = none."""
-    bias = _NO_TENSOR if impl.bias is None else impl.bias
+    bias = NO_TENSOR if impl.bias is None else impl.bias
     if isinstance(impl, Int8Linear):
         return [impl.packed, bias, impl.scale, impl.colsum]
-    return [impl.packed, bias, _NO_TENSOR, _NO_TENSOR]
+    return [impl.packed, bias, NO_TENSOR, NO_TENSOR]
 
 
 def plain_norm(m: torch.nn.Module) -> bool:

@@ -74,6 +74,16 @@ def count_flops(flops: int) -> None:
         _FLOPS[0] += flops
 
 
+def run(op: str, *args, label: str | None = None):
+    """``kernel().<op>(*args)``; under torch.profiler inside a range named ``label`` (default
+    ``op``), since a pybind call is invisible to the profiler. Needs the kernel."""
+    fn = getattr(_KERNEL, op)
+    if torch.autograd._profiler_enabled():
+        with torch.profiler.record_function(label or op):
+            return fn(*args)
+    return fn(*args)
+
+
 def _unavailable_reason() -> str | None:
     if os.environ.get("EMFORMER_VARIANTS_PACKED", "1") == "0":
         return "EMFORMER_VARIANTS_PACKED=0"
@@ -141,7 +151,34 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
     return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n]
 
 
-class PackedLinear:  # plain callable: the engine calls it, nothing trains it
+class _FewRowLinear:  # plain callable: the engine calls it, nothing trains it
+    """The call path shared by the kernels' linears: count the work, then either the torch
+    path on ``x`` as given (no kernel here) or the kernel on ``x`` as fp32 rows (M, K).
+    Subclasses set ``in_features``, ``out_features``, ``uses_kernel`` and implement
+    ``_torch(x)`` and ``_kernel(flat)``."""
+
+    in_features: int
+    out_features: int
+    uses_kernel: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., K) -> (..., N), fp32."""
+        count_flops(2 * (x.numel() // self.in_features) * self.in_features * self.out_features)
+        if not self.uses_kernel:
+            return self._torch(x)
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.dtype != torch.float32:
+            flat = flat.float()
+        return self._kernel(flat).reshape(*x.shape[:-1], self.out_features)
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PackedLinear(_FewRowLinear):
     """``x @ W^T + b`` with W stored packed in ``dtype`` (fp32, fp16 or bf16), fp32 compute."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype = torch.float32):
@@ -151,26 +188,19 @@ class PackedLinear:  # plain callable: the engine calls it, nothing trains it
         self.dtype = dtype
         self.packed = pack(weight.float(), dtype)
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._fallback = None if kernel() is not None else self.weight()
+        self.uses_kernel = kernel() is not None
+        self._fallback = None if self.uses_kernel else self.weight()
 
     def weight(self) -> torch.Tensor:
         """The weight as the kernel sees it, widened to fp32: (N, K)."""
         return unpack(self.packed, self.out_features).float()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), fp32."""
-        count_flops(2 * (x.numel() // self.in_features) * self.in_features * self.out_features)
-        if self._fallback is not None:
-            return F.linear(x, self._fallback, self.bias)
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.dtype != torch.float32:
-            flat = flat.float()
-        if torch.autograd._profiler_enabled():  # a pybind call is invisible to the profiler
-            with torch.profiler.record_function(f"packed_linear[{self.dtype}]"):
-                y = _KERNEL.packed_linear(flat, self.packed, self.bias, self.out_features)
-        else:
-            y = _KERNEL.packed_linear(flat, self.packed, self.bias, self.out_features)
-        return y.reshape(*x.shape[:-1], self.out_features)
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self._fallback, self.bias)
+
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return run("packed_linear", flat, self.packed, self.bias, self.out_features,
+                   label=f"packed_linear[{self.dtype}]")
 
 
 def pack_int8(q: torch.Tensor) -> torch.Tensor:
@@ -195,7 +225,7 @@ def quantize_activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return xq, scale, zero
 
 
-class Int8Linear:  # plain callable, like PackedLinear
+class Int8Linear(_FewRowLinear):
     """``x @ W^T + b`` with int8 weights (``quantize_rows``) and each row of x quantised to 7
     bits per call; integer products summed exactly (``kernels/int8_linear.cpp``). Without the
     kernel, ``reference`` computes the same numbers in torch (float64 sums of integers)."""
@@ -208,7 +238,7 @@ class Int8Linear:  # plain callable, like PackedLinear
         colsum[:self.out_features] = self.q.sum(dim=1, dtype=torch.int32)
         self.colsum = colsum
         self.bias = None if bias is None else bias.detach().float().contiguous()
-        self._use_kernel = kernel() is not None
+        self.uses_kernel = kernel() is not None
 
     def weight(self) -> torch.Tensor:
         """The dequantised weight (N, K), fp32."""
@@ -222,20 +252,8 @@ class Int8Linear:  # plain callable, like PackedLinear
         y = sums.float() * (sx[:, None] * self.scale[None, :])
         return y if self.bias is None else y + self.bias
 
-    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
-        return _KERNEL.int8_linear(flat, self.packed, self.colsum, self.scale, self.bias, self.out_features)
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., K) -> (..., N), fp32."""
-        count_flops(2 * (x.numel() // self.in_features) * self.in_features * self.out_features)
-        flat = x.reshape(-1, x.shape[-1])
-        if flat.dtype != torch.float32:
-            flat = flat.float()
-        if not self._use_kernel:
-            y = self.reference(flat)
-        elif torch.autograd._profiler_enabled():
-            with torch.profiler.record_function("int8_linear"):
-                y = self._kernel(flat)
-        else:
-            y = self._kernel(flat)
-        return y.reshape(*x.shape[:-1], self.out_features)
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return run("int8_linear", flat, self.packed, self.colsum, self.scale, self.bias, self.out_features)

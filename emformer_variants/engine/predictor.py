@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.linear import fast_linear, kernel_args, kernel_impl, plain_norm
+from emformer_variants.engine.linear import NO_TENSOR, fast_linear, kernel_args, kernel_impl, plain_norm
 
 
 class PredictorStep:
@@ -53,7 +53,7 @@ class PredictorStep:
             return None
         params, eps = [], []
         for i in range(self.num_layers):
-            x2g = kernel_args(impls[i - 1]) if i else [torch.empty(0)] * 4
+            x2g = kernel_args(impls[i - 1]) if i else [NO_TENSOR] * 4
             params += [*x2g, self.g_norm[i].weight.detach(), self.g_norm[i].bias.detach(),
                        self.c_norm[i].weight.detach(), self.c_norm[i].bias.detach()]
             eps += [float(self.g_norm[i].eps), float(self.c_norm[i].eps)]
@@ -74,12 +74,8 @@ class PredictorStep:
         if self.fused is not None:
             params, eps, macs = self.fused
             packed.count_flops(2 * macs * tokens.numel())
-            args = (tokens, pgates, c, self.table0, params, eps, self.out_dim)
-            if torch.autograd._profiler_enabled():
-                with torch.profiler.record_function("predictor_step"):
-                    out, h, c = packed.kernel().predictor_step(*args)
-            else:
-                out, h, c = packed.kernel().predictor_step(*args)
+            out, h, c = packed.run("predictor_step", tokens, pgates, c, self.table0, params, eps,
+                                   self.out_dim)
             return out, h, c
         H = self.hidden
         hs, cs = [], []

@@ -1,8 +1,8 @@
 """Time the engine's fused C++ paths against the Python loops they replace: the encoder's
-layer stack, and the predictor's token step.
+layer stack, the predictor's token step, and exact mode's search.
 
     python scripts/bench_fused.py [--model emformer_base|tiny] [--precisions fp32 fp16 bf16 int8]
-                                  [--chunks 40] [--rows 10] [--threads 1]
+                                  [--chunks 40] [--rows 10] [--beam 10] [--threads 1]
 
 Both encoders (``StreamingEncoder(model)`` and ``StreamingEncoder(model, fused=False)``) get
 the same random feature chunks, alternately, chunk by chunk, each carrying its own state;
@@ -14,6 +14,11 @@ activation, copies and, for the loop, the interpreter.
 Predictor: ``PredictorStep(predictor)`` and ``PredictorStep(predictor, fused=False)`` step the
 same ``--rows`` random tokens from the same random states (a beam's worth), alternately; the
 median of ``--chunks`` x 10 calls each, and whether the results are identical.
+
+Exact search: ``ExactBeamSearch(model, fused=True)`` (one C++ call per chunk) and
+``fused=False`` (the Python loop) search the same encoder output (the fused encoder's, on
+random features), alternately, chunk by chunk, each carrying its own beam; every chunk's beam
+(tokens and scores) must be identical. Reported: median ms per chunk and joiner rows per chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
+from emformer_variants.engine.exact import ExactBeamSearch  # noqa: E402
 from emformer_variants.engine.packed import kernel  # noqa: E402
 from emformer_variants.engine.precision import apply_precision_  # noqa: E402
 from emformer_variants.engine.predictor import PredictorStep  # noqa: E402
@@ -56,6 +62,7 @@ def main() -> int:
                    choices=["fp32", "fp16", "bf16", "int8"])
     p.add_argument("--chunks", type=int, default=40)
     p.add_argument("--rows", type=int, default=10, help="predictor rows per call")
+    p.add_argument("--beam", type=int, default=10, help="exact search beam")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if kernel() is None:
@@ -133,6 +140,44 @@ def bench_predictor(args, gen: torch.Generator) -> int:
                 same &= all(torch.equal(a, b) for a, b in zip(outs["loop"], outs["fused"], strict=True))
         loop, fused = (statistics.median(times[k]) for k in ("loop", "fused"))
         print(f"| {precision} | {loop:.0f} | {fused:.0f} | {loop / fused:.2f}x | {'yes' if same else 'NO'} |")
+        if not same:
+            return 1
+    return bench_search(args, gen)
+
+
+def bench_search(args, gen: torch.Generator) -> int:
+    print(f"\n# exact search, beam {args.beam}, {args.chunks} chunks each, alternating; median ms per chunk")
+    print("| precision | Python loop ms | fused search ms | speedup | joiner rows per chunk | "
+          "beams identical |")
+    print("|---|---|---|---|---|---|")
+    for precision in args.precisions:
+        rec, _ = build_model(args.model)
+        apply_precision_(rec, precision)
+        searches = {"loop": ExactBeamSearch(rec.model, rec.blank, args.beam, fused=False),
+                    "fused": ExactBeamSearch(rec.model, rec.blank, args.beam)}
+        if searches["fused"].fused is None:
+            raise SystemExit(f"bench_fused: exact search of {args.model} at {precision} does not run fused")
+        enc = StreamingEncoder(rec.model)
+        t_in = (enc.segment + enc.right) * enc.stride + (enc.stride - 1)
+        state = enc.init(1)
+        beams = {k: [None] for k in searches}
+        times: dict[str, list[float]] = {k: [] for k in searches}
+        same = True
+        with torch.inference_mode():
+            for c in range(args.chunks + 5):  # 5 warm-up chunks
+                feats = torch.randn(1, t_in, rec.features.cfg.n_mels, generator=gen)
+                out, state = enc.step(feats, state)
+                for k in (list(searches) if c % 2 else list(searches)[::-1]):
+                    t0 = time.perf_counter()
+                    beams[k] = searches[k].step(out, beams[k])
+                    if c >= 5:
+                        times[k].append(1000 * (time.perf_counter() - t0))
+                same &= searches["loop"].hypotheses(beams["loop"][0]) == \
+                    searches["fused"].hypotheses(beams["fused"][0])
+        loop, fused = (statistics.median(times[k]) for k in searches)
+        rows = searches["loop"].joiner_rows / (args.chunks + 5)
+        print(f"| {precision} | {loop:.2f} | {fused:.2f} | {loop / fused:.2f}x | {rows:.0f} | "
+              f"{'yes' if same else 'NO'} |")
         if not same:
             return 1
     return 0

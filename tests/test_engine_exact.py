@@ -227,3 +227,60 @@ def test_predictor_falls_back_without_the_kernel(monkeypatch):
 
     monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
     assert PredictorStep(make_tiny_rec(3).model.predictor).fused is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_fused_exact_search_is_bit_for_bit_the_python_loop(precision):
+    """The C++ search (kernels/exact_search.cpp) against ``_frame`` in Python: two streams
+    in lockstep, beams carried, one stream restarted, the cache freeing and growing."""
+    from emformer_variants.engine.exact import ExactBeamSearch
+    from emformer_variants.engine.precision import apply_precision_
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(11)
+    apply_precision_(rec, precision)
+    fused = ExactBeamSearch(rec.model, rec.blank, 6, keep_chunks=3)
+    loop = ExactBeamSearch(rec.model, rec.blank, 6, keep_chunks=3, fused=False)
+    assert fused.fused is not None and loop.fused is None
+    g = torch.Generator().manual_seed(12)
+    width = rec.model.joiner.linear.in_features
+    a, b = [None, None], [None, None]
+    for chunk in range(10):
+        if chunk == 6:
+            a[1] = b[1] = None
+        enc = torch.randn(2, 4, width, generator=g)
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        for x, y in zip(a, b, strict=True):
+            assert fused.hypotheses(x) == loop.hypotheses(y)  # same tokens, same fp32 scores
+    assert len(a[0][0].tokens) > 10
+    assert (fused.cache.computed, fused.cache.hits) == (loop.cache.computed, loop.cache.hits)
+    assert fused.cache.capacity == loop.cache.capacity > 256  # both grew, both freed
+    assert len(fused.cache.slot_of) == len(loop.cache.slot_of) < loop.cache.computed
+    assert set(fused.cache.slot_of) == set(loop.cache.slot_of)
+
+
+def test_fused_exact_search_counts_the_same_flops_as_the_loop():
+    from emformer_variants.engine.exact import ExactBeamSearch
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(13)
+    enc = torch.randn(1, 4, rec.model.joiner.linear.in_features, generator=torch.Generator().manual_seed(1))
+    counted = []
+    for fused in (True, False):
+        search = ExactBeamSearch(rec.model, rec.blank, 4, fused=fused)
+        with packed.counting_flops() as flops:
+            search.step(enc, [None])
+        counted.append(flops[0])
+    assert counted[0] == counted[1] > 0
+
+
+def test_exact_search_runs_in_python_without_the_kernel_or_with_another_joiner(monkeypatch):
+    from emformer_variants.engine.exact import ExactBeamSearch
+
+    rec = make_tiny_rec(3)
+    rec.model.joiner.activation = torch.nn.GELU()
+    assert ExactBeamSearch(rec.model, rec.blank, 3).fused is None
+    monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
+    assert ExactBeamSearch(make_tiny_rec(3).model, 0, 3).fused is None

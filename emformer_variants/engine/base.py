@@ -12,6 +12,9 @@ from emformer_variants.engine.hyp import Hyp
 from emformer_variants.engine.joiner import JoinerStep
 from emformer_variants.engine.predictor import PredictorStep, PrefixCache
 
+STALE = ("stale beam: pass each stream's beam from the previous step (a paused stream too: pass "
+         "its beam and keep the old one), or None to start")
+
 
 class CachedSearch:
     """``step(enc (N, T, D), beams) -> beams``: a stream's beam is a list of ``Hyp``, best
@@ -57,8 +60,7 @@ class CachedSearch:
                  for b in beams]
         slot_of = self.cache.slot_of
         if any(slot_of.get(h.tokens) != h.slot for b in beams for h in b):
-            raise ValueError("stale beam: pass each stream's beam from the previous step (a paused "
-                             "stream too: pass its beam and keep the old one), or None to start")
+            raise ValueError(STALE)
         self.cache.touch(h.tokens for b in beams for h in b)
         enc = enc.float()
         for t in range(enc.shape[1]):

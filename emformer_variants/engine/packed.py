@@ -75,11 +75,15 @@ def count_flops(flops: int) -> None:
 
 
 def run(op: str, *args, label: str | None = None):
-    """``kernel().<op>(*args)``; under torch.profiler inside a range named ``label`` (default
-    ``op``), since a pybind call is invisible to the profiler. Needs the kernel."""
-    fn = getattr(_KERNEL, op)
+    """``kernel().<op>(*args)``, profiled as ``call`` does (label default ``op``). Needs the kernel."""
+    return call(getattr(_KERNEL, op), *args, label=label or op)
+
+
+def call(fn, *args, label: str):
+    """``fn(*args)``; under torch.profiler inside a range named ``label``, since a pybind
+    call is invisible to the profiler."""
     if torch.autograd._profiler_enabled():
-        with torch.profiler.record_function(label or op):
+        with torch.profiler.record_function(label):
             return fn(*args)
     return fn(*args)
 

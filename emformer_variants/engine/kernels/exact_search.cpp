@@ -1,0 +1,401 @@
+// Exact mode's search loop in C++: ``engine.exact.ExactBeamSearch._frame`` and the prefix
+// cache of ``engine.predictor.PrefixCache``, statement for statement. Every value that ranks
+// hypotheses comes from the same ATen op on the same fp32 tensor as in Python (topk, sort,
+// log-add-exp, log_softmax), and the joiner and predictor run the same kernels on the same
+// rows in the same order, so the beams are the Python search's, bit for bit. What goes is
+// the interpreter: Python objects, dict lookups keyed by token tuples, and a few dozen
+// small tensor ops per expansion round.
+//
+// Prefixes live in slots (the rows of out_, h_, c_, pg_) and are found by their token
+// sequence (a rolling hash, then a full compare). A prefix's handle is a number never
+// reused, so a beam kept past its prefixes' release is detected, not misread.
+#include "exact_search.h"
+#include "linears.h"
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+namespace {
+
+uint64_t mix(uint64_t h, int64_t token) {  // splitmix64 of the parent's hash and the token
+  uint64_t z = h ^ (static_cast<uint64_t>(token) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2));
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+torch::Tensor index(const std::vector<int64_t>& v) {
+  return torch::tensor(v, torch::kInt64);
+}
+
+}  // namespace
+
+ExactSearch::ExactSearch(torch::Tensor table0, std::vector<torch::Tensor> pred_params,
+                         std::vector<double> pred_eps, int64_t out_dim, std::vector<torch::Tensor> p2g,
+                         std::vector<torch::Tensor> joiner, int64_t symbols, int64_t activation,
+                         double temperature, int64_t blank, int64_t beam, int64_t step_max_tokens,
+                         int64_t capacity)
+    : table0_(std::move(table0)),
+      pred_params_(std::move(pred_params)),
+      p2g_(std::move(p2g)),
+      joiner_(std::move(joiner)),
+      pred_eps_(std::move(pred_eps)),
+      out_dim_(out_dim),
+      symbols_(symbols),
+      activation_(activation),
+      blank_(blank),
+      beam_(beam),
+      step_max_tokens_(step_max_tokens),
+      layers_(static_cast<int64_t>(p2g_.size()) / 4),
+      hidden_(table0_.size(1) / 4),
+      temperature_(temperature) {
+  TORCH_CHECK(static_cast<int64_t>(p2g_.size()) == 4 * layers_ && layers_ > 0 && joiner_.size() == 4,
+              "ExactSearch: expected 4 tensors per p2g linear and 4 for the joiner");
+  TORCH_CHECK(activation_ == 0 || activation_ == 1, "ExactSearch: activation must be 0 (ReLU) or 1 (tanh)");
+  out_ = torch::zeros({capacity, out_dim_});
+  h_ = torch::zeros({layers_, capacity, hidden_});
+  c_ = torch::zeros({layers_, capacity, hidden_});
+  pg_ = torch::zeros({layers_, capacity, 4 * hidden_});
+  tokens_.resize(capacity);
+  hash_.resize(capacity);
+  handle_.assign(capacity, -1);
+  last_used_.assign(capacity, 0);
+  gates_ready_.assign(capacity, 0);
+  used_.assign(capacity, 0);
+  for (int64_t s = capacity - 1; s >= 0; --s) free_.push_back(s);
+}
+
+void ExactSearch::grow(int64_t need) {
+  const int64_t old = capacity(), extra = std::max(old, need);
+  auto more = [extra](const torch::Tensor& t, int64_t dim) {
+    auto shape = t.sizes().vec();
+    shape[dim] = extra;
+    return torch::cat({t, t.new_zeros(shape)}, dim);
+  };
+  out_ = more(out_, 0);
+  h_ = more(h_, 1);
+  c_ = more(c_, 1);
+  pg_ = more(pg_, 1);
+  tokens_.resize(old + extra);
+  hash_.resize(old + extra);
+  handle_.resize(old + extra, -1);
+  last_used_.resize(old + extra, 0);
+  gates_ready_.resize(old + extra, 0);
+  used_.resize(old + extra, 0);
+  std::vector<int64_t> added;  // popped after the old free slots, as PrefixCache._grow
+  for (int64_t s = old + extra - 1; s >= old; --s) added.push_back(s);
+  free_.insert(free_.begin(), added.begin(), added.end());
+}
+
+std::vector<int64_t> ExactSearch::alloc(int64_t n) {
+  if (static_cast<int64_t>(free_.size()) < n) grow(n - static_cast<int64_t>(free_.size()));
+  std::vector<int64_t> slots;
+  for (int64_t i = 0; i < n; ++i) {
+    slots.push_back(free_.back());
+    free_.pop_back();
+  }
+  return slots;
+}
+
+int64_t ExactSearch::find(int64_t parent, int64_t token) const {
+  const auto& pt = tokens_[parent];
+  auto range = by_hash_.equal_range(mix(hash_[parent], token));
+  for (auto it = range.first; it != range.second; ++it) {
+    const auto& t = tokens_[it->second];
+    if (t.size() == pt.size() + 1 && t.back() == token && std::equal(pt.begin(), pt.end(), t.begin()))
+      return it->second;
+  }
+  return -1;
+}
+
+int64_t ExactSearch::root() {
+  const uint64_t key = mix(0, blank_);
+  int64_t slot = -1;
+  auto range = by_hash_.equal_range(key);
+  for (auto it = range.first; it != range.second; ++it)
+    if (tokens_[it->second].size() == 1 && tokens_[it->second][0] == blank_) slot = it->second;
+  if (slot < 0) {
+    auto zeros = torch::zeros({1, hidden_});
+    std::vector<torch::Tensor> gates;
+    for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(zeros, p2g_.data() + 4 * i, 4 * hidden_));
+    auto res = predictor_step(index({blank_}), torch::stack(gates), torch::zeros({layers_, 1, hidden_}),
+                              table0_, pred_params_, pred_eps_, out_dim_);
+    slot = alloc(1)[0];
+    out_[slot].copy_(res[0][0]);
+    h_.select(1, slot).copy_(res[1].select(1, 0));
+    c_.select(1, slot).copy_(res[2].select(1, 0));
+    tokens_[slot] = {blank_};
+    hash_[slot] = key;
+    handle_[slot] = next_handle_++;
+    used_[slot] = 1;
+    by_hash_.emplace(key, slot);
+    slot_of_handle_[handle_[slot]] = slot;
+    gate_rows += layers_;
+    predictor_rows += 1;
+    computed += 1;
+  }
+  touch(slot);
+  return handle_[slot];
+}
+
+bool ExactSearch::live(const std::vector<int64_t>& handles) const {
+  for (int64_t h : handles)
+    if (!slot_of_handle_.count(h)) return false;
+  return true;
+}
+
+void ExactSearch::ensure_gates(const std::vector<int64_t>& parents) {
+  std::vector<int64_t> todo;
+  for (int64_t p : parents)
+    if (!gates_ready_[p]) todo.push_back(p);
+  std::sort(todo.begin(), todo.end());
+  todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+  if (todo.empty()) return;
+  RECORD_FUNCTION("exact_search:gates", std::vector<c10::IValue>());
+  auto idx = index(todo);
+  auto h = h_.index_select(1, idx);
+  std::vector<torch::Tensor> gates;
+  for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_));
+  pg_.index_copy_(1, idx, torch::stack(gates));
+  for (int64_t p : todo) gates_ready_[p] = 1;
+  gate_rows += layers_ * static_cast<int64_t>(todo.size());
+}
+
+std::vector<int64_t> ExactSearch::extend(const std::vector<int64_t>& parents,
+                                         const std::vector<int64_t>& tokens) {
+  const size_t m = parents.size();
+  std::vector<int64_t> slots(m, -1);
+  std::vector<size_t> first;  // requests whose prefix is missing, first request of each
+  for (size_t i = 0; i < m; ++i) {
+    slots[i] = find(parents[i], tokens[i]);
+    if (slots[i] >= 0) continue;
+    bool dup = false;
+    for (size_t j : first)
+      if (parents[j] == parents[i] && tokens[j] == tokens[i]) dup = true;
+    if (!dup) first.push_back(i);
+  }
+  hits += static_cast<int64_t>(m - first.size());
+  if (!first.empty()) {
+    std::vector<int64_t> par, tok;
+    for (size_t i : first) {
+      par.push_back(parents[i]);
+      tok.push_back(tokens[i]);
+    }
+    ensure_gates(par);
+    RECORD_FUNCTION("exact_search:predictor", std::vector<c10::IValue>());
+    auto fresh = alloc(static_cast<int64_t>(first.size()));
+    auto pidx = index(par), sidx = index(fresh);
+    auto res = predictor_step(index(tok), pg_.index_select(1, pidx), c_.index_select(1, pidx), table0_,
+                              pred_params_, pred_eps_, out_dim_);
+    out_.index_copy_(0, sidx, res[0]);
+    h_.index_copy_(1, sidx, res[1]);
+    c_.index_copy_(1, sidx, res[2]);
+    for (size_t k = 0; k < first.size(); ++k) {
+      const int64_t s = fresh[k], p = par[k];
+      tokens_[s] = tokens_[p];
+      tokens_[s].push_back(tok[k]);
+      hash_[s] = mix(hash_[p], tok[k]);
+      handle_[s] = next_handle_++;
+      gates_ready_[s] = 0;
+      used_[s] = 1;
+      by_hash_.emplace(hash_[s], s);
+      slot_of_handle_[handle_[s]] = s;
+    }
+    predictor_rows += static_cast<int64_t>(first.size());
+    computed += static_cast<int64_t>(first.size());
+    for (size_t i = 0; i < m; ++i)
+      if (slots[i] < 0) slots[i] = find(parents[i], tokens[i]);
+  }
+  for (int64_t s : slots) touch(s);
+  return slots;
+}
+
+void ExactSearch::release_stale(int64_t keep) {
+  // PrefixCache frees in its dict's order, which is creation order: ascending handles.
+  const int64_t limit = tick_ - keep;
+  std::vector<std::pair<int64_t, int64_t>> stale;  // (handle, slot)
+  for (int64_t s = 0; s < capacity(); ++s)
+    if (used_[s] && last_used_[s] < limit) stale.emplace_back(handle_[s], s);
+  std::sort(stale.begin(), stale.end());
+  for (auto [handle, s] : stale) {
+    auto range = by_hash_.equal_range(hash_[s]);
+    for (auto it = range.first; it != range.second; ++it)
+      if (it->second == s) {
+        by_hash_.erase(it);
+        break;
+      }
+    slot_of_handle_.erase(handle);
+    tokens_[s].clear();
+    handle_[s] = -1;
+    used_[s] = 0;
+    gates_ready_[s] = 0;
+    free_.push_back(s);
+  }
+  tick_ += 1;
+}
+
+torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
+                                const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows) {
+  std::vector<int64_t> slots;
+  slots.reserve(rows);
+  for (int64_t s : active)
+    for (const auto& h : a[s]) slots.push_back(h.slot);
+  auto pred = out_.index_select(0, index(slots));
+  torch::Tensor enc = enc_t;
+  if (n > 1) {
+    enc = enc_t.index_select(0, index(active));
+    if (active.size() > 1) {
+      std::vector<int64_t> counts;
+      for (int64_t s : active) counts.push_back(static_cast<int64_t>(a[s].size()));
+      enc = enc.repeat_interleave(index(counts), 0);
+    }
+  }
+  RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
+  auto x = enc + pred;
+  x = activation_ == 0 ? at::relu(x) : at::tanh(x);
+  auto logits = kernel_linear(x, joiner_.data(), symbols_);
+  if (temperature_ != 1.0) logits = logits / temperature_;
+  joiner_rows += rows;
+  return at::log_softmax(logits, -1);
+}
+
+std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tensor& enc_t,
+                                                              std::vector<std::vector<Hyp>> a) {
+  const int64_t n = static_cast<int64_t>(a.size());
+  std::vector<std::vector<Hyp>> b(n);
+  std::vector<int64_t> symbols(n, 0), active;
+  for (int64_t s = 0; s < n; ++s) active.push_back(s);
+  while (!active.empty()) {
+    int64_t rows = 0;
+    std::vector<float> flat;
+    for (int64_t s : active)
+      for (const auto& h : a[s]) flat.push_back(h.score);
+    rows = static_cast<int64_t>(flat.size());
+    auto logp = join(enc_t, active, a, n, rows);  // (R, V)
+    auto scores = torch::from_blob(flat.data(), {rows}, torch::kFloat32).clone();
+    auto blank_scores = (scores + logp.select(1, symbols_ - 1)).contiguous();
+    const float* blank_ptr = blank_scores.data_ptr<float>();
+    auto nonblank = scores.unsqueeze(1) + logp.narrow(1, 0, symbols_ - 1);  // (R, V - 1)
+    const int64_t width = symbols_ - 1;
+
+    int64_t offset = 0;
+    std::vector<int64_t> parents, tokens, owners, origins;
+    std::vector<float> new_scores;
+    for (int64_t s : active) {
+      const int64_t count = static_cast<int64_t>(a[s].size());
+      // torchaudio's _gen_b_hypos: a + blank joins b, merging equal prefixes by log-add-exp.
+      auto& bs = b[s];
+      for (int64_t i = 0; i < count; ++i) {
+        float blank_score = blank_ptr[offset + i];
+        const Hyp& ha = a[s][i];
+        for (size_t j = 0; j < bs.size(); ++j)
+          if (bs[j].slot == ha.slot) {
+            blank_score = at::logaddexp(torch::scalar_tensor(bs[j].score, torch::kFloat32),
+                                        torch::scalar_tensor(blank_score, torch::kFloat32))
+                              .item<float>();
+            bs.erase(bs.begin() + static_cast<int64_t>(j));
+            break;
+          }
+        bs.push_back({ha.slot, blank_score, ha.origin});
+      }
+      std::vector<float> bscores;
+      for (const auto& h : bs) bscores.push_back(h.score);
+      auto order = std::get<1>(
+          torch::from_blob(bscores.data(), {static_cast<int64_t>(bscores.size())}, torch::kFloat32).sort());
+      const int64_t* op = order.data_ptr<int64_t>();
+      std::vector<Hyp> sorted;
+      for (size_t j = 0; j < bs.size(); ++j) sorted.push_back(bs[op[j]]);
+      bs.swap(sorted);
+
+      if (symbols[s] != step_max_tokens_) {
+        auto block = nonblank.narrow(0, offset, count).reshape(-1);
+        auto top = block.topk(std::min<int64_t>(beam_, block.numel()));
+        auto top_scores = std::get<0>(top).contiguous(), top_idx = std::get<1>(top).contiguous();
+        const float* ts = top_scores.data_ptr<float>();
+        const int64_t* ti = top_idx.data_ptr<int64_t>();
+        const float threshold = static_cast<int64_t>(bs.size()) < beam_
+                                    ? -std::numeric_limits<float>::infinity()
+                                    : bs[bs.size() - beam_].score;
+        for (int64_t k = 0; k < top_scores.numel(); ++k)
+          if (ts[k] > threshold) {
+            const Hyp& parent = a[s][ti[k] / width];
+            parents.push_back(parent.slot);
+            tokens.push_back(ti[k] % width);
+            origins.push_back(parent.origin);
+            new_scores.push_back(ts[k]);
+            owners.push_back(s);
+          }
+      }
+      a[s].clear();
+      offset += count;
+    }
+    if (!parents.empty()) {
+      auto slots = extend(parents, tokens);
+      for (size_t i = 0; i < slots.size(); ++i) a[owners[i]].push_back({slots[i], new_scores[i], origins[i]});
+    }
+    std::vector<int64_t> still;
+    for (int64_t s : active)
+      if (!a[s].empty()) {
+        symbols[s] += 1;
+        still.push_back(s);
+      }
+    active.swap(still);
+  }
+
+  std::vector<std::vector<Hyp>> out(n);
+  for (int64_t s = 0; s < n; ++s) {
+    std::vector<float> keys;  // torchaudio's score / (tokens + 1), in double, then fp32
+    for (const auto& h : b[s])
+      keys.push_back(static_cast<float>(static_cast<double>(h.score) /
+                                        static_cast<double>(tokens_[h.slot].size() + 1)));
+    auto k = torch::from_blob(keys.data(), {static_cast<int64_t>(keys.size())}, torch::kFloat32);
+    auto idx = std::get<1>(k.topk(std::min<int64_t>(beam_, k.numel()))).contiguous();
+    const int64_t* ip = idx.data_ptr<int64_t>();
+    for (int64_t j = 0; j < idx.numel(); ++j) out[s].push_back(b[s][ip[j]]);
+  }
+  return out;
+}
+
+std::vector<std::vector<ExactSearch::Out>> ExactSearch::step(torch::Tensor enc,
+                                                             const std::vector<int64_t>& handles,
+                                                             const std::vector<double>& scores,
+                                                             const std::vector<int64_t>& counts,
+                                                             int64_t keep) {
+  const int64_t n = enc.size(0);
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == n && handles.size() == scores.size(),
+              "ExactSearch.step: ", counts.size(), " beams for ", n, " streams");
+  std::vector<std::vector<Hyp>> beams(n);
+  std::vector<size_t> origin_len;
+  int64_t i = 0;
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t j = 0; j < counts[s]; ++j, ++i) {
+      auto it = slot_of_handle_.find(handles[i]);
+      TORCH_CHECK(it != slot_of_handle_.end(), "ExactSearch.step: stale handle ", handles[i]);
+      beams[s].push_back({it->second, static_cast<float>(scores[i]), i});
+      origin_len.push_back(tokens_[it->second].size());
+      touch(it->second);
+    }
+  enc = enc.to(torch::kFloat32);
+  for (int64_t t = 0; t < enc.size(1); ++t) beams = frame(enc.select(1, t), std::move(beams));
+  std::vector<std::vector<Out>> result(n);
+  for (int64_t s = 0; s < n; ++s)
+    for (const auto& h : beams[s]) {
+      touch(h.slot);
+      const auto& t = tokens_[h.slot];
+      result[s].emplace_back(h.origin, handle_[h.slot], static_cast<double>(h.score),
+                             std::vector<int64_t>(t.begin() + static_cast<int64_t>(origin_len[h.origin]), t.end()));
+    }
+  release_stale(keep);
+  return result;
+}
+
+std::vector<std::tuple<std::vector<int64_t>, int64_t>> ExactSearch::prefixes() const {
+  std::vector<std::tuple<std::vector<int64_t>, int64_t>> result;
+  for (int64_t s = 0; s < static_cast<int64_t>(used_.size()); ++s)
+    if (used_[s]) result.emplace_back(tokens_[s], handle_[s]);
+  return result;
+}

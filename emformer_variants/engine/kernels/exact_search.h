@@ -1,0 +1,80 @@
+// Exact mode's search loop in C++ (exact_search.cpp): torchaudio's RNNTBeamSearch per frame,
+// as ``engine.exact.ExactBeamSearch._frame`` runs it, with the prefix cache of
+// ``engine.predictor.PrefixCache``, for N streams in lockstep.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+class ExactSearch {
+ public:
+  // One output hypothesis: (index of the input hypothesis it extends, handle, score, tokens
+  // appended to that input's tokens).
+  using Out = std::tuple<int64_t, int64_t, double, std::vector<int64_t>>;
+
+  // predictor: table0 (V, 4H), the predictor_step params and eps, its output width, and the
+  // 4 kernel tensors of p2g per layer (4 L). joiner: its 4 kernel tensors, symbols V,
+  // activation 0 = ReLU, 1 = tanh, temperature. capacity: initial cache slots.
+  ExactSearch(torch::Tensor table0, std::vector<torch::Tensor> pred_params, std::vector<double> pred_eps,
+              int64_t out_dim, std::vector<torch::Tensor> p2g, std::vector<torch::Tensor> joiner,
+              int64_t symbols, int64_t activation, double temperature, int64_t blank, int64_t beam,
+              int64_t step_max_tokens, int64_t capacity);
+
+  // Handle of the prefix (blank,) from the zero state (computed once).
+  int64_t root();
+  // Whether every handle names a live prefix.
+  bool live(const std::vector<int64_t>& handles) const;
+  // One chunk: enc (N, T, D); each stream's beam as handles and scores (counts per stream).
+  // Returns each stream's new beam, best first. Frees prefixes unused for keep chunks.
+  std::vector<std::vector<Out>> step(torch::Tensor enc, const std::vector<int64_t>& handles,
+                                     const std::vector<double>& scores,
+                                     const std::vector<int64_t>& counts, int64_t keep);
+
+  // Inspection: (tokens, handle) of every live prefix, the free slots, the slot count.
+  std::vector<std::tuple<std::vector<int64_t>, int64_t>> prefixes() const;
+  std::vector<int64_t> free_slots() const { return free_; }
+  int64_t capacity() const { return out_.size(0); }
+  // Statistics: prefixes computed, cache hits, and rows through the joiner, the predictor
+  // step and the recurrent gates (for flop counts).
+  int64_t computed = 0, hits = 0, joiner_rows = 0, predictor_rows = 0, gate_rows = 0;
+
+ private:
+  struct Hyp {
+    int64_t slot;
+    float score;
+    int64_t origin;  // index of the step's input hypothesis this one extends
+  };
+
+  std::vector<std::vector<Hyp>> frame(const torch::Tensor& enc_t, std::vector<std::vector<Hyp>> a);
+  torch::Tensor join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
+                     const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows);
+  // Slots of parent + token for each request, computing the missing ones in one batch.
+  std::vector<int64_t> extend(const std::vector<int64_t>& parents, const std::vector<int64_t>& tokens);
+  int64_t find(int64_t parent, int64_t token) const;
+  std::vector<int64_t> alloc(int64_t n);
+  void grow(int64_t need);
+  void ensure_gates(const std::vector<int64_t>& parents);
+  void touch(int64_t slot) { last_used_[slot] = tick_; }
+  void release_stale(int64_t keep);
+
+  torch::Tensor table0_;
+  std::vector<torch::Tensor> pred_params_, p2g_, joiner_;
+  std::vector<double> pred_eps_;
+  int64_t out_dim_, symbols_, activation_, blank_, beam_, step_max_tokens_, layers_, hidden_;
+  double temperature_;
+
+  // The cache: tensors per slot, and per slot its prefix, hash, handle, last tick, gates flag.
+  torch::Tensor out_, h_, c_, pg_;
+  std::vector<std::vector<int64_t>> tokens_;
+  std::vector<uint64_t> hash_;
+  std::vector<int64_t> handle_, last_used_;
+  std::vector<char> gates_ready_, used_;
+  std::vector<int64_t> free_;  // popped from the back
+  std::unordered_multimap<uint64_t, int64_t> by_hash_;
+  std::unordered_map<int64_t, int64_t> slot_of_handle_;
+  int64_t next_handle_ = 0, tick_ = 0;
+};

@@ -284,3 +284,27 @@ def test_exact_search_runs_in_python_without_the_kernel_or_with_another_joiner(m
     assert ExactBeamSearch(rec.model, rec.blank, 3).fused is None
     monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
     assert ExactBeamSearch(make_tiny_rec(3).model, 0, 3).fused is None
+
+
+def test_fused_exact_search_breaks_ties_as_torch_topk():
+    """Pairs of symbols with equal logits: the one-pass top-k hands every tied selection
+    to at::topk, and the beams still equal the Python loop's."""
+    from emformer_variants.engine.exact import ExactBeamSearch
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(3)
+    joiner = rec.model.joiner.linear
+    with torch.no_grad():
+        half = joiner.weight[1::2].shape[0]
+        joiner.weight[1::2] = joiner.weight[0::2][:half]
+        joiner.bias[1::2] = joiner.bias[0::2][:half]
+    fused = ExactBeamSearch(rec.model, rec.blank, 4)
+    loop = ExactBeamSearch(rec.model, rec.blank, 4, fused=False)
+    g = torch.Generator().manual_seed(0)
+    a, b = [None], [None]
+    for _ in range(6):
+        enc = torch.randn(1, 4, joiner.in_features, generator=g)
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    assert fused.fused.impl.fallback_topk > 0 and len(a[0][0].tokens) > 10

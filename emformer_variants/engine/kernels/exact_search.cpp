@@ -15,6 +15,8 @@
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <limits>
 #include <utility>
@@ -30,6 +32,62 @@ uint64_t mix(uint64_t h, int64_t token) {  // splitmix64 of the parent's hash an
 
 torch::Tensor index(const std::vector<int64_t>& v) {
   return torch::tensor(v, torch::kInt64);
+}
+
+using Scored = std::pair<float, int64_t>;  // (value, flat index)
+
+// The k largest of score[r] + logp[r, v] over ``count`` rows (row stride ld) and v < width,
+// flat index r * width + v, into ``top`` in descending order: one pass keeping the k + 1
+// largest, 8 values per compare. The fp32 sums are the bits ``scores.unsqueeze(1) + logp``
+// gives. Returns false, leaving the work to ``at::topk``, when its answer would depend on how
+// ties break: a NaN, or two equal values among the k + 1 largest. Otherwise the answer is
+// unique, so it is at::topk's.
+bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
+                    int64_t k, std::vector<Scored>& top) {
+  const int64_t keep = std::min(k + 1, count * width);
+  top.clear();
+  auto insert = [&](float value, int64_t idx) {
+    if (static_cast<int64_t>(top.size()) == keep) {
+      if (!(value > top.back().first)) return;
+      top.pop_back();
+    }
+    auto pos = std::upper_bound(top.begin(), top.end(), value,
+                                [](float v, const Scored& e) { return v > e.first; });
+    top.insert(pos, {value, idx});
+  };
+  __m256 nan = _mm256_setzero_ps();
+  bool scalar_nan = false;
+  for (int64_t r = 0; r < count; ++r) {
+    const float* row = logp + r * ld;
+    const float base = scores[r];
+    int64_t v = 0;
+    for (; v < width && static_cast<int64_t>(top.size()) < keep; ++v) {
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      insert(x, r * width + v);
+    }
+    const __m256 b = _mm256_set1_ps(base);
+    for (; v + 8 <= width; v += 8) {
+      const __m256 x = _mm256_add_ps(b, _mm256_loadu_ps(row + v));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+      int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(top.back().first), _CMP_GT_OQ));
+      while (mask) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        insert(base + row[v + lane], r * width + v + lane);
+      }
+    }
+    for (; v < width; ++v) {
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      insert(x, r * width + v);
+    }
+  }
+  if (scalar_nan || _mm256_movemask_ps(nan)) return false;
+  for (size_t i = 1; i < top.size(); ++i)
+    if (!(top[i - 1].first > top[i].first)) return false;
+  top.resize(std::min<size_t>(top.size(), static_cast<size_t>(k)));
+  return true;
 }
 
 }  // namespace
@@ -276,11 +334,9 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
       for (const auto& h : a[s]) flat.push_back(h.score);
     rows = static_cast<int64_t>(flat.size());
     auto logp = join(enc_t, active, a, n, rows);  // (R, V)
-    auto scores = torch::from_blob(flat.data(), {rows}, torch::kFloat32).clone();
-    auto blank_scores = (scores + logp.select(1, symbols_ - 1)).contiguous();
-    const float* blank_ptr = blank_scores.data_ptr<float>();
-    auto nonblank = scores.unsqueeze(1) + logp.narrow(1, 0, symbols_ - 1);  // (R, V - 1)
-    const int64_t width = symbols_ - 1;
+    const float* lp = logp.data_ptr<float>();
+    const int64_t width = symbols_ - 1;  // the blank is the last column
+    std::vector<Scored> top;
 
     int64_t offset = 0;
     std::vector<int64_t> parents, tokens, owners, origins;
@@ -290,7 +346,7 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
       // torchaudio's _gen_b_hypos: a + blank joins b, merging equal prefixes by log-add-exp.
       auto& bs = b[s];
       for (int64_t i = 0; i < count; ++i) {
-        float blank_score = blank_ptr[offset + i];
+        float blank_score = flat[offset + i] + lp[(offset + i) * symbols_ + width];
         const Hyp& ha = a[s][i];
         for (size_t j = 0; j < bs.size(); ++j)
           if (bs[j].slot == ha.slot) {
@@ -312,21 +368,26 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
       bs.swap(sorted);
 
       if (symbols[s] != step_max_tokens_) {
-        auto block = nonblank.narrow(0, offset, count).reshape(-1);
-        auto top = block.topk(std::min<int64_t>(beam_, block.numel()));
-        auto top_scores = std::get<0>(top).contiguous(), top_idx = std::get<1>(top).contiguous();
-        const float* ts = top_scores.data_ptr<float>();
-        const int64_t* ti = top_idx.data_ptr<int64_t>();
+        const int64_t k = std::min<int64_t>(beam_, count * width);
+        if (!top_k_distinct(lp + offset * symbols_, symbols_, flat.data() + offset, count, width, k, top)) {
+          auto scores = torch::from_blob(flat.data() + offset, {count}, torch::kFloat32);
+          auto block = (scores.unsqueeze(1) + logp.narrow(0, offset, count).narrow(1, 0, width)).reshape(-1);
+          auto res = block.topk(k);
+          auto values = std::get<0>(res).contiguous(), idx = std::get<1>(res).contiguous();
+          top.clear();
+          for (int64_t j = 0; j < k; ++j) top.emplace_back(values.data_ptr<float>()[j], idx.data_ptr<int64_t>()[j]);
+          fallback_topk += 1;
+        }
         const float threshold = static_cast<int64_t>(bs.size()) < beam_
                                     ? -std::numeric_limits<float>::infinity()
                                     : bs[bs.size() - beam_].score;
-        for (int64_t k = 0; k < top_scores.numel(); ++k)
-          if (ts[k] > threshold) {
-            const Hyp& parent = a[s][ti[k] / width];
+        for (const auto& [score, idx] : top)
+          if (score > threshold) {
+            const Hyp& parent = a[s][idx / width];
             parents.push_back(parent.slot);
-            tokens.push_back(ti[k] % width);
+            tokens.push_back(idx % width);
             origins.push_back(parent.origin);
-            new_scores.push_back(ts[k]);
+            new_scores.push_back(score);
             owners.push_back(s);
           }
       }

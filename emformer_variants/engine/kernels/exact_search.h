@@ -41,6 +41,8 @@ class ExactSearch {
   // Statistics: prefixes computed, cache hits, and rows through the joiner, the predictor
   // step and the recurrent gates (for flop counts).
   int64_t computed = 0, hits = 0, joiner_rows = 0, predictor_rows = 0, gate_rows = 0;
+  // Top-k selections left to at::topk because of a tie or NaN (the rest run in one pass).
+  int64_t fallback_topk = 0;
 
  private:
   struct Hyp {

@@ -94,5 +94,5 @@ def test_bench_fused_script_compares_fused_and_loop():
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_fused.py"), "--model", "tiny",
                           "--chunks", "3"], capture_output=True, text=True, timeout=600, check=True).stdout
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp")]
-    assert [r[0] for r in rows] == ["| fp32", "| fp16"] * 2  # encoder table, predictor table
+    assert [r[0] for r in rows] == ["| fp32", "| fp16"] * 3  # encoder, predictor, exact search tables
     assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)

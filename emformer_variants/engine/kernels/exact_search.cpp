@@ -159,9 +159,11 @@ std::vector<int64_t> ExactSearch::alloc(int64_t n) {
   return slots;
 }
 
+// parent -1: the empty prefix (the root's parent).
 int64_t ExactSearch::find(int64_t parent, int64_t token) const {
-  const auto& pt = tokens_[parent];
-  auto range = by_hash_.equal_range(mix(hash_[parent], token));
+  static const std::vector<int64_t> empty;
+  const auto& pt = parent < 0 ? empty : tokens_[parent];
+  auto range = by_hash_.equal_range(mix(parent < 0 ? 0 : hash_[parent], token));
   for (auto it = range.first; it != range.second; ++it) {
     const auto& t = tokens_[it->second];
     if (t.size() == pt.size() + 1 && t.back() == token && std::equal(pt.begin(), pt.end(), t.begin()))
@@ -170,31 +172,42 @@ int64_t ExactSearch::find(int64_t parent, int64_t token) const {
   return -1;
 }
 
+void ExactSearch::add_prefix(int64_t slot, int64_t parent, int64_t token) {
+  tokens_[slot] = parent < 0 ? std::vector<int64_t>() : tokens_[parent];
+  tokens_[slot].push_back(token);
+  hash_[slot] = mix(parent < 0 ? 0 : hash_[parent], token);
+  handle_[slot] = next_handle_++;
+  gates_ready_[slot] = 0;
+  used_[slot] = 1;
+  by_hash_.emplace(hash_[slot], slot);
+  slot_of_handle_[handle_[slot]] = slot;
+}
+
+torch::Tensor ExactSearch::recurrent_gates(const torch::Tensor& h) {
+  std::vector<torch::Tensor> gates;
+  for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_));
+  gate_rows += layers_ * h.size(1);
+  return torch::stack(gates);
+}
+
+void ExactSearch::store(const std::vector<int64_t>& slots, const std::vector<torch::Tensor>& res) {
+  auto idx = index(slots);
+  out_.index_copy_(0, idx, res[0]);
+  h_.index_copy_(1, idx, res[1]);
+  c_.index_copy_(1, idx, res[2]);
+  predictor_rows += static_cast<int64_t>(slots.size());
+  computed += static_cast<int64_t>(slots.size());
+}
+
 int64_t ExactSearch::root() {
-  const uint64_t key = mix(0, blank_);
-  int64_t slot = -1;
-  auto range = by_hash_.equal_range(key);
-  for (auto it = range.first; it != range.second; ++it)
-    if (tokens_[it->second].size() == 1 && tokens_[it->second][0] == blank_) slot = it->second;
+  int64_t slot = find(-1, blank_);
   if (slot < 0) {
-    auto zeros = torch::zeros({1, hidden_});
-    std::vector<torch::Tensor> gates;
-    for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(zeros, p2g_.data() + 4 * i, 4 * hidden_));
-    auto res = predictor_step(index({blank_}), torch::stack(gates), torch::zeros({layers_, 1, hidden_}),
-                              table0_, pred_params_, pred_eps_, out_dim_);
+    auto zeros = torch::zeros({layers_, 1, hidden_});
+    auto res = predictor_step(index({blank_}), recurrent_gates(zeros), zeros, table0_, pred_params_,
+                              pred_eps_, out_dim_);
     slot = alloc(1)[0];
-    out_[slot].copy_(res[0][0]);
-    h_.select(1, slot).copy_(res[1].select(1, 0));
-    c_.select(1, slot).copy_(res[2].select(1, 0));
-    tokens_[slot] = {blank_};
-    hash_[slot] = key;
-    handle_[slot] = next_handle_++;
-    used_[slot] = 1;
-    by_hash_.emplace(key, slot);
-    slot_of_handle_[handle_[slot]] = slot;
-    gate_rows += layers_;
-    predictor_rows += 1;
-    computed += 1;
+    store({slot}, res);
+    add_prefix(slot, -1, blank_);
   }
   touch(slot);
   return handle_[slot];
@@ -215,12 +228,8 @@ void ExactSearch::ensure_gates(const std::vector<int64_t>& parents) {
   if (todo.empty()) return;
   RECORD_FUNCTION("exact_search:gates", std::vector<c10::IValue>());
   auto idx = index(todo);
-  auto h = h_.index_select(1, idx);
-  std::vector<torch::Tensor> gates;
-  for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_));
-  pg_.index_copy_(1, idx, torch::stack(gates));
+  pg_.index_copy_(1, idx, recurrent_gates(h_.index_select(1, idx)));
   for (int64_t p : todo) gates_ready_[p] = 1;
-  gate_rows += layers_ * static_cast<int64_t>(todo.size());
 }
 
 std::vector<int64_t> ExactSearch::extend(const std::vector<int64_t>& parents,
@@ -246,25 +255,10 @@ std::vector<int64_t> ExactSearch::extend(const std::vector<int64_t>& parents,
     ensure_gates(par);
     RECORD_FUNCTION("exact_search:predictor", std::vector<c10::IValue>());
     auto fresh = alloc(static_cast<int64_t>(first.size()));
-    auto pidx = index(par), sidx = index(fresh);
-    auto res = predictor_step(index(tok), pg_.index_select(1, pidx), c_.index_select(1, pidx), table0_,
-                              pred_params_, pred_eps_, out_dim_);
-    out_.index_copy_(0, sidx, res[0]);
-    h_.index_copy_(1, sidx, res[1]);
-    c_.index_copy_(1, sidx, res[2]);
-    for (size_t k = 0; k < first.size(); ++k) {
-      const int64_t s = fresh[k], p = par[k];
-      tokens_[s] = tokens_[p];
-      tokens_[s].push_back(tok[k]);
-      hash_[s] = mix(hash_[p], tok[k]);
-      handle_[s] = next_handle_++;
-      gates_ready_[s] = 0;
-      used_[s] = 1;
-      by_hash_.emplace(hash_[s], s);
-      slot_of_handle_[handle_[s]] = s;
-    }
-    predictor_rows += static_cast<int64_t>(first.size());
-    computed += static_cast<int64_t>(first.size());
+    auto pidx = index(par);
+    store(fresh, predictor_step(index(tok), pg_.index_select(1, pidx), c_.index_select(1, pidx), table0_,
+                                pred_params_, pred_eps_, out_dim_));
+    for (size_t k = 0; k < first.size(); ++k) add_prefix(fresh[k], par[k], tok[k]);
     for (size_t i = 0; i < m; ++i)
       if (slots[i] < 0) slots[i] = find(parents[i], tokens[i]);
   }
@@ -328,11 +322,10 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
   std::vector<int64_t> symbols(n, 0), active;
   for (int64_t s = 0; s < n; ++s) active.push_back(s);
   while (!active.empty()) {
-    int64_t rows = 0;
     std::vector<float> flat;
     for (int64_t s : active)
       for (const auto& h : a[s]) flat.push_back(h.score);
-    rows = static_cast<int64_t>(flat.size());
+    const int64_t rows = static_cast<int64_t>(flat.size());
     auto logp = join(enc_t, active, a, n, rows);  // (R, V)
     const float* lp = logp.data_ptr<float>();
     const int64_t width = symbols_ - 1;  // the blank is the last column

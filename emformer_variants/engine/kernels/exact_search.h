@@ -56,7 +56,14 @@ class ExactSearch {
                      const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows);
   // Slots of parent + token for each request, computing the missing ones in one batch.
   std::vector<int64_t> extend(const std::vector<int64_t>& parents, const std::vector<int64_t>& tokens);
+  // Slot of parent's prefix + token, or -1; parent -1 is the empty prefix.
   int64_t find(int64_t parent, int64_t token) const;
+  // Record slot as holding parent's prefix + token (its tensors already stored).
+  void add_prefix(int64_t slot, int64_t parent, int64_t token);
+  // p2g(h) per layer: h (L, Q, H) -> (L, Q, 4H).
+  torch::Tensor recurrent_gates(const torch::Tensor& h);
+  // predictor_step's [out, h, c] into slots.
+  void store(const std::vector<int64_t>& slots, const std::vector<torch::Tensor>& res);
   std::vector<int64_t> alloc(int64_t n);
   void grow(int64_t need);
   void ensure_gates(const std::vector<int64_t>& parents);

@@ -97,6 +97,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
+MAX_SPEAKER_ROWS = 8
+
+
 def metrics_table(columns: dict[str, dict]) -> str:
     """Markdown table: one row per metric, one column per model (e.g. base / fine-tuned)."""
     names = list(columns)
@@ -106,4 +109,10 @@ def metrics_table(columns: dict[str, dict]) -> str:
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for k in keys:
         lines.append(f"| {k} | " + " | ".join(_fmt(columns[n].get(k)) for n in names) + " |")
+    # A few speakers (the held-out voices): one row each; many: metrics.json only.
+    speakers = sorted({s for c in columns.values() for s in c.get("wer_by_speaker", {})})
+    if len(speakers) <= MAX_SPEAKER_ROWS:
+        for s in speakers:
+            lines.append(f"| wer [{s}] | " + " | ".join(
+                _fmt(columns[n].get("wer_by_speaker", {}).get(s)) for n in names) + " |")
     return "\n".join(lines)

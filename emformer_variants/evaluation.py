@@ -202,6 +202,9 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     if len(set(speakers)) > 1:  # corpus WER within each speaker (voice), in metrics.json only
         metrics["wer_by_speaker"] = {s: round(m["wer"], 6) for s, m in
                                      error_rates_by(refs, hyps, speakers).items()}
+        # Each voice counts once, however many words it read (held-out voices are reported so).
+        metrics["wer_speaker_mean"] = round(sum(metrics["wer_by_speaker"].values())
+                                            / len(metrics["wer_by_speaker"]), 6)
     telemetry.close()
     metrics.update(telemetry.summary())
     if flops:  # on the longest decoded utterance: a 0.05 s clip would inflate FLOPs per second

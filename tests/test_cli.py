@@ -81,7 +81,9 @@ def test_evaluate_breaks_wer_down_by_speaker(trained, mini_corpus, tmp_path):
     for speaker, wer in metrics["wer_by_speaker"].items():
         mine = [h for h in hyps if h["speaker"] == speaker]
         assert wer == pytest.approx(error_rates([h["ref"] for h in mine], [h["hyp"] for h in mine])["wer"])
+    assert metrics["wer_speaker_mean"] == pytest.approx(sum(metrics["wer_by_speaker"].values()) / 2, abs=1e-6)
     assert "wer_by_speaker" not in proc.stdout
+    assert "| wer [voice0] |" in proc.stdout and "| wer_speaker_mean |" in proc.stdout
 
 
 def _audiofolder(mini_corpus, tmp_path, rows_extra=()):

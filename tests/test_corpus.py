@@ -1,4 +1,4 @@
-"""Corpus building: Austen text, TTS voices, the synthetic corpus and the Asterisk test set.
+"""Corpus building: English text sources, TTS voices, the synthetic corpus and the Asterisk test set.
 
 Downloads (Debian packages) go to $EMFORMER_VARIANTS_CACHE if set, else a session tmp dir.
 """
@@ -20,11 +20,13 @@ from emformer_variants.data.manifest import read_manifest
 from emformer_variants.data.sources import SyntheticSource
 from emformer_variants.data.synthetic import (
     SPLITS,
-    _config,
-    _pick_sentences,
+    _pick_texts,
     _plan,
+    _quota,
     build_synthetic_corpus,
     check_engine_weights,
+    check_text_weights,
+    load_text_sources,
     sentence_pool,
 )
 from emformer_variants.data.text import (
@@ -36,7 +38,7 @@ from emformer_variants.data.text import (
 from emformer_variants.errors import UserError
 from emformer_variants.text_norm import normalize_text
 
-TINY = {"num_train": 6, "num_dev": 2, "num_test": 2, "num_test_voice": 1}
+TINY = {"num_train": 6, "num_dev": 2, "num_test": 2, "num_test_everyday": 1, "num_test_voice": 1}
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +50,11 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sentences(cache_dir) -> list[str]:
     return load_austen_sentences(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def text_sources(cache_dir) -> dict[str, list[str]]:
+    return load_text_sources(cache_dir)
 
 
 @pytest.fixture(scope="session")
@@ -95,36 +102,125 @@ def test_split_clauses_cuts_long_sentences_only():
     assert split_clauses("It cost 30 pounds, " + "and more " * 20) == []  # rejected characters
 
 
-def test_austen_clauses_are_extra_training_text(cache_dir, sentences):
+def test_austen_clauses_are_new_text(cache_dir, sentences):
     clauses = load_austen_clauses(cache_dir)
     assert len(clauses) > 20000 and len(set(clauses)) == len(clauses)
-    assert not set(clauses) & set(sentences)  # never a held-out (or any) sentence
+    assert not set(clauses) & set(sentences)
     for c in clauses[:: 97]:
         assert normalize_text(c) == c and 5 <= len(c.split()) <= 25
-    counts = {"train": 50, "dev": 8, "test": 8, "test_voice": 4}
-    plain, extra = _pick_sentences(sentences, counts, 0), _pick_sentences(sentences, counts, 0, clauses)
-    for split in ("dev", "test", "test_voice"):
-        assert extra[split] == plain[split]
-    assert set(extra["train"]) & set(clauses) and not set(plain["train"]) & set(clauses)
-    assert _config({"train": 1}, 0) == _config({"train": 1}, 0, None, False)  # old corpora keep their key
-    assert _config({"train": 1}, 0, None, True)["train_clauses"].startswith("austen-clauses")
 
 
-def test_bad_train_clauses_is_one_line(tmp_path):
-    with pytest.raises(UserError, match=r"^data.source.train_clauses='yes': use true or false$"):
-        SyntheticSource(train_clauses="yes", cache_dir=str(tmp_path)).splits()
+def test_text_sources(text_sources):
+    """Every source is large, normalised, 5-25 words, distinct, and the sources are disjoint."""
+    minimum = {"austen": 40000, "gcide": 30000, "wordnet": 100000, "fortunes": 10000, "devil": 2000,
+               "everyday": 60000, "harvard": 700}
+    assert sorted(text_sources) == sorted(minimum)
+    for name, texts in text_sources.items():
+        assert len(texts) >= minimum[name] * 0.99, name
+        assert len(set(texts)) == len(texts), name
+        for t in texts[:: max(1, len(texts) // 300)]:
+            assert normalize_text(t) == t and 5 <= len(t.split()) <= 25, (name, t)
+    assert "the birch canoe slid on the smooth planks" in text_sources["harvard"]
+    assert sum(map(len, text_sources.values())) == len(set().union(*text_sources.values()))
+
+
+def test_everyday_texts_speak_numbers_as_words():
+    from emformer_variants.data.everyday import everyday_texts
+
+    texts = everyday_texts(500, seed=3)
+    assert texts == everyday_texts(500, seed=3) and texts != everyday_texts(500, seed=4)
+    assert len(set(texts)) == 500
+    joined = " ".join(texts)
+    for word in ("minutes", "o'clock", "dollars", "monday", "thousand"):
+        assert word in joined
+    assert not any(ch.isdigit() for ch in joined)
+
+
+def test_pick_texts_mixes_sources_and_holds_out(text_sources):
+    counts = {"train": 2000, "dev": 200, "test": 200, "test_everyday": 50, "test_voice": 20}
+    weights = check_text_weights(None)
+    picked = _pick_texts(text_sources, counts, 0, weights)
+    assert {s: len(t) for s, t in picked.items()} == counts
+    source_of = {t: name for name, texts in text_sources.items() for t in texts}
+    for split in ("train", "dev", "test"):
+        got = collections.Counter(source_of[t] for t in picked[split])
+        assert dict(got) == _quota(weights, counts[split]), split
+        assert all(sentence_pool(t) == split for t in picked[split])
+    assert set(picked["test_everyday"]) <= set(text_sources["harvard"])
+    assert picked["test_voice"] == picked["test"][:20]
+    # held-out texts do not move with the corpus size
+    bigger = _pick_texts(text_sources, {**counts, "train": 5000}, 0, weights)
+    assert bigger["test"] == picked["test"] and bigger["dev"] == picked["dev"]
+    only = _pick_texts(text_sources, counts, 0, check_text_weights({"everyday": 1}))
+    assert {source_of[t] for t in only["train"]} == {"everyday"}
+
+
+def test_weights_are_shares(text_sources):
+    assert _quota({"a": 0.5, "b": 0.25, "c": 0.25}, 7) == {"a": 3, "b": 2, "c": 2}  # largest remainders
+    assert check_engine_weights({"espeak": 2, "hibari": 2}) == {"espeak": 0.5, "hibari": 0.5}
+    texts = {"train": ["t"] * 400, "dev": [], "test": [], "test_everyday": [], "test_voice": []}
+    jobs = _plan(texts, 0, Path("/x"), check_engine_weights({"flite": 1, "hibari": 3}))
+    engines = collections.Counter(j.voice.engine for j in jobs)
+    assert set(engines) == {"flite", "hibari"} and 0.2 < engines["flite"] / 400 < 0.3
+
+
+@pytest.mark.parametrize("bad,needle", [
+    ({"espeak": -1}, "engine_weights.espeak=-1: use a number >= 0"),
+    ({"piper": 1}, "engine_weights: unknown ['piper']"),
+    ({"espeak": 0}, "engine_weights: at least one weight must be > 0"),
+    ([1, 2], "give a mapping name -> weight"),
+])
+def test_bad_engine_weights_are_one_line(bad, needle):
+    with pytest.raises(UserError) as e:
+        check_engine_weights(bad)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_text_weights_via_the_source_are_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"^data.source.text_weights: unknown \['bible'\]"):
+        SyntheticSource(text_weights={"bible": 1}, cache_dir=str(tmp_path)).splits()
 
 
 def test_voices_all_speak():
     voices = tts.default_voices()
-    assert len({v.name for v in voices}) == len(voices) >= 15
-    assert {v.engine for v in voices} == {"espeak", "flite", "hibari"}
-    assert tts.held_out_voice().name not in {v.name for v in voices}
-    for voice in [*voices, tts.held_out_voice()]:
+    held_out = tts.held_out_voices()
+    assert len({v.name for v in voices}) == len(voices) >= 250
+    assert {v.engine for v in voices} == {"espeak", "flite", "festival", "hibari"}
+    assert not {v.name for v in held_out} & {v.name for v in voices}
+    assert "piper" not in {v.engine for v in voices}  # an engine family never trained on
+    one_per_kind = {}
+    for v in voices:
+        one_per_kind.setdefault((v.engine, v.options.get("voice", v.name)[:6]), v)
+    for voice in [*one_per_kind.values(), *held_out]:
         wave, sr = tts.synthesize(voice, "good morning.", rate=1.05, pitch=0.95)
-        assert wave.dtype == np.float32 and wave.ndim == 1 and sr >= 16000
+        assert wave.dtype == np.float32 and wave.ndim == 1 and sr >= 8000
         assert 0.3 < len(wave) / sr < 3.0, voice.name
         assert np.sqrt(np.mean(wave**2)) > 1e-3, voice.name
+
+
+def test_festival_batch_equals_single_calls():
+    voice = next(v for v in tts.default_voices() if v.engine == "festival")
+    requests = [(voice, "good morning.", 1.0, 1.0, 0), (voice, "see you on monday.", 0.9, 1.2, 0)]
+    batch = tts.synthesize_many(requests)
+    for (v, text, rate, pitch, seed), (wave, sr) in zip(requests, batch, strict=True):
+        single, sr1 = tts.synthesize(v, text, rate=rate, pitch=pitch, seed=seed)
+        assert sr == sr1 and np.array_equal(wave, single)
+    assert len(batch[1][0]) > len(batch[0][0])
+
+
+def test_formant_shifted_voice_is_another_speaker():
+    """The held-out piper-joe-formant voice: joe's audio through Praat's Change gender
+    (higher pitch, same length and words)."""
+    import torch
+    import torchaudio.functional as AF
+
+    joe, shifted = tts.held_out_voices()[:2]
+    a, sr = tts.synthesize(joe, "good morning to you all.", seed=3)
+    b, _ = tts.synthesize(shifted, "good morning to you all.", seed=3)
+    assert len(a) == len(b)
+    pa = AF.detect_pitch_frequency(torch.from_numpy(a), sr).median()
+    pb = AF.detect_pitch_frequency(torch.from_numpy(b), sr).median()
+    assert pb > 1.3 * pa
 
 
 def test_flite_missing_is_a_user_error(monkeypatch):
@@ -138,15 +234,16 @@ def test_corpus_splits_and_audio(tiny_corpus):
     manifests, _ = tiny_corpus
     assert set(manifests) == set(SPLITS)
     utts = {split: read_manifest(path) for split, path in manifests.items()}
-    assert {split: len(u) for split, u in utts.items()} == {"train": 6, "dev": 2, "test": 2, "test_voice": 1}
+    held_out = [v.name for v in tts.held_out_voices()]
+    assert {split: len(u) for split, u in utts.items()} == {
+        "train": 6, "dev": 2, "test": 2, "test_everyday": 1, "test_voice": len(held_out)}
     texts = {split: {u.text for u in us} for split, us in utts.items()}
-    assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test_voice"])
+    assert not texts["train"] & (texts["dev"] | texts["test"] | texts["test_voice"] | texts["test_everyday"])
     assert not texts["dev"] & texts["test"]
-    assert texts["test_voice"] <= texts["test"]  # same sentences, unseen voice
+    assert texts["test_voice"] <= texts["test"]  # same sentences, unseen voices
     assert all(sentence_pool(t) == "train" for t in texts["train"])
-    held_out = tts.held_out_voice().name
-    assert {u.speaker for u in utts["test_voice"]} == {held_out}
-    assert held_out not in {u.speaker for s in ("train", "dev", "test") for u in utts[s]}
+    assert [u.speaker for u in utts["test_voice"]] == held_out  # one text, each held-out voice
+    assert not set(held_out) & {u.speaker for s in ("train", "dev", "test", "test_everyday") for u in utts[s]}
     for u in (u for us in utts.values() for u in us):
         assert normalize_text(u.text) == u.text
         info = sf.info(u.audio)
@@ -201,41 +298,8 @@ def test_corpus_bit_exact_across_worker_counts(tmp_path, cache_dir, monkeypatch)
         for x, y in zip(a, b, strict=True):
             assert np.array_equal(sf.read(x.audio)[0], sf.read(y.audio)[0]), x.audio
             engines.add(x.speaker.split("-")[0])
-    assert {"espeak", "piper"} <= engines  # test_voice is piper
+    assert {"piper", "festival"} <= engines  # test_voice
     assert [u.text for u in read_manifest(reseeded["train"])] != [u.text for u in read_manifest(one["train"])]
-
-
-def test_train_engine_weights_shift_training_audio_only(sentences):
-    """Weights give each voice of an engine that many round-robin slots in train; dev/test stay
-    balanced; all-ones is the balanced corpus (same config, so the same cache folder)."""
-    texts = _pick_sentences(sentences, {"train": 420, "dev": 28, "test": 28, "test_voice": 1}, 0)
-    weights = check_engine_weights({"espeak": 1, "flite": 2, "hibari": 3})
-    voices = tts.default_voices()
-    per_engine = collections.Counter(v.engine for v in voices)
-    slots = {e: n * weights[e] for e, n in per_engine.items()}
-    balanced, weighted = _plan(texts, 0, Path("/x")), _plan(texts, 0, Path("/x"), weights)
-    train = collections.Counter(j.voice.engine for j in weighted if j.split == "train")
-    assert train == {e: 420 * k // sum(slots.values()) for e, k in slots.items()}  # 420 = 10 cycles
-    for split in ("dev", "test", "test_voice"):
-        assert [(j.text, j.voice) for j in weighted if j.split == split] == [
-            (j.text, j.voice) for j in balanced if j.split == split]
-    train_texts = [j.text for j in balanced if j.split == "train"]
-    assert [j.text for j in weighted if j.split == "train"] == train_texts
-    assert check_engine_weights({"espeak": 1, "flite": 1, "hibari": 1}) is None
-    assert _config({"train": 1}, 0, None) == _config({"train": 1}, 0, check_engine_weights(None))
-    assert "train_engine_weights" in _config({"train": 1}, 0, weights)
-
-
-@pytest.mark.parametrize("bad,needle", [
-    ({"espeak": 1}, "give one integer weight for each of ['espeak', 'flite', 'hibari']"),
-    ({"espeak": 1, "flite": 0, "hibari": 1}, "train_engine_weights.flite=0: use an integer >= 1"),
-    ({"espeak": 1, "flite": 1.5, "hibari": 1}, "train_engine_weights.flite=1.5: use an integer >= 1"),
-    ([1, 2], "give a mapping engine -> weight"),
-])
-def test_bad_train_engine_weights_are_one_line(bad, needle):
-    with pytest.raises(UserError) as e:
-        check_engine_weights(bad)
-    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_asterisk(tmp_path, cache_dir):

@@ -1,6 +1,7 @@
 """Corpus sources: each turns one kind of data into ``{split: [Utterance]}``.
 
-Splits are named ``train``, ``dev``, ``test`` (+ ``test_voice`` for the synthetic corpus).
+Splits are named ``train``, ``dev``, ``test`` (+ ``test_everyday`` and ``test_voice`` for the
+synthetic corpus).
 Sources are instantiated from ``conf/data/*.yaml`` by Hydra; nothing is downloaded except
 Debian packages by name (synthetic text, Asterisk prompts).
 """
@@ -34,38 +35,40 @@ def _plain(value):
 
 @dataclass
 class SyntheticSource:
-    """TTS voices reading Jane Austen sentences (built once, cached, deterministic)."""
+    """English texts read by offline TTS voices (built once, cached, deterministic)."""
 
     num_train: int = 2000
     num_dev: int = 200
     num_test: int = 200
-    num_test_voice: int = 100
+    num_test_everyday: int = 200
+    num_test_voice: int = 100  # texts of test read by each held-out voice
     seed: int = 0
     workers: int = 2
     cache_dir: str | None = None
-    # {engine: slots per voice} in the train split's voice round-robin; None = balanced.
-    train_engine_weights: dict | None = None
-    # Add clauses of Austen's long sentences to the train text (dev and test unchanged).
-    train_clauses: bool = False
+    # Share of train/dev/test utterances per TTS engine and per text source (null: defaults).
+    engine_weights: dict | None = None
+    text_weights: dict | None = None
 
     def splits(self) -> dict[str, list[Utterance]]:
-        from emformer_variants.data.synthetic import build_synthetic_corpus, check_engine_weights
+        from emformer_variants.data.synthetic import (
+            FORMAT_VERSION,
+            build_synthetic_corpus,
+            check_engine_weights,
+            check_text_weights,
+        )
 
         cache = _cache(self.cache_dir)
-        weights = check_engine_weights(_plain(self.train_engine_weights), "data.source.train_engine_weights")
-        fields = [self.num_train, self.num_dev, self.num_test, self.num_test_voice, self.seed]
-        if weights:  # balanced corpora keep the key (and cache folder) they always had
-            fields.append(weights)
-        if self.train_clauses is not False:  # likewise
-            if not isinstance(self.train_clauses, bool):
-                raise UserError(f"data.source.train_clauses={self.train_clauses!r}: use true or false")
-            fields.append("clauses")
-        key = json.dumps(fields, separators=(",", ":"))
+        engines = check_engine_weights(_plain(self.engine_weights), "data.source.engine_weights")
+        texts = check_text_weights(_plain(self.text_weights), "data.source.text_weights")
+        fields = [FORMAT_VERSION, self.num_train, self.num_dev, self.num_test, self.num_test_everyday,
+                  self.num_test_voice, self.seed, engines, texts]
+        key = json.dumps(fields, separators=(",", ":"), sort_keys=True)
         out = cache / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         manifests = build_synthetic_corpus(
             out, num_train=self.num_train, num_dev=self.num_dev, num_test=self.num_test,
-            num_test_voice=self.num_test_voice, seed=self.seed, workers=self.workers,
-            cache_dir=cache, train_engine_weights=weights, train_clauses=self.train_clauses,
+            num_test_everyday=self.num_test_everyday, num_test_voice=self.num_test_voice,
+            seed=self.seed, workers=self.workers, cache_dir=cache, engine_weights=engines,
+            text_weights=texts,
         )
         return {split: read_manifest(path) for split, path in manifests.items()}
 

@@ -1,28 +1,31 @@
-"""A synthetic multi-speaker read-speech corpus: Austen sentences spoken by offline TTS voices.
+"""A synthetic multi-speaker corpus of English: many texts, read by many offline TTS voices.
 
 Splits:
-- ``train``: sentences of the training pool, training voices (``tts.default_voices()``).
-- ``dev``, ``test``: held-out sentences (never in train, disjoint from each other),
-  training voices.
-- ``test_voice``: the first ``num_test_voice`` sentences of ``test``, spoken by the
-  held-out voice (``tts.held_out_voice()``): same sentences, unseen speaker.
+- ``train``: texts of the training pools, training voices (``tts.default_voices()``).
+- ``dev``, ``test``: held-out texts of the same sources (never in train, disjoint from each
+  other), training voices.
+- ``test_everyday``: the Harvard sentences (everyday English from no source used in
+  training), training voices.
+- ``test_voice``: the first ``num_test_voice`` texts of ``test``, read by each held-out voice
+  (``tts.held_out_voices()``): same texts, unseen speakers and engines; the manifest's
+  ``speaker`` names the voice, so WER is reported per voice.
 
-Sentences go to the train/dev/test pools by a hash of their text, so the held-out pools
-do not move with the seed or corpus size. Each utterance's voice, rate, pitch, gain and
-padding come from ``numpy.random.default_rng([seed, split, index])``: texts, voices and
+Text sources (``TEXT_SOURCES``; share of each split's utterances from ``text_weights``):
+Austen's sentences and the clauses of her long ones (``text.py``), GCIDE quotations, WordNet
+glosses and examples, fortunes, The Devil's Dictionary (``english.py``) and template-made
+everyday English (``everyday.py``). Texts go to the train/dev/test pools by a hash of the
+text, so the held-out pools do not move with the seed, the weights or the corpus size.
+Voices: each utterance of train/dev/test draws an engine by ``engine_weights``, one of that
+engine's voices uniformly, and a tempo, pitch (and for espeak-ng a pitch range) within
+``JITTER``, so the 296 training voices become thousands of settings; training-time
+augmentation (``augment.py``) adds speakers and channels on top.
+
+Everything comes from ``numpy.random.default_rng([seed, split, index])``: texts, voices and
 settings do not depend on the number of workers. The audio does not either: the neural
 voices (hibari, piper) are seeded per utterance, and espeak-ng's pitch-flutter phase, library
 state that carries over from one utterance to the next in a process, starts afresh for every
 block of ``RENDER_BLOCK`` utterances, each rendered in a new worker process. Blocks are fixed
 slices of the job list, so a corpus is bit-exact across rebuilds and worker counts.
-
-``train_engine_weights`` (e.g. ``{"espeak": 1, "flite": 2, "hibari": 3}``) gives each voice of
-an engine that many slots in the train split's round-robin, to put more training audio on
-the engines a model finds hard; dev and test stay balanced over voices.
-
-``train_clauses=True`` adds the clauses of Austen's sentences too long to read whole
-(``text.load_austen_clauses``, ~25k texts) to the train pool: more than twice the training
-text, while dev and test keep the same sentences and audio.
 
 Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.flac``
 (16 kHz mono 16-bit), ``corpus.json`` (config + statistics).
@@ -52,23 +55,27 @@ from emformer_variants.data.text import (
     SENTENCES_VERSION,
     add_cache_dir_argument,
     default_cache_dir,
-    load_austen_clauses,
-    load_austen_sentences,
 )
-from emformer_variants.data.tts import Voice, default_voices, held_out_voice, synthesize
+from emformer_variants.data.tts import Voice, default_voices, held_out_voices, synthesize_many
 from emformer_variants.errors import UserError
 from emformer_variants.run_dir import pid_alive
 
 SAMPLE_RATE = 16000
-SPLITS = ("train", "dev", "test", "test_voice")
-FORMAT_VERSION = 1
-# Per-utterance jitter on top of each training voice's own settings.
-RATE_RANGE = (0.9, 1.1)
-PITCH_RANGE = (0.92, 1.08)
+SPLITS = ("train", "dev", "test", "test_everyday", "test_voice")
+FORMAT_VERSION = 2
+TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
+DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
+                        "everyday": 0.35}
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari")
+DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
+EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
+# Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
+# espeak-ng's pitch range (0-99).
+JITTER = {"rate": (0.85, 1.18), "pitch": (0.8, 1.25), "espeak_range": (15, 90)}
 PEAK_DBFS_RANGE = (-12.0, -1.0)
 PAD_SECONDS_RANGE = (0.05, 0.25)  # silence kept at each end after trimming
 TRIM_DB = 40.0  # frames quieter than peak frame - TRIM_DB count as silence
-HELD_OUT_BUCKETS = 20  # 1/20 of sentences for dev, 1/20 for test
+HELD_OUT_BUCKETS = 20  # 1/20 of texts for dev, 1/20 for test
 
 
 @dataclass(frozen=True)
@@ -86,91 +93,145 @@ class _Job:
 
 
 def sentence_pool(text: str) -> str:
-    """'dev', 'test' or 'train': a fixed assignment by a hash of the sentence."""
+    """'dev', 'test' or 'train': a fixed assignment by a hash of the text."""
     bucket = int(hashlib.sha1(text.encode()).hexdigest(), 16) % HELD_OUT_BUCKETS
     return {0: "dev", 1: "test"}.get(bucket, "train")
 
 
-def _pick_sentences(sentences: list[str], counts: dict[str, int], seed: int,
-                    extra_train: list[str] = ()) -> dict[str, list[str]]:
-    pools: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
-    for s in sentences:
-        pools[sentence_pool(s)].append(s)
-    pools["train"].extend(extra_train)  # training-only text (clauses), shuffled in with the rest
-    for name, pool in pools.items():
-        random.Random(f"{seed}-{name}").shuffle(pool)
-    for split in ("dev", "test"):
-        if counts[split] > len(pools[split]):
-            raise UserError(
-                f"num_{split}={counts[split]}: only {len(pools[split])} held-out "
-                f"{split} sentences exist; ask for fewer"
-            )
-    if counts["test_voice"] > len(pools["test"]):
-        raise UserError(
-            f"num_test_voice={counts['test_voice']}: only {len(pools['test'])} "
-            "held-out test sentences exist; ask for fewer"
-        )
-    train = pools["train"]
-    # More train utterances than sentences: reuse sentences (with other voices).
-    reps = -(-counts["train"] // len(train)) if counts["train"] else 0
-    return {
-        "train": (train * reps)[: counts["train"]],
-        "dev": pools["dev"][: counts["dev"]],
-        "test": pools["test"][: counts["test"]],
-        "test_voice": pools["test"][: counts["test_voice"]],
+def load_text_sources(cache_dir: Path) -> dict[str, list[str]]:
+    """Every source's distinct texts (``TEXT_SOURCES``), and ``harvard`` for test_everyday.
+
+    Sources are disjoint: a Harvard sentence is removed from every other source, so it is
+    never trained on, and a text two sources share stays with the first of ``TEXT_SOURCES``.
+    """
+    from emformer_variants.data.english import load_english
+    from emformer_variants.data.everyday import VERSION, everyday_texts
+    from emformer_variants.data.text import _cached_lines, load_austen_clauses, load_austen_sentences
+
+    cache_dir = Path(cache_dir)
+    harvard = load_english("harvard", cache_dir)
+    texts = {
+        "austen": load_austen_sentences(cache_dir) + load_austen_clauses(cache_dir),
+        **{name: load_english(name, cache_dir) for name in ("gcide", "wordnet", "fortunes", "devil")},
+        "everyday": _cached_lines(cache_dir / f"{VERSION}-{EVERYDAY_TEXTS}.txt",
+                                  lambda: everyday_texts(EVERYDAY_TEXTS)),
     }
+    seen = set(harvard)
+    out = {}
+    for name, pool in texts.items():  # a text two sources share stays with the first
+        out[name] = [t for t in pool if t not in seen]
+        seen.update(out[name])
+    out["harvard"] = harvard
+    return out
 
 
-def check_engine_weights(weights: dict[str, int] | None, field: str = "train_engine_weights"
-                         ) -> dict[str, int] | None:
-    """None (balanced), or {engine: positive int} for every engine the training voices use;
-    errors name ``field``."""
+def _weights(weights: dict | None, names: tuple[str, ...], default: dict[str, float], field: str
+             ) -> dict[str, float]:
+    """``weights`` (None: ``default``) as shares summing to 1 over ``names``; errors name ``field``."""
     if weights is None:
-        return None
-    engines = sorted({v.engine for v in default_voices()})
-    if not isinstance(weights, dict):
-        raise UserError(f"{field}={weights!r}: give a mapping engine -> weight, e.g. "
-                        "{espeak: 1, flite: 2, hibari: 3}")
-    if sorted(weights) != engines:
-        raise UserError(f"{field}={weights}: give one integer weight for each of {engines}")
-    for engine, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise UserError(f"{field}.{engine}={w!r}: use an integer >= 1")
-    return None if set(weights.values()) == {1} else {e: weights[e] for e in engines}
+        weights = default
+    if not isinstance(weights, dict) or not weights:
+        raise UserError(f"{field}={weights!r}: give a mapping name -> weight over {list(names)}")
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise UserError(f"{field}: unknown {unknown}; use names from {list(names)}")
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            raise UserError(f"{field}.{name}={w!r}: use a number >= 0")
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise UserError(f"{field}: at least one weight must be > 0")
+    return {n: float(weights.get(n, 0.0)) / total for n in names if weights.get(n, 0.0) > 0}
 
 
-def _plan(texts: dict[str, list[str]], seed: int, root: Path,
-          engine_weights: dict[str, int] | None = None) -> list[_Job]:
-    voices = default_voices()
+def check_text_weights(weights: dict | None, field: str = "text_weights") -> dict[str, float]:
+    return _weights(weights, TEXT_SOURCES, DEFAULT_TEXT_WEIGHTS, field)
+
+
+def check_engine_weights(weights: dict | None, field: str = "engine_weights") -> dict[str, float]:
+    return _weights(weights, TRAIN_ENGINES, DEFAULT_ENGINE_WEIGHTS, field)
+
+
+def _quota(weights: dict[str, float], n: int) -> dict[str, int]:
+    """Integer counts summing to ``n`` in proportion to ``weights`` (largest remainders)."""
+    raw = {k: w * n for k, w in weights.items()}
+    out = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: (out[k] - raw[k], k))[: n - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def _pick_texts(sources: dict[str, list[str]], counts: dict[str, int], seed: int,
+                text_weights: dict[str, float]) -> dict[str, list[str]]:
+    """Texts per split: train/dev/test by ``text_weights`` from each source's hash pool
+    (cycled when a pool is smaller than its share), test_everyday from Harvard,
+    test_voice the first texts of test."""
+    pools: dict[str, dict[str, list[str]]] = {"train": {}, "dev": {}, "test": {}}
+    for name in text_weights:
+        for split in pools:
+            pools[split][name] = []
+        for t in sources[name]:
+            pools[sentence_pool(t)][name].append(t)
+        for split in pools:
+            random.Random(f"{seed}-{split}-{name}").shuffle(pools[split][name])
+    out: dict[str, list[str]] = {}
+    for split in ("train", "dev", "test"):
+        picked = []
+        for name, n in _quota(text_weights, counts[split]).items():
+            pool = pools[split][name]
+            if n and not pool:
+                raise UserError(f"text source {name}: no {split} texts; lower its weight to 0")
+            if split != "train" and n > len(pool):
+                raise UserError(f"num_{split}={counts[split]}: only {len(pool)} held-out {split} "
+                                f"texts of {name} exist; ask for fewer")
+            picked += (pool * (-(-n // len(pool)) if pool else 0))[:n]
+        random.Random(f"{seed}-{split}-mix").shuffle(picked)
+        out[split] = picked
+    harvard = list(sources["harvard"])
+    random.Random(f"{seed}-everyday").shuffle(harvard)
+    if counts["test_everyday"] > len(harvard):
+        raise UserError(f"num_test_everyday={counts['test_everyday']}: only {len(harvard)} Harvard "
+                        "sentences exist; ask for fewer")
+    out["test_everyday"] = harvard[: counts["test_everyday"]]
+    if counts["test_voice"] > counts["test"]:
+        raise UserError(f"num_test_voice={counts['test_voice']}: held-out voices read the first "
+                        f"texts of test; ask for at most num_test={counts['test']}")
+    out["test_voice"] = out["test"][: counts["test_voice"]]
+    return out
+
+
+def _jittered(voice: Voice, rng: np.random.Generator) -> tuple[Voice, float, float]:
+    """The voice with a per-utterance pitch range (espeak-ng), and tempo and pitch multipliers."""
+    rate, pitch = rng.uniform(*JITTER["rate"]), rng.uniform(*JITTER["pitch"])
+    if voice.engine == "espeak":
+        voice = Voice(voice.name, voice.engine, {**voice.options, "range": int(rng.integers(*JITTER["espeak_range"]))})
+    return voice, float(rate), float(pitch)
+
+
+def _plan(texts: dict[str, list[str]], seed: int, root: Path, engine_weights: dict[str, float]
+          ) -> list[_Job]:
+    by_engine: dict[str, list[Voice]] = {}
+    for v in default_voices():
+        by_engine.setdefault(v.engine, []).append(v)
+    engines = list(engine_weights)
+    probs = np.array([engine_weights[e] for e in engines])
+    held_out = held_out_voices()
     jobs = []
     for split_id, split in enumerate(SPLITS):
-        # Voices in a shuffled round-robin: every voice gets an equal share of each split
-        # (in train, ``engine_weights`` slots per voice of an engine).
-        cycle = voices
-        if split == "train" and engine_weights:
-            cycle = [v for v in voices for _ in range(engine_weights[v.engine])]
-        order = np.random.default_rng([seed, split_id, 1 << 30]).permutation(len(cycle))
-        for i, text in enumerate(texts[split]):
+        split_texts = texts[split]
+        if split == "test_voice":  # every held-out voice reads the same texts
+            split_texts = [t for _ in held_out for t in split_texts]
+        for i, text in enumerate(split_texts):
             rng = np.random.default_rng([seed, split_id, i])
             if split == "test_voice":
-                voice, rate, pitch = held_out_voice(), 1.0, 1.0
+                voice, rate, pitch = held_out[i // max(len(texts[split]), 1)], 1.0, 1.0
             else:
-                voice = cycle[order[i % len(cycle)]]
-                rate, pitch = rng.uniform(*RATE_RANGE), rng.uniform(*PITCH_RANGE)
-            jobs.append(
-                _Job(
-                    split,
-                    i,
-                    text,
-                    voice,
-                    float(rate),
-                    float(pitch),
-                    float(rng.uniform(*PEAK_DBFS_RANGE)),
-                    float(rng.uniform(*PAD_SECONDS_RANGE)),
-                    int(rng.integers(2**31)),
-                    str(root / split / f"{split}-{i:06d}.flac"),
-                )
-            )
+                engine = engines[int(rng.choice(len(engines), p=probs))]
+                voice = by_engine[engine][int(rng.integers(len(by_engine[engine])))]
+                voice, rate, pitch = _jittered(voice, rng)
+            jobs.append(_Job(split, i, text, voice, rate, pitch, float(rng.uniform(*PEAK_DBFS_RANGE)),
+                             float(rng.uniform(*PAD_SECONDS_RANGE)), int(rng.integers(2**31)),
+                             str(root / split / f"{split}-{i:06d}.flac")))
     return jobs
 
 
@@ -195,11 +256,10 @@ def _resampler(orig_freq: int):
     return AT.Resample(orig_freq, SAMPLE_RATE)  # caches its kernel: 4x faster than the function
 
 
-def _render(job: _Job) -> Utterance:
+def _finish(job: _Job, wave: np.ndarray, sr: int) -> Utterance:
     import soundfile as sf
     import torch
 
-    wave, sr = synthesize(job.voice, job.text + ".", rate=job.rate, pitch=job.pitch, seed=job.tts_seed)
     if wave.size == 0 or not np.isfinite(wave).all() or np.abs(wave).max() == 0:
         raise RuntimeError(f"voice {job.voice.name} produced no audio for {job.text!r}")
     if sr != SAMPLE_RATE:
@@ -223,31 +283,29 @@ RENDER_BLOCK = 256  # utterances per fresh worker process: espeak-ng starts from
 
 def _render_block(jobs: list[_Job]) -> list[Utterance]:
     _init_worker()
-    return [_render(job) for job in jobs]
+    audio = synthesize_many([(j.voice, j.text + ".", j.rate, j.pitch, j.tts_seed) for j in jobs])
+    return [_finish(job, wave, sr) for job, (wave, sr) in zip(jobs, audio, strict=True)]
 
 
-def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, int] | None = None,
-            train_clauses: bool = False) -> dict:
-    config = {
+def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
+            text_weights: dict[str, float]) -> dict:
+    from emformer_variants.data.english import VERSIONS
+    from emformer_variants.data.everyday import VERSION
+
+    return {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "counts": counts,
         "sample_rate": SAMPLE_RATE,
-        "sentences": SENTENCES_VERSION,
+        "texts": {"austen": [SENTENCES_VERSION, CLAUSES_VERSION], "everyday": [VERSION, EVERYDAY_TEXTS],
+                  **{name: f"{name}-{v}" for name, v in VERSIONS.items()}},
+        "text_weights": text_weights,
+        "engine_weights": engine_weights,
         "voices": [{"name": v.name, "engine": v.engine, "options": v.options} for v in default_voices()],
-        "held_out_voice": {"name": held_out_voice().name, "engine": held_out_voice().engine},
-        "jitter": {
-            "rate": RATE_RANGE,
-            "pitch": PITCH_RANGE,
-            "peak_dbfs": PEAK_DBFS_RANGE,
-            "pad_seconds": PAD_SECONDS_RANGE,
-        },
+        "held_out_voices": [{"name": v.name, "engine": v.engine, "options": v.options}
+                            for v in held_out_voices()],
+        "jitter": {**JITTER, "peak_dbfs": PEAK_DBFS_RANGE, "pad_seconds": PAD_SECONDS_RANGE},
     }
-    if engine_weights:  # absent when balanced, so existing corpora keep their config
-        config["train_engine_weights"] = engine_weights
-    if train_clauses:  # likewise absent when off
-        config["train_clauses"] = CLAUSES_VERSION
-    return config
 
 
 def _remove_stale_tmp(out_dir: Path) -> None:
@@ -277,37 +335,40 @@ def build_synthetic_corpus(
     num_train: int,
     num_dev: int,
     num_test: int,
+    num_test_everyday: int,
     num_test_voice: int,
     seed: int = 0,
     workers: int = 2,
     cache_dir: Path,
-    train_engine_weights: dict[str, int] | None = None,
-    train_clauses: bool = False,
+    engine_weights: dict | None = None,
+    text_weights: dict | None = None,
 ) -> dict[str, Path]:
     """Build (or find) the corpus; returns split name -> manifest path.
 
-    Idempotent: an ``out_dir`` holding the same config returns at once; one built with
-    another config is an error. Crash-safe: built in ``<out_dir>.tmp-<pid>``, renamed
-    when complete. ``workers`` processes render blocks of ``RENDER_BLOCK`` utterances.
+    ``num_test_voice`` texts are read by each held-out voice. Idempotent: an ``out_dir``
+    holding the same config returns at once; one built with another config is an error.
+    Crash-safe: built in ``<out_dir>.tmp-<pid>``, renamed when complete. ``workers``
+    processes render blocks of ``RENDER_BLOCK`` utterances.
     """
     out_dir = Path(out_dir).absolute()
-    counts = {"train": num_train, "dev": num_dev, "test": num_test, "test_voice": num_test_voice}
+    counts = {"train": num_train, "dev": num_dev, "test": num_test, "test_everyday": num_test_everyday,
+              "test_voice": num_test_voice}
     for split, n in counts.items():
-        if n < 0:
-            raise UserError(f"num_{split}={n}: must be >= 0")
-    engine_weights = check_engine_weights(train_engine_weights)
-    config = _config(counts, seed, engine_weights, train_clauses)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UserError(f"num_{split}={n!r}: must be an integer >= 0")
+    engine_weights = check_engine_weights(engine_weights)
+    text_weights = check_text_weights(text_weights)
+    config = _config(counts, seed, engine_weights, text_weights)
     found = _existing(out_dir, config)
     if found is not None:
         return found
-    sentences = load_austen_sentences(Path(cache_dir))
-    clauses = load_austen_clauses(Path(cache_dir)) if train_clauses else []
+    texts = _pick_texts(load_text_sources(Path(cache_dir)), counts, seed, text_weights)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out_dir)
     tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    jobs = _plan(_pick_sentences(sentences, counts, seed, clauses), seed, tmp, engine_weights)
+    jobs = _plan(texts, seed, tmp, engine_weights)
     # Slow held-out-voice jobs first, so they spread over the workers instead of trailing.
     jobs.sort(key=lambda j: (j.split != "test_voice", SPLITS.index(j.split), j.index))
     print(f"[synthetic] building {out_dir} ({len(jobs)} utterances, {max(workers, 1)} workers)", flush=True)
@@ -339,7 +400,8 @@ def build_synthetic_corpus(
                     record((job.split, job.index), utt)
         stats = {}
         for split in SPLITS:
-            utts = [results[(split, i)] for i in range(counts[split])]
+            n = sum(1 for key in results if key[0] == split)
+            utts = [results[(split, i)] for i in range(n)]
             write_manifest(tmp / f"{split}.jsonl", utts)
             stats[split] = {
                 "utterances": len(utts),
@@ -360,11 +422,11 @@ def build_synthetic_corpus(
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
 
 
-def _parse_weights(text: str) -> dict[str, int]:
+def _parse_weights(text: str) -> dict[str, float]:
     try:
-        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
+        return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use engine=weight pairs, e.g. espeak=1,flite=2") \
+        raise argparse.ArgumentTypeError(f"{text!r}: use name=weight pairs, e.g. espeak=0.3,hibari=0.7") \
             from None
 
 
@@ -375,13 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--num-dev", type=int, default=200)
     p.add_argument("--num-test", type=int, default=200)
-    p.add_argument("--num-test-voice", type=int, default=100)
+    p.add_argument("--num-test-everyday", type=int, default=200)
+    p.add_argument("--num-test-voice", type=int, default=100, help="texts read by each held-out voice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--train-engine-weights", type=_parse_weights, default=None, metavar="E=W,...",
-                   help="train-split slots per voice of each engine, e.g. espeak=1,flite=2,hibari=3")
-    p.add_argument("--train-clauses", action="store_true",
-                   help="add clauses of Austen's long sentences to the train text (~2.3x the text)")
+    p.add_argument("--engine-weights", type=_parse_weights, default=None, metavar="E=W,...",
+                   help=f"share of utterances per engine (default {DEFAULT_ENGINE_WEIGHTS})")
+    p.add_argument("--text-weights", type=_parse_weights, default=None, metavar="S=W,...",
+                   help=f"share of utterances per text source (default {DEFAULT_TEXT_WEIGHTS})")
     add_cache_dir_argument(p)
     args = p.parse_args(argv)
     manifests = build_synthetic_corpus(
@@ -389,12 +452,13 @@ def main(argv: list[str] | None = None) -> int:
         num_train=args.num_train,
         num_dev=args.num_dev,
         num_test=args.num_test,
+        num_test_everyday=args.num_test_everyday,
         num_test_voice=args.num_test_voice,
         seed=args.seed,
         workers=args.workers,
         cache_dir=args.cache_dir or default_cache_dir(),
-        train_engine_weights=args.train_engine_weights,
-        train_clauses=args.train_clauses,
+        engine_weights=args.engine_weights,
+        text_weights=args.text_weights,
     )
     for split, path in manifests.items():
         print(f"{split}: {path} ({len(read_manifest(path))} utterances)")

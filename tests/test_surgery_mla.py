@@ -12,13 +12,13 @@ from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops, emformer_base_arch, measured_flops
 from emformer_variants.metrics.memory import tensor_bytes
 from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
-from emformer_variants.surgery import apply_surgery_, config_from_spec
 from emformer_variants.surgery.mla import (
     MLAAttention,
     MLAConfig,
     MLAEmformerLayer,
     analytic_encoder_flops_delta,
 )
+from emformer_variants.surgery.registry import apply_surgery_, config_from_spec
 from tests.conftest import RC, SEG, make_tiny_rec
 
 D = 64  # tiny model width: time_reduction_input_dim 16 x stride 4
@@ -174,7 +174,7 @@ def test_bad_settings_give_clear_errors(fields, match):
 def test_yaml_default_shrinks_cache_at_least_4x():
     import yaml
 
-    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     spec = yaml.safe_load((PROJECT_ROOT / "conf/variant/mla.yaml").read_text())
     config = config_from_spec(spec)
@@ -204,7 +204,7 @@ def test_base_arch_state_bytes():
     import yaml
     from torchaudio.models import emformer_rnnt_model
 
-    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     torch.manual_seed(0)
     arch = emformer_base_arch(4097)

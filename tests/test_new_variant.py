@@ -133,7 +133,8 @@ def test_a_registered_variant_flows_through_every_tool(toy, mini_corpus, tmp_pat
     for row in ("after_surgery", "fine_tuned"):
         m = summary["results"][row]
         assert m["toy_calls"] > 0
-        assert m["gflops_per_audio_s_encoder_analytic"] == m["gflops_per_audio_s_encoder"]
+        assert m["gflops_per_audio_s_encoder_analytic"] == pytest.approx(m["gflops_per_audio_s_encoder"],
+                                                                         rel=0.01)
     with open(out / "csv" / "metrics.csv") as f:
         logged = set(next(csv.reader(f)))
     assert {"train/toy_l2", "train/toy/kept"} <= logged
@@ -148,7 +149,8 @@ def test_a_registered_variant_flows_through_every_tool(toy, mini_corpus, tmp_pat
         assert evals[stage]["variants"] == [{"name": "toy", "keep": 0.5, "width": 32}]
         assert evals[stage]["toy_calls"] > 0
         m = evals[stage]
-        assert m["gflops_per_audio_s_encoder_analytic"] == m["gflops_per_audio_s_encoder"]
+        assert m["gflops_per_audio_s_encoder_analytic"] == pytest.approx(m["gflops_per_audio_s_encoder"],
+                                                                         rel=0.01)
     assert evals["final"]["wer"] == pytest.approx(summary["results"]["fine_tuned"]["wer"])
 
     # The results table: rows are the recipes in conf/experiment/finetune/; steps already done are reused.

@@ -69,7 +69,7 @@ def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str],
         cmd = [py, "train.py", f"experiment=finetune/{row}", *extra]
         commands.append("python " + " ".join(cmd[1:]))
         _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log)
-        if row != "dense":
+        if (train_dir / "surgery.pt").is_file():  # train.py writes it when the variant has a surgery
             stages["surgery"] = str(train_dir / "surgery.pt")
         stages["final"] = str(train_dir / "final.pt")
     result: dict = {"stages": {}, "commands": commands}

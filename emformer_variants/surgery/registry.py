@@ -19,6 +19,7 @@ import torch
 
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops
+from emformer_variants.metrics.params import count_params
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +158,13 @@ def variant_name(specs: list[dict]) -> str:
     return "+".join(names) if names else "dense"
 
 
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def apply_surgery_(rec, spec: dict, init: str = "convert", calibration=None) -> SurgeryReport:
     """Apply one registered surgery to ``rec`` (a Recognizer) in place and record it."""
     config = config_from_spec(spec)
     entry = get_surgery(spec["name"])
-    before = count_params(rec.model)
+    before = count_params(rec.model)[0]
     report: SurgeryReport = entry.apply(rec, config, init=init, calibration=calibration)
-    report.params_before, report.params_after = before, count_params(rec.model)
+    report.params_before, report.params_after = before, count_params(rec.model)[0]
     if not entry.identity:
         # A surgery whose choices depend on data (e.g. per-layer ranks from calibration)
         # returns the fully resolved spec, so that init="empty" rebuilds the same shapes.

@@ -82,7 +82,7 @@ def test_full_rank_reproduces_base(memory, absorb):
 def test_absorbed_equals_plain_at_reduced_rank(base_rec):
     x = torch.randn(1, 5 * SEG + RC, 80)
     plain_rec, absorbed_rec = mla(base_rec, kv_rank=12), mla(base_rec, kv_rank=12, absorb=True)
-    with torch.inference_mode():  # as streaming.stream_decode runs it
+    with torch.inference_mode():  # as engine.stream.stream_decode runs it
         absorbed, _ = stream(absorbed_rec, x, 5)
     torch.testing.assert_close(absorbed, stream(plain_rec, x, 5)[0], atol=1e-5, rtol=1e-5)
     # The cached W_o W_uv follows in-place weight updates (optimizer steps, load_state_dict).

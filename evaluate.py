@@ -7,41 +7,47 @@ import sys
 
 import hydra
 import lightning as L
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from emformer_variants.checkpoints import check_variant
-from emformer_variants.cli import (
-    metrics_table,
-    one_line_errors,
-    set_threads,
-    write_json_atomic,
-    write_jsonl,
-)
-from emformer_variants.config_checks import check_evaluate_config
 from emformer_variants.engine.packed import kernel
 from emformer_variants.engine.precision import apply_precision_
-from emformer_variants.evaluation import evaluate_recognizer, pick_utterances
-from emformer_variants.hydra_run import check_overrides, pin_output_dir, report_hint
+from emformer_variants.errors import one_line_errors
+from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utterances
 from emformer_variants.models.build import resolve_checkpoint
-from emformer_variants.run_dir import claim_output_dir
+from emformer_variants.models.checkpoints import diff_variants, mismatch_error
+from emformer_variants.reporting.tables import metrics_table
+from emformer_variants.surgery.registry import requested_specs
+from emformer_variants.utils.config_checks import check_evaluate_config
+from emformer_variants.utils.files import write_json_atomic, write_jsonl
+from emformer_variants.utils.hydra_run import check_overrides, pin_output_dir, report_hint
+from emformer_variants.utils.run_dir import claim_output_dir
 
 log = logging.getLogger("evaluate")
+
+
+def load_checkpoint(cfg: DictConfig):
+    """The recognizer of ``ckpt=``; with ``variant=NAME`` it must hold that variant."""
+    rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
+    if cfg.get("variant") is not None:
+        requested = requested_specs(OmegaConf.to_container(cfg.variant, resolve=True))
+        diffs = diff_variants(rec.variants, requested)
+        if diffs:
+            raise mismatch_error("ckpt", cfg.ckpt, diffs, "pass the matching variant= or another checkpoint")
+    return rec
 
 
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     check_evaluate_config(cfg)  # every setting, before loading the checkpoint or any data
-    set_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = claim_output_dir(cfg.paths.output_dir)
-    rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
-    if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold that variant
-        check_variant(rec.variants, OmegaConf.to_container(cfg.variant, resolve=True), "ckpt", cfg.ckpt)
+    rec = load_checkpoint(cfg)
     precision = apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
-    utts = dm.utterances(cfg.split)
     subset = cfg.get("subset", "first")
-    utts = pick_utterances(utts, cfg.max_utterances, subset, cfg.seed)
+    utts = pick_utterances(dm.utterances(cfg.split), cfg.max_utterances, subset, cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
                                         decoder=cfg.decoder, decoder_options=options)
@@ -57,12 +63,12 @@ def run(cfg: DictConfig) -> dict:
     write_json_atomic(out_dir / "metrics.json", metrics)
     write_jsonl(out_dir / "hyps.jsonl", rows)
     if cfg.plots:
-        from emformer_variants.metrics.plots import write_latency_plots
+        from emformer_variants.reporting.latency_plots import write_latency_plots
 
         write_latency_plots(rows, out_dir, segment_ms=1000 * rec.features.cfg.chunk_seconds,
                             algorithmic_s=metrics["algorithmic_latency_s"])
     if cfg.profile:
-        from emformer_variants.profiling import write_profile
+        from emformer_variants.evaluation.profiling import write_profile
 
         write_profile(rec, utts, out_dir / "profile.txt", beam=cfg.beam, decoder=cfg.decoder)
     print(metrics_table({str(cfg.ckpt): metrics}))

@@ -14,49 +14,98 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from emformer_variants.cli import metrics_table, one_line_errors, set_threads, write_json_atomic
-from emformer_variants.config_checks import check_train_config
-from emformer_variants.errors import UserError
-from emformer_variants.evaluation import evaluate_recognizer
-from emformer_variants.hydra_run import check_overrides, metric_value, pin_output_dir, report_hint
+from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.evaluation.evaluate import evaluate_recognizer
 from emformer_variants.models.build import build_scratch, load_base
-from emformer_variants.models.recognizer import save_recognizer
-from emformer_variants.resume import (
-    AtomicCheckpointIO,
-    BatchOrderLog,
-    LastCheckpoint,
-    StepSeed,
-    resolve_resume,
-)
-from emformer_variants.run_dir import claim_output_dir
-from emformer_variants.surgery import apply_variant_spec_
+from emformer_variants.models.recognizer import Recognizer, save_recognizer
+from emformer_variants.reporting.tables import metrics_table
+from emformer_variants.surgery.registry import SurgeryReport, apply_variant_, calibration_batches
+from emformer_variants.training.resume import AtomicCheckpointIO, resolve_resume
+from emformer_variants.utils.config_checks import check_train_config
+from emformer_variants.utils.files import write_json_atomic
+from emformer_variants.utils.hydra_run import check_overrides, metric_value, pin_output_dir, report_hint
+from emformer_variants.utils.instantiators import instantiate_callbacks
+from emformer_variants.utils.run_dir import claim_output_dir
 
 log = logging.getLogger("train")
 
 
-def _evaluate(rec, utts, cfg: DictConfig) -> dict:
+def build_base(cfg: DictConfig, dm) -> Recognizer:
+    """``init=base``: the configured base weights; ``init=scratch``: a new tokenizer and feature
+    statistics from the training data, random weights."""
+    if cfg.init == "base":
+        return load_base(cfg.model)
+    if cfg.init == "scratch":
+        return build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed,
+                             skip_bad=dm.skip_bad)
+    raise UserError(f"init={cfg.init}: choose base or scratch")
+
+
+def apply_variant(cfg: DictConfig, base: Recognizer, dm,
+                  out_dir: Path) -> tuple[Recognizer, list[SurgeryReport]]:
+    """The variant: surgery on a copy of the base, so every bad setting fails before any
+    evaluation or training, and the untouched base stays for the "before" row and
+    distillation. Calibration audio is read only when a surgery asks for it. The variant
+    before fine-tuning is saved as ``surgery.pt`` for evaluate.py."""
+    variant = OmegaConf.to_container(cfg.variant, resolve=True)
+    rec = copy.deepcopy(base)
+    dm.bind(rec.features, rec.tokenizer)
+    num = calibration_batches(variant, cfg.calibration_batches)
+    calibration = dm.calibration_batches(num) if num is not None else None
+    reports = apply_variant_(rec, variant, init="convert", calibration=calibration)
+    for report in reports:
+        log.info(report.summary())
+    if len(rec.variants) > len(base.variants):
+        save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0})
+    return rec, reports
+
+
+def evaluate(rec: Recognizer, utts, cfg: DictConfig) -> dict:
+    """The streaming evaluation of one model (``eval.*``), on ``eval.threads`` threads."""
     threads = torch.get_num_threads()
-    set_threads(cfg.eval.threads)
+    torch.set_num_threads(cfg.eval.threads)
     try:
         metrics, _ = evaluate_recognizer(rec, utts, beam=cfg.eval.beam, flops=cfg.eval.flops,
                                          progress=False)
     finally:
-        set_threads(threads)
+        torch.set_num_threads(threads)
     rec.train()
     return metrics
+
+
+def fit(cfg: DictConfig, rec: Recognizer, base: Recognizer, dm, resume: str | None,
+        out_dir: Path) -> L.Trainer:
+    """LightningModule, callbacks, logger and Trainer from config; fit."""
+    teacher = base if cfg.module.distill.weight > 0 else None
+    module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    logger = hydra.utils.instantiate(cfg.logger)
+    if hasattr(logger, "log_hyperparams"):
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
+                                      default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    return trainer
+
+
+def validation_metrics(trainer: L.Trainer) -> dict:
+    """The last validation's ``val/*`` and, from the best-checkpoint callback, ``val/wer_best``."""
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    if best is not None and best.best_model_score is not None:
+        val["val/wer_best"] = float(best.best_model_score)
+    return val
 
 
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     check_train_config(cfg)  # every setting, incl. the variant against the model, before any work
-    set_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    variant = OmegaConf.to_container(cfg.variant, resolve=True)
-    # A composed variant lists its parts: {name: ..., stack: [spec, spec, ...]}.
-    specs = variant["stack"] if "stack" in variant else [variant]
     resume = resolve_resume(cfg.ckpt_path, cfg.paths.root_dir, cfg.task_name)
     claim_output_dir(out_dir)
     if resume:
@@ -64,72 +113,30 @@ def run(cfg: DictConfig) -> dict:
                  "in its own folder)", resume, out_dir / "checkpoints")
 
     dm = hydra.utils.instantiate(cfg.data)
-    if cfg.init == "base":
-        rec = load_base(cfg.model)
-    elif cfg.init == "scratch":
-        rec = build_scratch(cfg.model, dm.utterances(dm.train_split), cfg.stats_utterances, cfg.seed,
-                            skip_bad=dm.skip_bad)
-    else:
-        raise UserError(f"init={cfg.init}: choose base or scratch")
+    base = build_base(cfg, dm)
     eval_utts = dm.utterances(cfg.eval.split)[: cfg.eval.max_utterances]
-
-    # Surgery first, on a copy: every bad setting is rejected before any evaluation or
-    # training starts; the untouched base is kept for the "before" row and distillation.
-    base = rec
-    rec = copy.deepcopy(base)
-    dm.bind(rec.features, rec.tokenizer)
-    calibration = None
-    if any(s.get("calibration_batches") or s.get("method") in ("asvd", "whiten")
-           or s.get("init") == "partition" for s in specs):
-        num = max([s.get("calibration_batches") or 0 for s in specs] + [cfg.calibration_batches])
-        calibration = dm.calibration_batches(num)
-    reports = [apply_variant_spec_(rec, s, init="convert", calibration=calibration) for s in specs]
-    for report in reports:
-        log.info(report.summary())
-    has_surgery = any(s["name"] != "dense" for s in specs)
-    if has_surgery:  # the variant before fine-tuning, for evaluate.py
-        save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0})
+    rec, reports = apply_variant(cfg, base, dm, out_dir)
 
     results: dict[str, dict] = {}
     rank0 = L.pytorch.utilities.rank_zero_only.rank == 0  # DDP: only rank 0 evaluates
     if cfg.eval.before and cfg.init == "base" and rank0:
-        results["base"] = _evaluate(base, eval_utts, cfg)
-    if has_surgery and cfg.eval.before and rank0:
-        results["after_surgery"] = _evaluate(rec, eval_utts, cfg)
+        results["base"] = evaluate(base, eval_utts, cfg)
+    if len(rec.variants) > len(base.variants) and cfg.eval.before and rank0:
+        results["after_surgery"] = evaluate(rec, eval_utts, cfg)
 
-    teacher = base if cfg.module.distill.weight > 0 else None
-    module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
-    ckpt_dir = out_dir / "checkpoints"
-    callbacks = [
-        L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="best-{step}", monitor="val/wer",
-                                            mode="min", save_last=False,
-                                            save_top_k=cfg.get("checkpoint_keep_best") or 1),
-        LastCheckpoint(ckpt_dir, cfg.checkpoint_every_n_steps),  # resume point, mid-epoch too
-        StepSeed(cfg.seed),  # randomness from (seed, epoch, batch): resumed runs continue exactly
-        L.pytorch.callbacks.LearningRateMonitor(logging_interval="step"),
-    ]
-    if cfg.log_batch_order:
-        callbacks.append(BatchOrderLog(out_dir / "batch_order.jsonl"))
-    logger = hydra.utils.instantiate(cfg.logger)
-    if hasattr(logger, "log_hyperparams"):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
-                                      default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    trainer = fit(cfg, rec, base, dm, resume, out_dir)
     if trainer.global_rank != 0:
         return {}
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if callbacks[0].best_model_score is not None:
-        val["val/wer_best"] = float(callbacks[0].best_model_score)
-
+    variant = OmegaConf.to_container(cfg.variant, resolve=True)
     final = out_dir / "final.pt"
     save_recognizer(rec, final, meta={"variant": variant, "steps": trainer.global_step,
                                       "surgery": [r.summary() for r in reports]})
     log.info("saved %s", final)
     if cfg.eval.after:
-        results["fine_tuned"] = _evaluate(rec, eval_utts, cfg)
+        results["fine_tuned"] = evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
-               "final": str(final), "steps": trainer.global_step, "val": val, "resumed_from": resume,
+               "final": str(final), "steps": trainer.global_step, "val": validation_metrics(trainer),
+               "resumed_from": resume,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,
                             **{k: v for k, v in r.extra.items() if isinstance(v, (int, float, str))}}

@@ -38,13 +38,13 @@ from pathlib import Path
 
 import torch
 
-from emformer_variants.cli import PROJECT_ROOT, one_line_errors
 from emformer_variants.engine.packed import counting_flops
 from emformer_variants.engine.pipeline import DECODERS, Pipeline, build_pipeline
 from emformer_variants.engine.precision import PRECISIONS, apply_precision_
-from emformer_variants.errors import UserError
+from emformer_variants.engine.stream import Stream, chunk_windows
+from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.metrics.latency import percentiles
-from emformer_variants.streaming import chunk_windows
+from emformer_variants.utils.paths import PROJECT_ROOT
 
 SENTENCES = [
     "it is a truth universally acknowledged that a single man in possession of a good fortune",
@@ -106,7 +106,7 @@ def build_model(name: str):
         return load_recognizer(PROJECT_ROOT / "checkpoints" / "tiny_base.pt").eval(), \
             "tiny: the shipped trained base (checkpoints/tiny_base.pt)"
     if name == "emformer_base":
-        from emformer_variants.arch_report import build_random
+        from emformer_variants.models.build import build_random
 
         return build_random("emformer_base"), ("emformer_base: RANDOM WEIGHTS (torchaudio's architecture, "
                                                "76.7M params); speed is real, decoding behaviour is not")
@@ -162,23 +162,18 @@ def interleaved(rec_for: dict, pipes: dict[str, Pipeline], waves: list[torch.Ten
     cfg = next(iter(rec_for.values())).features.cfg
     for wave in waves:
         windows = list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples))
-        states = {m: (pipes[m].encoder.init(1), [pipes[m].search.init_state()]) for m in labels}
+        streams = {m: Stream(rec_for[m], pipes[m]) for m in labels}
         for k, window in enumerate(windows):
             order = labels[k % len(labels):] + labels[:k % len(labels)]
             for m in order:
-                rec, pipe = rec_for[m], pipes[m]
-                enc_state, hyps = states[m]
                 with counting_flops() as flops:
                     t0, c0 = time.perf_counter(), time.thread_time()
-                    feats = rec.features.streaming(window).unsqueeze(0)
-                    enc, enc_state = pipe.encoder.step(feats, enc_state)
-                    hyps = pipe.search.step(enc, hyps)
+                    streams[m].step(window)
                     out[m].wall_ms.append(1000 * (time.perf_counter() - t0))
                     out[m].cpu_ms.append(1000 * (time.thread_time() - c0))
                 out[m].gflop.append(flops[0] / 1e9)
-                states[m] = (enc_state, hyps)
         for m in labels:
-            out[m].tokens.append(pipes[m].search.best_tokens(states[m][1][0]))
+            out[m].tokens.append(streams[m].best_tokens())
     return out
 
 
@@ -198,7 +193,7 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
         queue += waves
     queue.reverse()
     slots: list[list | None] = [None] * n  # [windows, next index]
-    state, hyps = pipe.encoder.init(n), [pipe.search.init_state() for _ in range(n)]
+    stream = Stream(rec, pipe, n)
     steps, audio_s = [], 0.0
     silence = torch.zeros(cfg.window_samples)
     t_start = time.perf_counter()
@@ -208,19 +203,14 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
                 wave = queue.pop()
                 audio_s += wave.numel() / cfg.sample_rate
                 slots[i] = [list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples)), 0]
-                if n > 1:
-                    pipe.encoder.reset(state, i)
-                else:
-                    state = pipe.encoder.init(1)
-                hyps[i] = pipe.search.init_state()
+                stream.restart(i)
         if all(s is None for s in slots):
             break
         t0 = time.perf_counter()
         batch = torch.stack([s[0][s[1]] if s else silence for s in slots])
-        feats = rec.features.streaming(batch)
-        enc, state = pipe.encoder.step(feats, state)
-        new = pipe.search.step(enc, hyps)
-        hyps = [new[i] if slots[i] else hyps[i] for i in range(n)]
+        idle = list(stream.beams)
+        stream.step(batch)
+        stream.beams = [stream.beams[i] if slots[i] else idle[i] for i in range(n)]  # idle slots keep theirs
         steps.append(1000 * (time.perf_counter() - t0))
         for i, s in enumerate(slots):
             if s:
@@ -369,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_streams(stream_rows))
     if args.profile:
-        from emformer_variants.profiling import profile_table
+        from emformer_variants.evaluation.profiling import profile_table
 
         out = Path(args.profile)
         out.mkdir(parents=True, exist_ok=True)

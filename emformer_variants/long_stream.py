@@ -1,6 +1,6 @@
 """Memory over a long live stream: decode one N-minute stream chunk by chunk (the same
-``stream_decode`` evaluation uses) and record, per chunk, the bytes of the carried encoder
-state and, every few chunks, the process RSS.
+``stream_decode`` evaluation uses) and record, through a stream hook, the bytes of the carried
+encoder state after every chunk and, every few chunks, the process RSS.
 
     python -m emformer_variants.long_stream --minutes 10              # shipped base, TTS speech
     python -m emformer_variants.long_stream --ckpt PATH --audio a.wav b.flac --minutes 10
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from emformer_variants.engine.stream import Stream, StreamHook, stream_decode
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.memory import current_rss_mb, peak_rss_mb, tensor_bytes
 
@@ -60,30 +61,28 @@ def tile(pieces: list[torch.Tensor], seconds: float, pause_s: float = 0.5) -> to
     return torch.cat(out)[:target]
 
 
+class _Memory(StreamHook):
+    """Per chunk: the bytes of the carried encoder state; every ``every`` chunks: RSS."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.state_bytes: list[int] = []
+        self.rss: list[tuple[int, float]] = []
+
+    def chunk_done(self, stream: Stream) -> None:
+        self.state_bytes.append(tensor_bytes(stream.state))
+        if len(self.state_bytes) % self.every == 1:
+            self.rss.append((len(self.state_bytes), current_rss_mb()))
+
+
 def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int = 50) -> dict:
     """Decode ``wave`` as one live stream; per-chunk state bytes and sampled RSS."""
-    from emformer_variants.streaming import stream_decode
-
-    model = rec.model
-    state_bytes: list[int] = []
-    rss: list[tuple[int, float]] = []
-    inner = model.transcribe_streaming
-
-    def recording(*args, **kwargs):
-        out = inner(*args, **kwargs)
-        state_bytes.append(tensor_bytes(out[2]))
-        if len(state_bytes) % rss_every == 1:
-            rss.append((len(state_bytes), current_rss_mb()))
-        return out
-
-    model.transcribe_streaming = recording  # instance attribute: the model class is untouched
-    try:
-        rss_start = current_rss_mb()
-        t0 = time.perf_counter()
-        result = stream_decode(rec, wave, beam)
-        wall = time.perf_counter() - t0
-    finally:
-        del model.transcribe_streaming
+    memory = _Memory(rss_every)
+    rss_start = current_rss_mb()
+    t0 = time.perf_counter()
+    result = stream_decode(rec, wave, beam, hooks=(memory,))
+    wall = time.perf_counter() - t0
+    state_bytes, rss = memory.state_bytes, memory.rss
     rss.append((len(state_bytes), current_rss_mb()))
     chunk_s = rec.features.cfg.chunk_seconds
     minute = min(len(state_bytes) - 1, int(round(60 / chunk_s)))
@@ -128,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="write the measurements as JSON here")
     args = ap.parse_args(argv)
     try:
-        from emformer_variants.cli import PROJECT_ROOT
         from emformer_variants.data.audio import load_audio
         from emformer_variants.models.recognizer import load_recognizer
+        from emformer_variants.utils.paths import PROJECT_ROOT
 
         torch.set_num_threads(args.threads)
         ckpt = PROJECT_ROOT / "checkpoints" / "tiny_base.pt" if args.ckpt == "base" else Path(args.ckpt)

@@ -1,9 +1,10 @@
-"""The README results table, from the real CLIs: python -m emformer_variants.results [--rows ...]
+"""The results table, from the real CLIs: python -m emformer_variants.results [--rows ...]
 
-Each row is a pinned experiment (``conf/experiment/ft_<row>.yaml``): ``train.py`` applies the
-surgery to the shipped base and fine-tunes it (``surgery.pt`` is the variant before
-fine-tuning, ``final.pt`` after), then ``evaluate.py`` scores both checkpoints in streaming
-mode on every evaluation set. The ``base`` row is ``evaluate.py ckpt=base``. A step whose
+Each row is a fine-tuning recipe, ``conf/experiment/finetune/<row>.yaml`` (every file there is
+a row): ``train.py`` applies the surgery to the shipped base and fine-tunes it (``surgery.pt``
+is the variant before fine-tuning, ``final.pt`` after), then ``evaluate.py`` scores both
+checkpoints in streaming mode on every evaluation set. The ``base`` row is
+``evaluate.py ckpt=base``. A step whose
 ``metrics.json`` already exists is not run again, so an interrupted run picks up where it
 stopped. Prints the markdown table and writes ``results.md`` / ``results.json`` in ``--out``.
 """
@@ -19,12 +20,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from emformer_variants.cli import PROJECT_ROOT, one_line_errors, write_json_atomic
-from emformer_variants.errors import UserError
+from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.utils.files import write_json_atomic
+from emformer_variants.utils.paths import PROJECT_ROOT
 
-ROWS = ["base", "dense", "moe", "moe_neutral", "mla", "lowrank", "mla_moe"]
+RECIPES = PROJECT_ROOT / "conf" / "experiment" / "finetune"
 EVAL_SETS = {"test": ["split=test"], "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
 SURGERY_SETS = ["test"]  # the variant before fine-tuning: the test split is enough to show the drop
+
+
+def rows() -> list[str]:
+    """``base``, then every recipe in conf/experiment/finetune/ (``dense``, the control, first)."""
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    return ["base", *sorted(names, key=lambda n: n != "dense")]
 
 
 def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
@@ -58,10 +66,10 @@ def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str],
         stages["base"] = "base"
     else:
         train_dir = out / row / "train"
-        cmd = [py, "train.py", f"experiment=ft_{row}", *extra]
+        cmd = [py, "train.py", f"experiment=finetune/{row}", *extra]
         commands.append("python " + " ".join(cmd[1:]))
         _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log)
-        if row != "dense":
+        if (train_dir / "surgery.pt").is_file():  # train.py writes it when the variant has a surgery
             stages["surgery"] = str(train_dir / "surgery.pt")
         stages["final"] = str(train_dir / "final.pt")
     result: dict = {"stages": {}, "commands": commands}
@@ -109,7 +117,8 @@ def table(results: dict[str, dict]) -> str:
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", nargs="+", default=ROWS, help=f"rows to run (default: all of {ROWS})")
+    known = rows()
+    p.add_argument("--rows", nargs="+", default=known, help=f"rows to run (default: all of {known})")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "results")
     p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
@@ -117,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=None,
                    help="evaluation sets to run, test among them (default: all; others show -)")
     args = p.parse_args(argv)
-    unknown = [r for r in args.rows if r not in ROWS]
+    unknown = [r for r in args.rows if r not in known]
     if unknown:
-        raise UserError(f"--rows {unknown}: unknown; choose from {ROWS}")
+        raise UserError(f"--rows {unknown}: unknown; choose from {known}")
     if args.sets and "test" not in args.sets:
         raise UserError(f"--sets {args.sets}: include test (the cost columns come from it)")
     out = args.out.resolve()

@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-command -v flite >/dev/null || need_apt+=(flite)          # one of the TTS engines
+command -v flite >/dev/null || need_apt+=(flite)          # TTS engines of the synthetic corpus
+command -v festival >/dev/null || need_apt+=(festival)
+[ -d /usr/share/festival/voices/english/kal_diphone ] || need_apt+=(festvox-kallpc16k)
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || need_apt+=(festvox-us-slt-hts)
 command -v g++ >/dev/null || need_apt+=(g++)              # builds the engine's packed linear kernel
 command -v apt-get >/dev/null || { echo "error: apt-get not found (Debian needed for corpus text/voices)"; exit 2; }
 if [ ${#need_apt[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]; then

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +70,41 @@ def mini_corpus(tmp_path_factory) -> Path:
     for split, utts in rows.items():
         write_manifest(out / f"{split}.jsonl", utts)
     return out
+
+
+def kernel_should_build() -> bool:
+    """An x86 CPU with AVX2 and g++, and the kernel not switched off: the packed kernel must
+    build here, or the engine silently runs its slow fallback."""
+    return (platform.machine().lower() in ("x86_64", "amd64")
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            and shutil.which("g++") is not None
+            and os.environ.get("EMFORMER_VARIANTS_PACKED", "1") != "0")
+
+
+def require_kernel():
+    """The packed kernel, for the tests that exercise it. Where it should build, a missing
+    kernel fails the test; ``EMFORMER_VARIANTS_ALLOW_NO_KERNEL=1`` turns that into a skip
+    (for machines where a failed build is expected), and elsewhere it is always a skip."""
+    from emformer_variants.engine import packed
+
+    if packed.kernel() is not None:
+        return packed.kernel()
+    if kernel_should_build() and os.environ.get("EMFORMER_VARIANTS_ALLOW_NO_KERNEL", "0") != "1":
+        pytest.fail("the packed kernel did not build on this x86 machine with AVX2 and g++ (the "
+                    "warning above says why); fix the build, or set EMFORMER_VARIANTS_ALLOW_NO_KERNEL=1 "
+                    "to skip the kernel's tests")
+    pytest.skip("packed kernel unavailable here")
+
+
+def corpus_wer_of(wer: float, refs: list[str]) -> int:
+    """The edit count behind a corpus-level ``wer`` over ``refs`` (total edits / total
+    reference words, after the text normaliser); fails unless it is a whole number."""
+    from emformer_variants.text_norm import normalize_text
+
+    words = sum(len(normalize_text(r).split()) for r in refs)
+    edits = wer * words
+    assert math.isfinite(wer) and edits >= 0 and abs(edits - round(edits)) < 1e-6, (wer, words)
+    return round(edits)
 
 
 def run_cli(script: str, *overrides: str, cwd: Path = ROOT, timeout: int = 600,

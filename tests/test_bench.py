@@ -4,11 +4,13 @@ many streams report throughput; bad modes are one-line errors."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
-from emformer_variants.bench import Mode, main
+from emformer_variants.bench import SENTENCES, Mode, main
+from tests.conftest import corpus_wer_of
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +34,11 @@ def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
     assert rows["stock@fp32"]["speedup_vs_stock"] == 1.0
     n = rows["exact@fp32"]["same_as_stock"].split("/")[1]
     assert rows["exact@fp32"]["same_as_stock"] == f"{n}/{n}"
-    assert all(r["chunk_ms_p50"] > 0 and r["rtf"] > 0 and 0 <= r["wer"] for r in rows.values())
+    assert all(r["chunk_ms_p50"] > 0 and r["rtf"] > 0 for r in rows.values())
+    assert rows["exact@fp32"]["wer"] == rows["stock@fp32"]["wer"]  # the same transcripts
+    n_utts = int(re.search(r"beam 4, (\d+) utterances", text).group(1))
+    texts = [SENTENCES[i % len(SENTENCES)] for i in range(n_utts)]  # the bench's references
+    assert all(corpus_wer_of(r["wer"], texts) >= 0 for r in rows.values())  # whole numbers of errors
     # matmul work is counted for modes whose linears all run in the packed kernels (or their
     # fallbacks); the fp32-peak floor only for fp32 arithmetic
     assert "gflop_per_chunk" not in rows["stock@fp32"] and "gflop_per_chunk" not in rows["greedy@int8-fbgemm"]

@@ -51,9 +51,10 @@ def test_evaluate_project_checkpoints(trained, mini_corpus, tmp_path, which):
     assert REQUIRED_KEYS <= set(metrics)
     assert metrics["num_utterances"] == 2 and metrics["kv_cache_bytes"] > 0
     assert 0 < metrics["rtf"] < 5
-    # FlopCounterMode and the analytic encoder count agree.
+    # FlopCounterMode and the analytic encoder count agree (the streaming feature window has one
+    # frame more than the chunk, which only the input linear sees: under 1%).
     ratio = metrics["gflops_per_audio_s_encoder"] / metrics["gflops_per_audio_s_encoder_analytic"]
-    assert 0.98 < ratio < 1.02
+    assert 1 <= ratio < 1.01
     assert (tmp_path / "hyps.jsonl").is_file()
     assert "wer_by_speaker" not in metrics  # one speaker: nothing to break down
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from emformer_variants.cli import PROJECT_ROOT
+from emformer_variants.utils.paths import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
 
@@ -15,9 +15,10 @@ def _compose(name: str, overrides: list[str]):
         return compose(name, overrides=overrides, return_hydra_config=False)
 
 
-@pytest.mark.parametrize("group", ["data", "model", "variant", "trainer", "logger", "module", "experiment"])
+@pytest.mark.parametrize("group", ["data", "model", "variant", "trainer", "callbacks", "logger", "module",
+                                   "experiment"])
 def test_every_option_composes(group):
-    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    options = sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
     assert options
     for option in options:
         overrides = [f"{group}={option}"]

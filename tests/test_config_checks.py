@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra import compose, initialize_config_dir
 
-from emformer_variants.cli import PROJECT_ROOT
-from emformer_variants.config_checks import check_evaluate_config, check_train_config
 from emformer_variants.errors import UserError
+from emformer_variants.utils.config_checks import check_evaluate_config, check_train_config
+from emformer_variants.utils.paths import PROJECT_ROOT
 from tests.conftest import run_cli
 
 CONF = PROJECT_ROOT / "conf"
@@ -25,7 +25,8 @@ def test_shipped_configs_pass(variant, model):
     check_train_config(_compose("train", [f"variant={variant}", f"model={model}"]))
 
 
-@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+@pytest.mark.parametrize("experiment", sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
+                                              for p in (CONF / "experiment").rglob("*.yaml")))
 def test_shipped_experiments_pass(experiment):
     check_train_config(_compose("train", [f"experiment={experiment}"]))
 

@@ -14,7 +14,7 @@ import torch
 
 from emformer_variants.data.datamodule import ASRDataModule
 from emformer_variants.data.sources import ManifestSource
-from emformer_variants.lit_module import RNNTModule
+from emformer_variants.training.module import RNNTModule
 from tests.conftest import TINY_ARCH, make_tiny_rec, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

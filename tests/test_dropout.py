@@ -7,7 +7,7 @@ import functools
 
 import torch
 
-from emformer_variants.lit_module import RNNTModule, set_dropout_
+from emformer_variants.training.module import RNNTModule, set_dropout_
 from tests.conftest import make_tiny_rec
 
 

@@ -14,9 +14,9 @@ from emformer_variants.data.manifest import read_manifest
 from emformer_variants.engine import packed
 from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.pipeline import build_pipeline
+from emformer_variants.engine.stream import chunk_windows, stream_decode
 from emformer_variants.models.recognizer import load_recognizer
-from emformer_variants.streaming import chunk_windows, stream_decode
-from tests.conftest import ROOT, make_tiny_rec
+from tests.conftest import ROOT, make_tiny_rec, require_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,8 +148,7 @@ def test_fused_layer_stack_is_bit_for_bit_the_python_loop(precision):
     different histories (the masked path)."""
     from emformer_variants.engine.precision import apply_precision_
 
-    if packed.kernel() is None:
-        pytest.skip("packed kernel unavailable here")
+    require_kernel()
     rec = make_tiny_rec(2)
     apply_precision_(rec, precision)
     fused, loop = StreamingEncoder(rec.model), StreamingEncoder(rec.model, fused=False)
@@ -172,11 +171,11 @@ def test_fused_stack_only_for_packed_torchaudio_layers(monkeypatch):
     """Surgery (a low-rank linear) or no kernel: the encoder falls back to the Python loop."""
     import yaml
 
-    from emformer_variants.surgery import apply_variant_spec_
+    from emformer_variants.surgery.registry import apply_surgery_
 
     rec = make_tiny_rec(4)
     spec = yaml.safe_load((ROOT / "conf" / "variant" / "lowrank.yaml").read_text())
-    apply_variant_spec_(rec, spec, init="convert")
+    apply_surgery_(rec, spec, init="convert")
     assert StreamingEncoder(rec.model).stack is None
     monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
     monkeypatch.setattr("emformer_variants.engine.packed.kernel", lambda: None)
@@ -190,11 +189,11 @@ def test_exact_equals_stock_on_surgery_variants(variant):
     stock's beams."""
     import yaml
 
-    from emformer_variants.surgery import apply_variant_spec_
+    from emformer_variants.surgery.registry import apply_surgery_
 
     rec = make_tiny_rec(4)
     spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
-    apply_variant_spec_(rec, spec, init="convert")
+    apply_surgery_(rec, spec, init="convert")
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
     assert_same_beams(rec, chunk_features(rec, wave), 4)
     for decoder in ("modified", "greedy"):
@@ -206,8 +205,7 @@ def test_fused_predictor_step_is_bit_for_bit_the_python_loop(precision):
     from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.engine.predictor import PredictorStep
 
-    if packed.kernel() is None:
-        pytest.skip("packed kernel unavailable here")
+    require_kernel()
     rec = make_tiny_rec(3)
     apply_precision_(rec, precision)
     fused, loop = PredictorStep(rec.model.predictor), PredictorStep(rec.model.predictor, fused=False)
@@ -236,8 +234,7 @@ def test_fused_exact_search_is_bit_for_bit_the_python_loop(precision):
     from emformer_variants.engine.exact import ExactBeamSearch
     from emformer_variants.engine.precision import apply_precision_
 
-    if packed.kernel() is None:
-        pytest.skip("packed kernel unavailable here")
+    require_kernel()
     rec = make_tiny_rec(11)
     apply_precision_(rec, precision)
     fused = ExactBeamSearch(rec.model, rec.blank, 6, keep_chunks=3)
@@ -263,8 +260,7 @@ def test_fused_exact_search_is_bit_for_bit_the_python_loop(precision):
 def test_fused_exact_search_counts_the_same_flops_as_the_loop():
     from emformer_variants.engine.exact import ExactBeamSearch
 
-    if packed.kernel() is None:
-        pytest.skip("packed kernel unavailable here")
+    require_kernel()
     rec = make_tiny_rec(13)
     enc = torch.randn(1, 4, rec.model.joiner.linear.in_features, generator=torch.Generator().manual_seed(1))
     counted = []
@@ -291,8 +287,7 @@ def test_fused_exact_search_breaks_ties_as_torch_topk():
     to at::topk, and the beams still equal the Python loop's."""
     from emformer_variants.engine.exact import ExactBeamSearch
 
-    if packed.kernel() is None:
-        pytest.skip("packed kernel unavailable here")
+    require_kernel()
     rec = make_tiny_rec(3)
     joiner = rec.model.joiner.linear
     with torch.no_grad():

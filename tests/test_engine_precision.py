@@ -12,8 +12,8 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from emformer_variants.engine.linear import fuse_linears
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.precision import Int8DynamicLinear, WeightCastLinear, apply_precision_
+from emformer_variants.engine.stream import stream_decode
 from emformer_variants.errors import UserError
-from emformer_variants.streaming import stream_decode
 from tests.conftest import make_tiny_rec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -85,12 +85,12 @@ def test_surgery_variants_decode_at_every_precision(variant, precision):
     tensor). MLA used to fail here with "Inference tensors do not track version counter"."""
     import yaml
 
-    from emformer_variants.surgery import apply_variant_spec_
+    from emformer_variants.surgery.registry import apply_surgery_
     from tests.conftest import ROOT
 
     rec = make_tiny_rec(4)
     spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
-    apply_variant_spec_(rec, spec, init="convert")
+    apply_surgery_(rec, spec, init="convert")
     assert apply_precision_(rec, precision)["replaced"] > 0
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
     for decoder in ("stock", "exact"):

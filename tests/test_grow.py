@@ -11,7 +11,7 @@ import torch
 from emformer_variants.errors import UserError
 from emformer_variants.models.grow import grow_ffn, main
 from emformer_variants.models.recognizer import load_recognizer, save_recognizer
-from emformer_variants.surgery import apply_surgery_
+from emformer_variants.surgery.registry import apply_surgery_
 from tests.conftest import RC, ROOT, SEG, make_tiny_rec
 from tests.test_surgery_moe import outputs
 

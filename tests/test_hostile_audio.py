@@ -15,10 +15,10 @@ from emformer_variants.data.datamodule import validate_utterances
 from emformer_variants.data.dataset import UtteranceDataset, collate
 from emformer_variants.data.manifest import Utterance, write_manifest
 from emformer_variants.errors import UserError
-from emformer_variants.evaluation import evaluate_recognizer
-from emformer_variants.lit_module import RNNTModule
+from emformer_variants.evaluation.evaluate import evaluate_recognizer
 from emformer_variants.long_stream import measure_long_stream, tile
 from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.training.module import RNNTModule
 from tests.conftest import SENTENCES, TINY_ARCH, make_tiny_rec, run_cli
 
 # name -> what must happen: "handled" (decoded / trained on) or the rejection message.

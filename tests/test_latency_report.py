@@ -10,8 +10,8 @@ import torch
 
 from emformer_variants.data.manifest import read_manifest
 from emformer_variants.engine.packed import kernel
-from emformer_variants.evaluation import pick_utterances
-from emformer_variants.metrics.plots import latency_figures, write_latency_plots
+from emformer_variants.evaluation.evaluate import pick_utterances
+from emformer_variants.reporting.latency_plots import latency_figures, write_latency_plots
 from tests.conftest import run_cli
 
 ROWS = [
@@ -87,7 +87,7 @@ def test_evaluate_rejects_unknown_settings_first(setting, message, capsys):
     from hydra import compose, initialize_config_dir
 
     import evaluate
-    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("evaluate", overrides=["ckpt=missing.pt", "threads=1", setting])

@@ -142,8 +142,8 @@ def test_evaluate_resolves_raw_torchaudio_state_dict(torch_home, tmp_path):
     """evaluate.py model=emformer_base ckpt=<raw state dict> uses the bundle's tokenizer/stats."""
     from hydra import compose, initialize_config_dir
 
-    from emformer_variants.cli import PROJECT_ROOT
     from emformer_variants.models.build import resolve_checkpoint
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     raw = tmp_path / "my_finetuned_state_dict.pt"
     sd = emformer_rnnt_base(num_symbols=4097).state_dict()

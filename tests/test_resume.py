@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from emformer_variants.data.resumable import ResumableDataLoader
-from emformer_variants.resume import atomic_torch_save
+from emformer_variants.training.resume import atomic_torch_save
 from tests.conftest import ROOT, TINY_ARCH, run_cli
 
 # 8 training utterances of ~2 s; batch_seconds=3 puts one per batch: 8 batches per epoch, so
@@ -157,8 +157,8 @@ def test_ddp_resume_continues_every_rank_exactly(mini_corpus, tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys, torch
-    from emformer_variants.cli import write_json_atomic
-    from emformer_variants.resume import AtomicCheckpointIO
+    from emformer_variants.utils.files import write_json_atomic
+    from emformer_variants.training.resume import AtomicCheckpointIO
     out = sys.argv[1]
     io = AtomicCheckpointIO()
     i = 0

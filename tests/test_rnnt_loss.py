@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchaudio.functional
 
-from emformer_variants.losses.rnnt import rnnt_loss
+from emformer_variants.training.rnnt_loss import rnnt_loss
 
 LOSS_TOL = {"rtol": 1e-5, "atol": 1e-5}
 GRAD_TOL = {"rtol": 0.0, "atol": 1e-4}

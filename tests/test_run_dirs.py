@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from emformer_variants.errors import UserError
-from emformer_variants.run_dir import CLAIM, claim_output_dir
+from emformer_variants.utils.run_dir import CLAIM, claim_output_dir
 from tests.conftest import ROOT, run_cli
 
 # Compose the train config the way train.py does, with Hydra's ${now:} frozen: two processes
@@ -20,7 +20,7 @@ _COMPOSE = textwrap.dedent("""
     import sys
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-    import emformer_variants.cli  # registers the project's resolvers
+    import emformer_variants.utils.paths  # registers the project's resolvers
     with initialize_config_dir(sys.argv[1], version_base="1.3"):
         OmegaConf.register_new_resolver("now", lambda fmt: "2030-01-01_00-00-00-000000",
                                         replace=True, use_cache=True)
@@ -61,7 +61,7 @@ def test_claim_of_a_finished_run_says_so(tmp_path):
 _RACE = textwrap.dedent("""
     import sys, time
     from emformer_variants.errors import UserError
-    from emformer_variants.run_dir import claim_output_dir
+    from emformer_variants.utils.run_dir import claim_output_dir
     while time.time() < float(sys.argv[2]):
         pass
     try:

@@ -12,13 +12,13 @@ from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops, emformer_base_arch, measured_flops
 from emformer_variants.metrics.memory import tensor_bytes
 from emformer_variants.models.recognizer import Recognizer, load_recognizer, save_recognizer
-from emformer_variants.surgery import apply_surgery_, config_from_spec
 from emformer_variants.surgery.mla import (
     MLAAttention,
     MLAConfig,
     MLAEmformerLayer,
     analytic_encoder_flops_delta,
 )
+from emformer_variants.surgery.registry import apply_surgery_, config_from_spec
 from tests.conftest import RC, SEG, make_tiny_rec
 
 D = 64  # tiny model width: time_reduction_input_dim 16 x stride 4
@@ -82,7 +82,7 @@ def test_full_rank_reproduces_base(memory, absorb):
 def test_absorbed_equals_plain_at_reduced_rank(base_rec):
     x = torch.randn(1, 5 * SEG + RC, 80)
     plain_rec, absorbed_rec = mla(base_rec, kv_rank=12), mla(base_rec, kv_rank=12, absorb=True)
-    with torch.inference_mode():  # as streaming.stream_decode runs it
+    with torch.inference_mode():  # as engine.stream.stream_decode runs it
         absorbed, _ = stream(absorbed_rec, x, 5)
     torch.testing.assert_close(absorbed, stream(plain_rec, x, 5)[0], atol=1e-5, rtol=1e-5)
     # The cached W_o W_uv follows in-place weight updates (optimizer steps, load_state_dict).
@@ -174,7 +174,7 @@ def test_bad_settings_give_clear_errors(fields, match):
 def test_yaml_default_shrinks_cache_at_least_4x():
     import yaml
 
-    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     spec = yaml.safe_load((PROJECT_ROOT / "conf/variant/mla.yaml").read_text())
     config = config_from_spec(spec)
@@ -192,7 +192,7 @@ def test_analytic_flops_match_flop_counter(base_rec, absorb):
                                      torch.tensor([SEG + RC]), state)
     analytic = (analytic_emformer_rnnt_flops(var.arch)["encoder"]
                 + analytic_encoder_flops_delta(var.arch, config))
-    assert abs(measured - analytic) <= 0.02 * measured, (measured, analytic)
+    assert measured == analytic
 
 
 @pytest.mark.slow
@@ -204,7 +204,7 @@ def test_base_arch_state_bytes():
     import yaml
     from torchaudio.models import emformer_rnnt_model
 
-    from emformer_variants.cli import PROJECT_ROOT
+    from emformer_variants.utils.paths import PROJECT_ROOT
 
     torch.manual_seed(0)
     arch = emformer_base_arch(4097)

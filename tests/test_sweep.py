@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from emformer_variants.data.manifest import read_manifest
 from emformer_variants.errors import UserError
 from emformer_variants.sweep.runner import plan
 from emformer_variants.sweep.spec import expand, load_sweep, to_overrides
-from tests.conftest import ROOT, TINY_ARCH
+from tests.conftest import ROOT, TINY_ARCH, corpus_wer_of
 
 COMMAND = "command:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n"
 
@@ -130,13 +131,15 @@ def sweep_run(mini_corpus, tmp_path_factory):
     return out, proc
 
 
-def test_sweep_runs_each_point_in_its_own_folder(sweep_run):
+def test_sweep_runs_each_point_in_its_own_folder(sweep_run, mini_corpus):
     out, proc = sweep_run
+    dev = [u.text for u in read_manifest(mini_corpus / "dev.jsonl")]
     runs = sorted(out.glob("run-*"))
     assert [r.name for r in runs] == ["run-000", "run-001"]
     for r, k in zip(runs, (1, 2), strict=True):
         summary = json.loads((r / "metrics.json").read_text())
-        assert summary["steps"] == 2 and 0 <= summary["val"]["val/wer"]
+        assert summary["steps"] == 2
+        corpus_wer_of(summary["val"]["val/wer"], dev)  # the corpus WER of the dev split
         assert f"variant.top_k={k}" in (r / ".hydra" / "overrides.yaml").read_text()
         assert list(r.glob("wandb/offline-run-*")), "logger=wandb ran offline"
     rows = list(csv.DictReader(open(out / "sweep.csv")))

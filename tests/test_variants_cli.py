@@ -35,7 +35,7 @@ def _common(mini_corpus, base_ckpt, out):
     ("lowrank", []),
     ("lowrank_asvd", []),
     ("mla_moe", []),
-    ("mla_moe", ["module.distill.weight=10"]),  # the MoE rows' recipe (conf/experiment/ft_moe_recipe.yaml)
+    ("mla_moe", ["module.distill.weight=10"]),  # the MoE rows' recipe (conf/experiment/finetune/moe.yaml)
 ])
 def test_variant_fine_tunes_and_reloads(variant, extra, mini_corpus, base_ckpt, tmp_path):
     out = tmp_path / "run"
@@ -53,9 +53,9 @@ def test_variant_fine_tunes_and_reloads(variant, extra, mini_corpus, base_ckpt, 
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["variants"], "the checkpoint must record its surgery"
     assert metrics["wer"] == pytest.approx(summary["results"]["fine_tuned"]["wer"])
-    if "gflops_per_audio_s_encoder_analytic" in metrics:
+    if "gflops_per_audio_s_encoder_analytic" in metrics:  # FlopCounterMode's, but for one feature frame
         ratio = metrics["gflops_per_audio_s_encoder"] / metrics["gflops_per_audio_s_encoder_analytic"]
-        assert 0.98 < ratio < 1.02, ratio
+        assert 1 <= ratio < 1.02, ratio
     assert (out / "surgery.pt").is_file()
     if variant == "mla":  # the variant before fine-tuning reloads to the after-surgery row
         ev = tmp_path / "ev_surgery"

@@ -8,8 +8,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import emformer_variants.cli  # noqa: F401  (registers the config resolvers)
-from emformer_variants.wandb_setup import wandb_offline
+import emformer_variants.utils.paths  # noqa: F401  (registers the config resolvers)
+from emformer_variants.utils.wandb_setup import wandb_offline
 from tests.conftest import ROOT
 
 WANDB_ENV = ("WANDB_OFFLINE", "WANDB_MODE", "WANDB_SWEEP_ID", "WANDB_API_KEY", "WANDB_BASE_URL")

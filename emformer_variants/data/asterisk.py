@@ -22,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from emformer_variants.cli import one_line_errors
 from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
 from emformer_variants.data.text import add_cache_dir_argument, default_cache_dir, fetch_deb
-from emformer_variants.errors import UserError
+from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.text_norm import normalize_text
 
 AUDIO_PACKAGE = "asterisk-core-sounds-en-g722"

@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 
-from emformer_variants.cli import one_line_errors
 from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
 from emformer_variants.data.text import (
     CLAUSES_VERSION,
@@ -57,8 +56,8 @@ from emformer_variants.data.text import (
     default_cache_dir,
 )
 from emformer_variants.data.tts import Voice, default_voices, held_out_voices, synthesize_many
-from emformer_variants.errors import UserError
-from emformer_variants.run_dir import pid_alive
+from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.utils.run_dir import pid_alive
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "dev", "test", "test_everyday", "test_voice")
@@ -204,7 +203,8 @@ def _jittered(voice: Voice, rng: np.random.Generator) -> tuple[Voice, float, flo
     """The voice with a per-utterance pitch range (espeak-ng), and tempo and pitch multipliers."""
     rate, pitch = rng.uniform(*JITTER["rate"]), rng.uniform(*JITTER["pitch"])
     if voice.engine == "espeak":
-        voice = Voice(voice.name, voice.engine, {**voice.options, "range": int(rng.integers(*JITTER["espeak_range"]))})
+        pitch_range = int(rng.integers(*JITTER["espeak_range"]))
+        voice = Voice(voice.name, voice.engine, {**voice.options, "range": pitch_range})
     return voice, float(rate), float(pitch)
 
 

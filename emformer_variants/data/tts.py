@@ -296,8 +296,8 @@ def _festival(requests: list[tuple[Voice, str, float, float, int]]) -> list[tupl
         missing = [p for p in paths if not os.path.exists(p)]
         if proc.returncode != 0 or missing:
             hint = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"festival failed on {len(missing)} of {len(paths)} utterances: {hint[0][:200]}"
-                               " (voices need festvox-kallpc16k and festvox-us-slt-hts)")
+            raise RuntimeError(f"festival failed on {len(missing)} of {len(paths)} utterances: "
+                               f"{hint[0][:200]} (voices need festvox-kallpc16k and festvox-us-slt-hts)")
         return [sf.read(p, dtype="float32") for p in paths]
 
 

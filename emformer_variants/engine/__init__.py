@@ -1,5 +1,7 @@
 """Inference engine for streaming Emformer RNN-T (docs/engine.md).
 
+- ``stream``: the streaming loop (features -> encoder step -> search step, one chunk at a
+  time) that evaluation, profiling, the benchmark and the long-stream check drive via hooks
 - ``pipeline``: decoders by name (stock, exact, modified, greedy) -> encoder + search
 - ``encoder``: torchaudio's streaming transcriber for N streams with per-stream history
 - ``exact`` / ``modified`` / ``greedy``: searches over N streams in lockstep (``base``)

@@ -32,6 +32,7 @@ import torch
 
 from emformer_variants.engine.packed import Int8Linear, PackedLinear, kernel
 from emformer_variants.errors import UserError
+from emformer_variants.surgery.swap import swap_modules_
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-fbgemm")
 
@@ -81,12 +82,9 @@ class Int8DynamicLinear(KernelLinear):
 
 
 def _swap_linears_(model: torch.nn.Module, make) -> int:
-    """Collect every ``nn.Linear``, then set its replacement on the parent."""
-    found = {name: mod for name, mod in model.named_modules() if type(mod) is torch.nn.Linear}
-    for name, mod in found.items():
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, make(mod))
-    return len(found)
+    """Every ``nn.Linear`` replaced by ``make(linear)`` (built first, then swapped in)."""
+    new = {name: make(mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear}
+    return len(swap_modules_(model, new))
 
 
 def check_precision(precision: str) -> None:

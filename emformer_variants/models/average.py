@@ -15,8 +15,7 @@ import sys
 
 import torch
 
-from emformer_variants.cli import one_line_errors
-from emformer_variants.errors import UserError
+from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.models.recognizer import CLI_HINT, Recognizer, load_recognizer, save_recognizer
 
 _MUST_MATCH = ("features.",)  # feature statistics: averaging two different normalisations is wrong

@@ -1,4 +1,5 @@
-"""Recognizers from config: the base (loaded) or a fresh one (init=scratch)."""
+"""Recognizers from config: the base (loaded), a fresh one (init=scratch), or random weights
+of a configured architecture (benchmarks and the architecture report)."""
 
 from __future__ import annotations
 
@@ -67,3 +68,29 @@ def resolve_checkpoint(ckpt: str, model_cfg: DictConfig) -> Recognizer:
         base_cfg["ckpt"] = ckpt
         return hydra.utils.instantiate(OmegaConf.create(base_cfg))
     return load_recognizer(ckpt)
+
+
+class _VocabOnly:
+    """Stands in for a tokenizer of ``vocab_size`` pieces: only the joiner's size uses it."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size, self.blank, self.num_symbols = vocab_size, vocab_size, vocab_size + 1
+
+
+def build_random(model: str, seed: int = 0) -> Recognizer:
+    """``conf/model/<model>``'s architecture with random weights (seeded): sizes and compute
+    are real, decoding behaviour is not. ``emformer_base`` gets a 4096-piece vocabulary."""
+    from hydra import compose, initialize_config_dir
+
+    from emformer_variants.utils.paths import PROJECT_ROOT
+
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}"])
+    torch.manual_seed(seed)
+    if model == "emformer_base":
+        from emformer_variants.models.emformer_base import EMFORMER_BASE_ARCH
+
+        return Recognizer(EMFORMER_BASE_ARCH, FeatureConfig(), _VocabOnly(4096)).eval()
+    arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
+    tok = train_tokenizer(["abc"], model_type="char")
+    return Recognizer(arch, FeatureConfig(**cfg.model.features), tok).eval()

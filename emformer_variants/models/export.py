@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emformer_variants.cli import one_line_errors
+from emformer_variants.errors import one_line_errors
 from emformer_variants.models.recognizer import CLI_HINT, load_recognizer, save_recognizer
 
 

@@ -100,9 +100,6 @@ class FeatureExtractor(torch.nn.Module):
         """Frames ``full`` returns for a waveform of ``num_samples`` (before padding)."""
         return num_samples // self.cfg.hop_length + 1
 
-    def stats_dict(self) -> dict:
-        return {"mean": self.mean.tolist(), "invstddev": self.invstddev.tolist()}
-
 
 def compute_global_stats(extractor: FeatureExtractor, waves: Iterable[torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor]:

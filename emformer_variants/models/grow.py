@@ -19,8 +19,7 @@ import sys
 
 import torch
 
-from emformer_variants.cli import one_line_errors
-from emformer_variants.errors import UserError
+from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.models.recognizer import CLI_HINT, Recognizer, load_recognizer, save_recognizer
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torchaudio.models import RNNT, emformer_rnnt_model
 
-from emformer_variants.checkpoints import load_file, state_digest, verify_state
 from emformer_variants.errors import UserError
+from emformer_variants.models.checkpoints import load_file, state_digest, verify_state
 from emformer_variants.models.features import FeatureConfig, FeatureExtractor
 from emformer_variants.models.tokenizer import Tokenizer
 
@@ -108,12 +108,12 @@ def save_recognizer(rec: Recognizer, path: str | Path, meta: dict | None = None,
 
 def build_from_config(config: dict, tokenizer_proto: bytes) -> Recognizer:
     """Rebuild architecture + surgery (empty init) from a checkpoint's config."""
-    from emformer_variants.surgery import apply_variant_spec_
+    from emformer_variants.surgery.registry import apply_surgery_
 
     feats = FeatureConfig(**config["features"])
     rec = Recognizer(config["arch"], feats, Tokenizer(tokenizer_proto))
     for spec in config.get("variants", []):
-        apply_variant_spec_(rec, spec, init="empty")
+        apply_surgery_(rec, spec, init="empty")
     return rec
 
 

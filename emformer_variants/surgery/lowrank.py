@@ -33,7 +33,8 @@ from torch import nn
 
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops
-from emformer_variants.surgery.registry import SurgeryReport, register_surgery, spec_from_config
+from emformer_variants.surgery.registry import Surgery, SurgeryReport, register_surgery, spec_from_config
+from emformer_variants.surgery.swap import swap_modules_
 
 NAME = "lowrank"
 METHODS = ("svd", "asvd", "whiten")
@@ -460,7 +461,6 @@ def check_fits_model(rec, config: LowRankConfig, init: str = "convert") -> dict[
     return targets
 
 
-@register_surgery(NAME, LowRankConfig)
 def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibration=None) -> SurgeryReport:
     """Factorise ``config.targets`` of ``rec.model`` in place; see the module docstring.
 
@@ -522,9 +522,7 @@ def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibratio
 
     new_modules = {k: (LowRankLinear.from_factors(targets[k], facts[k], r) if convert
                        else LowRankLinear.empty_like(targets[k], r)) for k, r in chosen.items()}
-    for fqn, new in new_modules.items():
-        parent, _, child = fqn.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+    swap_modules_(model, new_modules)
 
     # --- report
     layers = {}
@@ -553,3 +551,25 @@ def apply_lowrank_(rec, config: LowRankConfig, init: str = "convert", calibratio
             rec.arch, {k: r for k, r in chosen.items() if k in geo}),
         "resolved_spec": spec_from_config(NAME, resolved),
     })
+
+
+def _touches(config: LowRankConfig) -> set[str]:
+    """Attention or FFN when a factorised linear lies inside one, else the linear itself."""
+    return {"attention" if ".attention." in fqn else "ffn" if ".pos_ff." in fqn else fqn
+            for fqn in (config.ranks or {})}
+
+
+def _shapes_from_weights(config: LowRankConfig) -> bool:
+    """energy / budget choose the ranks from the singular values (unless already resolved)."""
+    return config.ranks is None and (config.energy is not None or config.budget is not None)
+
+
+register_surgery(Surgery(
+    name=NAME, config=LowRankConfig, apply=apply_lowrank_,
+    flops_delta=lambda arch, config, chunk_index: analytic_encoder_flops_delta(arch, config),
+    touches=_touches,
+    calibration=lambda config: 0 if config.method in ("asvd", "whiten") else None,
+    resolved_fields=frozenset({"ranks"}),
+    shapes_from_weights=_shapes_from_weights,
+    check=lambda rec, config: check_fits_model(rec, config, init="convert"),
+))

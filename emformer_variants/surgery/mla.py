@@ -37,7 +37,8 @@ from torchaudio.models.emformer import _EmformerLayer, _gen_padding_mask
 
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.flops import analytic_emformer_rnnt_flops
-from emformer_variants.surgery.registry import SurgeryReport, register_surgery
+from emformer_variants.surgery.registry import Surgery, SurgeryReport, register_surgery
+from emformer_variants.surgery.swap import swap_modules_
 from emformer_variants.surgery.weights import dense_bias, dense_weight, is_trainable
 
 
@@ -342,7 +343,6 @@ def analytic_encoder_flops_delta(arch: dict, config: MLAConfig, *, chunk_index: 
 
 # ---------------------------------------------------------------------- surgery
 
-@register_surgery("mla", MLAConfig)
 def apply_mla_(rec, config: MLAConfig, init: str = "convert", calibration=None) -> SurgeryReport:
     """Replace the chosen Emformer layers by ``MLAEmformerLayer`` with ``MLAAttention``."""
     if init not in ("convert", "empty"):
@@ -370,11 +370,11 @@ def apply_mla_(rec, config: MLAConfig, init: str = "convert", calibration=None) 
         layers[i], MLAAttention.from_attention(layers[i].attention, r, config.absorb, init=init))
         for i in indices}
     energy = {}
-    for i, layer in new_layers.items():
-        if init == "convert":
+    if init == "convert":
+        for i in new_layers:
             s = torch.linalg.svdvals(layers[i].attention.emb_to_key_value.weight.detach().double())
             energy[i] = float((s[:r] ** 2).sum() / (s ** 2).sum())
-        layers[i] = layer
+    swap_modules_(layers, {str(i): layer for i, layer in new_layers.items()})
 
     flops_before = analytic_emformer_rnnt_flops(rec.arch)["encoder"]
     return SurgeryReport(
@@ -392,3 +392,12 @@ def apply_mla_(rec, config: MLAConfig, init: str = "convert", calibration=None) 
             "encoder_flops_per_chunk_after": flops_before + analytic_encoder_flops_delta(rec.arch, config),
         },
     )
+
+
+register_surgery(Surgery(
+    name="mla", config=MLAConfig, apply=apply_mla_,
+    flops_delta=lambda arch, config, chunk_index: analytic_encoder_flops_delta(arch, config,
+                                                                               chunk_index=chunk_index),
+    touches=lambda config: {"attention"},
+    resolved_fields=frozenset({"kv_rank"}),
+))

@@ -53,7 +53,14 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from emformer_variants.errors import UserError
-from emformer_variants.surgery.registry import SurgeryReport, register_surgery, spec_from_config
+from emformer_variants.surgery.registry import (
+    Surgery,
+    SurgeryReport,
+    Telemetry,
+    register_surgery,
+    spec_from_config,
+)
+from emformer_variants.surgery.swap import swap_modules_
 from emformer_variants.surgery.weights import dense_bias, dense_weight
 
 INITS = ("upcycle", "partition", "random")
@@ -493,16 +500,10 @@ def collect_ffn_inputs(model: nn.Module, linears: dict[str, nn.Linear], calibrat
     return out
 
 
-def _set_module(root: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent_name, _, child = fqn.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
-
-
 def _generator(config: MoEConfig, layer: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 100_003 + layer)
 
 
-@register_surgery("moe", MoEConfig)
 def apply_moe_(rec, config: MoEConfig, init: str = "convert", calibration=None) -> SurgeryReport:
     """Replace each chosen Emformer FFN by ``Sequential(LayerNorm, MoEFeedForward, Dropout)``.
 
@@ -560,8 +561,7 @@ def apply_moe_(rec, config: MoEConfig, init: str = "convert", calibration=None) 
                         relative_error(other, lin1, act, lin2, x.to(lin1.weight)))
         moe.layer_index = idx
         new[fqn] = nn.Sequential(ln, moe, drop_out).train(ff.training)
-    for fqn, module in new.items():
-        _set_module(model, fqn, module)
+    swap_modules_(model, new)
 
     resolved = spec_from_config("moe", dataclasses.replace(config, d_ff=d_ff))
     if resolved["layers"] is not None:
@@ -635,3 +635,57 @@ def collect_router_stats(model: nn.Module) -> dict[str, float]:
         stats[f"{key}/load_max"] = float(m.last_load.max())
         stats[f"{key}/entropy"] = float(m.last_entropy)
     return stats
+
+
+def router_log_stats(model: nn.Module) -> dict[str, float]:
+    """What training logs of ``collect_router_stats``: per layer ``load_max`` and ``entropy``
+    (the per-expert loads only in evaluation's ``moe_load_per_layer``)."""
+    return {k: v for k, v in collect_router_stats(model).items()
+            if not k.split("/")[-1].startswith("load") or k.endswith("load_max")}
+
+
+class RouterTelemetry:
+    """Accumulates MoE router load (per layer, per expert) and entropy over every chunk
+    decoded while active; ``summary()`` gives evaluation's flat keys."""
+
+    def __init__(self, model: nn.Module):
+        self.modules = moe_modules(model)
+        self.load = [torch.zeros(0) for _ in self.modules]
+        self.entropy = [0.0 for _ in self.modules]
+        self.calls = 0
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+
+    def _hook(self, i: int):
+        def hook(module, args, output):
+            load = module.last_load.float()
+            self.load[i] = load if self.load[i].numel() == 0 else self.load[i] + load
+            self.entropy[i] += float(module.last_entropy)
+            if i == 0:
+                self.calls += 1
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def summary(self) -> dict:
+        if not self.modules or self.calls == 0:
+            return {}
+        loads = [(x / x.sum()) for x in self.load]
+        return {
+            "moe_load_max_mean": float(sum(x.max() for x in loads) / len(loads)),
+            "moe_router_entropy_mean": sum(self.entropy) / (len(self.entropy) * self.calls),
+            "moe_load_per_layer": [[round(float(v), 4) for v in x] for x in loads],
+        }
+
+
+register_surgery(Surgery(
+    name="moe", config=MoEConfig, apply=apply_moe_,
+    flops_delta=lambda arch, config, chunk_index: analytic_encoder_flops_delta(arch, config),
+    touches=lambda config: {"ffn"},
+    # Every init reads calibration audio when it has some: partition builds the experts from
+    # it, the others report their error against the dense FFN on it.
+    calibration=lambda config: config.calibration_batches,
+    resolved_fields=frozenset({"d_ff"}),
+    telemetry=Telemetry(losses=collect_moe_losses, train_stats=router_log_stats, evaluation=RouterTelemetry),
+))

@@ -60,7 +60,7 @@ class SweepChecksAndReport(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from emformer_variants.report import collect, write_report
+        from emformer_variants.reporting.runs import collect, write_report
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = collect([sweep_dir]) if sweep_dir.is_dir() else []

@@ -21,11 +21,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from emformer_variants.cli import PROJECT_ROOT, one_line_errors, write_json_atomic
-from emformer_variants.errors import UserError
-from emformer_variants.hydra_run import metric_value
+from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.sweep.spec import SweepSpec, expand, load_sweep, to_overrides
-from emformer_variants.sweep.validate import CONF_DIR, check_variant, compose_checked
+from emformer_variants.sweep.validate import CONF_DIR, check_run_variant, compose_checked
+from emformer_variants.utils.files import write_json_atomic
+from emformer_variants.utils.hydra_run import metric_value
+from emformer_variants.utils.paths import PROJECT_ROOT
 
 
 def _key(override: str) -> str:
@@ -52,7 +53,7 @@ def plan(spec: SweepSpec, count: int | None, seed: int, method: str | None,
             merged[_key(o)] = o
         overrides = list(merged.values())
         cfg = compose_checked(config_name, overrides, origin, where=str(spec.path))
-        check_variant(cfg, f"{spec.path}: run {i} ({' '.join(swept)})")
+        check_run_variant(cfg, f"{spec.path}: run {i} ({' '.join(swept)})")
         runs.append({"index": i, "params": point, "overrides": overrides,
                      "swept": [o for o in swept if o in overrides]})  # not replaced by an extra
     if not runs:
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summary_rows(spec, runs)
     print(write_summary(spec, rows, out))
     print(f"sweep summary: {out / 'sweep.md'} ({out / 'sweep.csv'})")
-    from emformer_variants.report import collect, write_report
+    from emformer_variants.reporting.runs import collect, write_report
 
     if any(r["status"] == "ok" for r in runs):
         for line in write_report(out, collect([out])):

@@ -11,8 +11,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from emformer_variants.cli import PROJECT_ROOT
 from emformer_variants.errors import UserError
+from emformer_variants.utils.paths import PROJECT_ROOT
 
 CONF_DIR = PROJECT_ROOT / "conf"
 _BAD_KEY = re.compile(r"Could not override '([^']+)'")
@@ -78,15 +78,14 @@ def check_grammar(overrides: list[str], origin: dict[str, str], where: str) -> N
                 from None
 
 
-def check_variant(cfg: DictConfig, where: str) -> None:
-    """Field-level variant checks (top_k <= num_experts, ...) without building a model."""
-    if "variant" not in cfg:
+def check_run_variant(cfg: DictConfig, where: str) -> None:
+    """A run's variant settings (top_k <= num_experts, ...), checked without building a model;
+    errors name ``where``."""
+    if cfg.get("variant") is None:
         return
-    from emformer_variants.surgery import config_from_spec
+    from emformer_variants.surgery.registry import check_variant
 
-    variant = OmegaConf.to_container(cfg.variant, resolve=True)
-    for spec in variant.get("stack", [variant]):
-        try:
-            config_from_spec(spec)
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
+    try:
+        check_variant(OmegaConf.to_container(cfg.variant, resolve=True))
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None

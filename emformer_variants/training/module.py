@@ -1,4 +1,5 @@
-"""LightningModule: RNN-T (+ optional auxiliary CTC) loss, steps, logging, optimizer wiring.
+"""LightningModule: RNN-T (+ optional auxiliary CTC, distillation and each variant's own)
+losses, steps, logging, optimizer wiring.
 
 Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols.
 """
@@ -10,34 +11,14 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torchaudio
 
-from emformer_variants.checkpoints import state_digest
-from emformer_variants.decoding import decode_full, make_beam_search
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.wer import error_rates
+from emformer_variants.models.checkpoints import state_digest
 from emformer_variants.models.recognizer import Recognizer, recognizer_payload
-from emformer_variants.surgery.moe import collect_moe_losses, collect_router_stats
-
-
-class SpecAugment(torch.nn.Module):
-    """Frequency and time masks on (B, T, F) features (Park et al. 2019), train mode only."""
-
-    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2,
-                 time_width: int = 40, time_p: float = 0.1):
-        super().__init__()
-        self.freq = torch.nn.ModuleList(
-            torchaudio.transforms.FrequencyMasking(freq_width) for _ in range(freq_masks)
-        )
-        self.time = torch.nn.ModuleList(
-            torchaudio.transforms.TimeMasking(time_width, p=time_p) for _ in range(time_masks)
-        )
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = feats.transpose(1, 2)  # (B, F, T)
-        for m in [*self.freq, *self.time]:
-            x = m(x)
-        return x.transpose(1, 2)
+from emformer_variants.surgery.registry import auxiliary_losses, training_stats
+from emformer_variants.training.spec_augment import SpecAugment
+from emformer_variants.training.validation import decode_full, make_beam_search
 
 
 def set_dropout_(model: torch.nn.Module, p: float) -> int:
@@ -93,7 +74,7 @@ class RNNTModule(L.LightningModule):
     # ---- loss
     def _rnnt_loss(self, logits, targets, logit_lengths, target_lengths):
         if self.loss_impl == "fast":
-            from emformer_variants.losses.rnnt import rnnt_loss
+            from emformer_variants.training.rnnt_loss import rnnt_loss
         else:
             from torchaudio.functional import rnnt_loss
         return rnnt_loss(logits.float(), targets, logit_lengths, target_lengths,
@@ -112,8 +93,8 @@ class RNNTModule(L.LightningModule):
         logits, _, _ = model.join(enc, enc_lengths, pred, pred_lengths)  # (B, T', U+1, V)
         losses = {"rnnt": self._rnnt_loss(logits, targets, enc_lengths.int(), target_lengths)}
         total = losses["rnnt"]
-        if augment:  # training: MoE load-balancing and router z-losses (already weighted)
-            for name, value in collect_moe_losses(model).items():
+        if augment:  # training: the variants' auxiliary losses (already weighted), e.g. MoE balancing
+            for name, value in auxiliary_losses(model).items():
                 losses[name] = value
                 total = total + value
         if self.ctc_head is not None and augment:
@@ -156,9 +137,8 @@ class RNNTModule(L.LightningModule):
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=bs)
         if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
-            for name, value in collect_router_stats(self.recognizer.model).items():
-                if not name.split("/")[-1].startswith("load") or name.endswith("load_max"):
-                    self.log(f"train/{name}", value, batch_size=bs)
+            for name, value in training_stats(self.recognizer.model).items():
+                self.log(f"train/{name}", value, batch_size=bs)
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:

@@ -23,11 +23,3 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int = 200,
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def warmup_constant(optimizer: torch.optim.Optimizer, warmup_steps: int = 100,
-                    total_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant (fine-tuning)."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
-    )

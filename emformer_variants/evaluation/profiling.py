@@ -1,9 +1,9 @@
 """torch.profiler operator tables of the streaming decode (``evaluate.py profile=true``,
 ``python -m emformer_variants.bench --profile``).
 
-The chunk loop is the same as ``streaming.stream_decode``; each stage runs inside a
-``record_function`` range (``stage:features``, ``stage:encoder``, ``stage:search``) so
-the table shows the stages beside the operators they spend their time in.
+The decode is ``engine.stream.stream_decode``; a hook runs each stage inside a
+``record_function`` range (``stage:features``, ``stage:encoder``, ``stage:search``), so the
+table shows the stages beside the operators they spend their time in.
 """
 
 from __future__ import annotations
@@ -15,22 +15,17 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from emformer_variants.data.audio import load_audio
 from emformer_variants.engine.pipeline import Pipeline, build_pipeline
-from emformer_variants.streaming import chunk_windows
+from emformer_variants.engine.stream import StreamHook, stream_decode
+
+
+class _StageRanges(StreamHook):
+    def stage(self, name: str):
+        return record_function(f"stage:{name}")
 
 
 def _decode(rec, pipe: Pipeline, wave: torch.Tensor) -> int:
-    cfg = rec.features.cfg
-    state, hyps = pipe.encoder.init(1), [pipe.search.init_state()]
-    chunks = 0
-    for window in chunk_windows(wave, cfg.segment_samples, cfg.window_samples):
-        with record_function("stage:features"):
-            feats = rec.features.streaming(window).unsqueeze(0)
-        with record_function("stage:encoder"):
-            enc, state = pipe.encoder.step(feats, state)
-        with record_function("stage:search"):
-            hyps = pipe.search.step(enc, hyps)
-        chunks += 1
-    return chunks
+    """Decode one utterance; returns its number of chunks."""
+    return len(stream_decode(rec, wave, pipeline=pipe, hooks=(_StageRanges(),)).encoder_s)
 
 
 @torch.inference_mode()

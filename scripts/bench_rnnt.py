@@ -1,6 +1,6 @@
 """Time forward + backward of torchaudio's rnnt_loss against ours on one CPU thread.
 
-Run: ``python -m emformer_variants.losses.bench_rnnt``. Prints the best of ``--repeats``
+Run: ``python scripts/bench_rnnt.py``. Prints the best of ``--repeats``
 runs in ms per shape. Shapes: B batch, T frames, U target length, V vocab.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torchaudio.functional
 
-from emformer_variants.losses.rnnt import rnnt_loss
+from emformer_variants.training.rnnt_loss import rnnt_loss
 
 SHAPES = ((16, 120, 80, 30), (8, 100, 30, 257))  # (B, T, U, V)
 

@@ -2,25 +2,22 @@
 
 ``check_train_config`` / ``check_evaluate_config`` run first in train.py / evaluate.py. Each
 bad setting is a one-line UserError naming the field and the fix. Variant settings are
-checked by the surgery code itself: the config dataclasses' own validation, then each
-surgery dry-run on a meta-device copy of the architecture (no memory, no weights), so a
-rank above a matrix size, ``top_k`` above ``num_experts`` or a layer index out of range
+checked by the surgery registry's ``check_variant``: the config dataclasses' own validation,
+then each surgery dry-run on a meta-device copy of the architecture (no memory, no weights),
+so a rank above a matrix size, ``top_k`` above ``num_experts`` or a layer index out of range
 fails here exactly as it would after loading the base, only seconds earlier.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import types
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.errors import UserError
-
-log = logging.getLogger(__name__)
+from emformer_variants.surgery.registry import check_variant, requested_specs
+from emformer_variants.utils import paths  # noqa: F401 - registers the resolvers conf/ uses
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 # model.arch keys that are sizes (integers >= 1) and counts that may be 0.
@@ -147,11 +144,7 @@ def check_model(cfg) -> None:
         check_features(OmegaConf.to_container(model.features, resolve=True), arch)
 
 
-# ---------------------------------------------------------------- variants
-
-def variant_specs(variant: dict) -> list[dict]:
-    return list(variant["stack"]) if "stack" in variant else [variant]
-
+# ---------------------------------------------------------------- what training starts from
 
 def base_architecture(cfg) -> tuple[dict, list[dict]] | None:
     """(arch, variants already applied) of what training starts from, without loading
@@ -168,7 +161,7 @@ def base_architecture(cfg) -> tuple[dict, list[dict]] | None:
     base = OmegaConf.to_container(model.base, resolve=True) if "base" in model else {}
     target = str(base.get("_target_", ""))
     if target.endswith("load_recognizer") and base.get("path"):
-        from emformer_variants.checkpoints import peek
+        from emformer_variants.models.checkpoints import peek
 
         info = peek(base["path"])
         return dict(info.config["arch"]), list(info.config.get("variants", []))
@@ -177,58 +170,6 @@ def base_architecture(cfg) -> tuple[dict, list[dict]] | None:
 
         return dict(base.get("arch") or EMFORMER_BASE_ARCH), []
     return None
-
-
-def dry_run_surgery(arch: dict, specs: list[dict], applied: list[dict] = ()) -> None:
-    """Apply the variant to a meta-device model built from ``arch`` (after ``applied``):
-    every model-dependent check of each surgery runs, nothing is computed or allocated."""
-    from torchaudio.models import emformer_rnnt_model
-
-    from emformer_variants.surgery import apply_variant_spec_, config_from_spec
-    from emformer_variants.surgery import lowrank as lowrank_mod
-
-    with torch.device("meta"):
-        rec = types.SimpleNamespace(model=emformer_rnnt_model(**arch), arch=arch, variants=[])
-        try:
-            for spec in applied:
-                apply_variant_spec_(rec, spec, init="empty")
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a meta-device limitation, not the user's config
-            log.debug("config dry run skipped (base variants): %s", e)
-            return
-        for spec in specs:
-            config = config_from_spec(spec)
-            needs_weights = (spec["name"] == "lowrank" and config.ranks is None
-                             and (config.energy is not None or config.budget is not None))
-            try:
-                if needs_weights:  # ranks come from the weights: run the checks, stop the stack here
-                    lowrank_mod.check_fits_model(rec, config, init="convert")
-                    return
-                apply_variant_spec_(rec, spec, init="empty")
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a meta-device limitation, not the user's config
-                log.debug("config dry run of %s skipped: %s", spec.get("name"), e)
-                return
-
-
-def check_variant(cfg, arch_and_applied: tuple[dict, list[dict]] | None) -> list[dict]:
-    """Field checks of every spec (unknown variant, bad values), then the model dry run."""
-    from emformer_variants.surgery import config_from_spec
-
-    variant = OmegaConf.to_container(cfg.variant, resolve=True)
-    if not isinstance(variant, dict) or "name" not in variant:
-        raise UserError(f"variant={variant!r}: expected a variant config with a name (see conf/variant/)")
-    specs = variant_specs(variant)
-    if not specs:
-        raise UserError(f"variant {variant['name']}: 'stack' is empty")
-    for spec in specs:
-        config_from_spec(spec)
-    if arch_and_applied is not None:
-        arch, applied = arch_and_applied
-        dry_run_surgery(arch, specs, applied)
-    return specs
 
 
 # ---------------------------------------------------------------- entry points
@@ -265,18 +206,22 @@ def check_train_config(cfg: DictConfig) -> None:
     if vci is not None and not (_is_num(vci) and vci > 0):
         raise UserError(f"trainer.val_check_interval={vci!r}: must be a number > 0")
     int_at_least(cfg, "checkpoint_every_n_steps", 1, optional=True)
-    int_at_least(cfg, "checkpoint_keep_best", 1, optional=True)
+    int_at_least(cfg, "checkpoint_keep_best", 1)
     check_data(cfg)
     check_model(cfg)
     base = base_architecture(cfg)
-    check_variant(cfg, base)
+    variant = OmegaConf.to_container(cfg.variant, resolve=True)
+    if base is None:
+        check_variant(variant)
+    else:
+        check_variant(variant, arch=base[0], applied=base[1])
     check_resume(cfg, base)
 
 
 def check_resume(cfg: DictConfig, base: tuple[dict, list[dict]] | None) -> None:
     """``ckpt_path=``: a readable train.py checkpoint of the same architecture and variant."""
-    from emformer_variants import checkpoints
-    from emformer_variants.resume import resolve_resume
+    from emformer_variants.models import checkpoints
+    from emformer_variants.training.resume import resolve_resume
 
     path = resolve_resume(cfg.get("ckpt_path"), cfg.paths.root_dir, cfg.task_name)
     if path is None:
@@ -294,7 +239,7 @@ def check_resume(cfg: DictConfig, base: tuple[dict, list[dict]] | None) -> None:
         diffs += checkpoints.diff_arch(info.config["arch"], base[0])
         applied = base[1]
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
-    expected = [*applied, *checkpoints.requested_specs(variant)]
+    expected = [*applied, *requested_specs(variant)]
     diffs += checkpoints.diff_variants(info.config["variants"], expected)
     if diffs:
         raise checkpoints.mismatch_error("ckpt_path", path, diffs,
@@ -309,7 +254,7 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     int_at_least(cfg, "max_utterances", 1, optional=True)
     from emformer_variants.engine.pipeline import check_decoder
     from emformer_variants.engine.precision import check_precision
-    from emformer_variants.evaluation import check_subset
+    from emformer_variants.evaluation.evaluate import check_subset
 
     check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))
     check_precision(cfg.get("precision", "fp32"))
@@ -320,6 +265,6 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     if ckpt != "base" and not Path(ckpt).is_file():
         raise UserError(f"ckpt={ckpt}: checkpoint not found; pass ckpt=PATH to an existing file or ckpt=base")
     if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold this variant
-        check_variant(cfg, None)
+        check_variant(OmegaConf.to_container(cfg.variant, resolve=True))
     check_data(cfg)
     check_model(cfg)

@@ -17,12 +17,14 @@ import torch
 from emformer_variants.data.audio import load_audio
 from emformer_variants.data.manifest import Utterance
 from emformer_variants.engine.pipeline import build_pipeline
+from emformer_variants.engine.stream import stream_decode
 from emformer_variants.errors import UserError
+from emformer_variants.evaluation.flops import measure_flops
 from emformer_variants.metrics.latency import chunk_ready_times, percentiles, simulate_live_stream
 from emformer_variants.metrics.memory import peak_rss_mb
 from emformer_variants.metrics.params import count_params
 from emformer_variants.metrics.wer import error_rates, error_rates_by
-from emformer_variants.streaming import stream_decode
+from emformer_variants.surgery.registry import EvaluationTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -52,78 +54,6 @@ def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "fir
     return [utts[i] for i in keep]
 
 
-def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **options) -> dict:
-    """FLOPs per audio second of the whole streaming decode (FlopCounterMode) and of the
-    encoder alone, with the analytic encoder count beside it as a cross-check."""
-    from emformer_variants.metrics.flops import measured_flops
-    from emformer_variants.surgery.analytic import analytic_encoder_flops
-
-    pipe = build_pipeline(rec, decoder, beam, **options)
-    audio_s = wave.numel() / rec.features.cfg.sample_rate
-    total, result = measured_flops(stream_decode, rec, wave, beam, pipe)
-    num_chunks = len(result.encoder_s)
-    # Encoder alone over the same chunks.
-    from emformer_variants.streaming import chunk_windows
-
-    cfg = rec.features.cfg
-    with torch.inference_mode():
-        chunks = [rec.features.streaming(w).unsqueeze(0)
-                  for w in chunk_windows(wave, cfg.segment_samples, cfg.window_samples)]
-
-    def run_encoder():
-        state = None
-        with torch.inference_mode():
-            for feats in chunks:
-                _, _, state = rec.model.transcribe_streaming(feats, torch.tensor([feats.shape[1]]), state)
-
-    enc_flops, _ = measured_flops(run_encoder)
-    out = {
-        "gflops_per_audio_s": total / audio_s / 1e9,
-        "gflops_per_audio_s_encoder": enc_flops / audio_s / 1e9,
-    }
-    counts = [analytic_encoder_flops(rec.arch, rec.variants, chunk_index=k) for k in range(num_chunks)]
-    if all(c is not None for c in counts):  # None: overlapping surgeries, no analytic count
-        out["gflops_per_audio_s_encoder_analytic"] = sum(counts) / audio_s / 1e9
-    return out
-
-
-class RouterTelemetry:
-    """Accumulates MoE router load (per layer, per expert) and entropy over every chunk
-    decoded while active; ``summary()`` gives evaluation's flat keys."""
-
-    def __init__(self, model: torch.nn.Module):
-        from emformer_variants.surgery.moe import moe_modules
-
-        self.modules = moe_modules(model)
-        self.load = [torch.zeros(0) for _ in self.modules]
-        self.entropy = [0.0 for _ in self.modules]
-        self.calls = 0
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
-
-    def _hook(self, i: int):
-        def hook(module, args, output):
-            load = module.last_load.float()
-            self.load[i] = load if self.load[i].numel() == 0 else self.load[i] + load
-            self.entropy[i] += float(module.last_entropy)
-            if i == 0:
-                self.calls += 1
-        return hook
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-    def summary(self) -> dict:
-        if not self.modules or self.calls == 0:
-            return {}
-        loads = [(x / x.sum()) for x in self.load]
-        return {
-            "moe_load_max_mean": float(sum(x.max() for x in loads) / len(loads)),
-            "moe_router_entropy_mean": sum(self.entropy) / (len(self.entropy) * self.calls),
-            "moe_load_per_layer": [[round(float(v), 4) for v in x] for x in loads],
-        }
-
-
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
                         skip_bad: bool = False, progress: bool = True, decoder: str = "stock",
                         decoder_options: dict | None = None) -> tuple[dict, list[dict]]:
@@ -139,7 +69,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     chunk_ms, feat_ms, enc_ms, dec_ms, ttfts, rtfs = [], [], [], [], [], []
     state_bytes, compute_s, audio_s, skipped = 0, 0.0, 0.0, []
     warmed = False
-    telemetry = RouterTelemetry(rec.model)
+    telemetry = EvaluationTelemetry(rec.model)  # each variant's own counters (e.g. MoE router load)
     t_start = time.perf_counter()
     for i, utt in enumerate(utts):
         try:

@@ -1,10 +1,10 @@
-"""Checkpoint inspection without building a model: what a file holds, and whether it is
-the variant that was asked for.
+"""Checkpoint inspection without building a model: what a file holds, and how it differs
+from what was asked for.
 
 ``peek`` reads a project checkpoint (``final.pt`` or a Lightning ``.ckpt`` from train.py)
 memory-mapped, so it costs milliseconds even for a large file, and turns a missing,
-truncated or foreign file into a one-line UserError. ``check_variant`` compares the
-variant recorded in a checkpoint with the requested one and lists every field that differs.
+truncated or foreign file into a one-line UserError. ``diff_variants`` / ``diff_arch`` list
+every field in which a checkpoint differs from the requested variant or architecture.
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ from typing import Any
 import torch
 
 from emformer_variants.errors import UserError
-
-# Resolved by the surgery from the weights or the model and recorded in the checkpoint;
-# a request that leaves them unset does not differ from a checkpoint that has them.
-_RESOLVED_FIELDS = {"lowrank": {"ranks"}, "moe": {"d_ff"}, "mla": {"kv_rank"}}
 
 
 @dataclass
@@ -97,30 +93,18 @@ def peek(path: str | Path, verify: bool = False) -> CheckpointInfo:
     return CheckpointInfo(path, kind, config, obj.get("global_step"))
 
 
-def variant_name(specs: list[dict]) -> str:
-    """``dense`` for no surgery, else the surgery names joined by ``+`` (``mla+moe``)."""
-    names = [s.get("name") for s in specs if s.get("name") != "dense"]
-    return "+".join(names) if names else "dense"
-
-
-def requested_specs(variant: dict) -> list[dict]:
-    """The surgery specs of a ``variant`` config (a single spec or ``{name, stack: [...]}``),
-    with every field filled in (defaults included), as checkpoints record them."""
-    from emformer_variants.surgery.registry import config_from_spec, spec_from_config
-
-    specs = variant["stack"] if "stack" in variant else [variant]
-    return [spec_from_config(s["name"], config_from_spec(s)) for s in specs if s.get("name") != "dense"]
-
-
 def diff_variants(recorded: list[dict], requested: list[dict]) -> list[str]:
-    """Human-readable differences between two surgery lists (empty if they match)."""
+    """Human-readable differences between two surgery lists (empty if they match). Fields a
+    surgery resolves itself count as equal when the request leaves them unset."""
+    from emformer_variants.surgery.registry import resolved_fields, variant_name
+
     rec_names = [s.get("name") for s in recorded]
     req_names = [s.get("name") for s in requested]
     if rec_names != req_names:
         return [f"variant {variant_name(recorded)} in the checkpoint vs {variant_name(requested)} requested"]
     out = []
     for i, (a, b) in enumerate(zip(recorded, requested, strict=True)):
-        skip = _RESOLVED_FIELDS.get(a.get("name"), set())
+        skip = resolved_fields(a.get("name"))
         for key in sorted((set(a) | set(b)) - {"name"}):
             va, vb = a.get(key), b.get(key)
             if key in skip and vb is None:
@@ -154,11 +138,3 @@ def diff_arch(recorded: dict, expected: dict) -> list[str]:
 def mismatch_error(what: str, path, diffs: list[str], fix: str) -> UserError:
     shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
     return UserError(f"{what}={path}: the checkpoint differs from the requested model: {shown}; {fix}")
-
-
-def check_variant(recorded: list[dict], variant: dict, what: str, path, applied: list[dict] = ()) -> None:
-    """UserError listing every difference between the variant recorded in a checkpoint and the
-    requested ``variant`` config (applied after the base's own ``applied`` surgeries)."""
-    diffs = diff_variants(recorded, [*applied, *requested_specs(variant)])
-    if diffs:
-        raise mismatch_error(what, path, diffs, "pass the matching variant= or another checkpoint")

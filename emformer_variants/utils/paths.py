@@ -1,0 +1,24 @@
+"""Where things are: the project root, and the OmegaConf resolvers ``conf/`` uses.
+
+Importing this module registers ``${ev_root:}`` (the project root), ``${ev_pid:}`` (run
+folder names: timestamp + pid never collide) and ``${ev_wandb_offline:}`` (W&B mode), so
+anything that composes a config imports it first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+if not OmegaConf.has_resolver("ev_root"):
+    OmegaConf.register_new_resolver("ev_root", lambda: str(PROJECT_ROOT))
+if not OmegaConf.has_resolver("ev_wandb_offline"):
+    from emformer_variants.utils.wandb_setup import wandb_offline
+
+    OmegaConf.register_new_resolver("ev_wandb_offline", wandb_offline)
+if not OmegaConf.has_resolver("ev_pid"):
+    OmegaConf.register_new_resolver("ev_pid", os.getpid)

@@ -85,3 +85,24 @@ def test_bad_config_is_a_user_error():
         AugmentConfig(noise_colors=("purple",))
     with pytest.raises(UserError, match="speed_factors"):
         AugmentConfig(speed_factors=())
+
+
+def test_psola_is_seeded_and_guarded(monkeypatch):
+    """Praat's PSOLA is random (seeded per call: same seed, same audio, in any process); a
+    Praat error or a call over the time limit leaves the clip unchanged instead of failing or
+    hanging the run, and the next call works again."""
+    from emformer_variants.data import praat
+    from emformer_variants.data.augment import change_gender
+
+    wave = _speechlike(1.5)
+    a = change_gender(wave, SR, 1.1, 180.0, seed=3)
+    assert torch.equal(a, change_gender(wave, SR, 1.1, 180.0, seed=3))
+    assert not torch.equal(a, change_gender(wave, SR, 1.1, 180.0, seed=4))
+    assert a.shape == wave.shape and not torch.allclose(a, wave)
+    raw = praat.change_gender_raw(wave.double().numpy(), SR, [75, 600, 1.1, 180.0, 1.0, 1.0], 3)
+    torch.testing.assert_close(a, torch.from_numpy(raw[: wave.numel()]).float(), rtol=0, atol=0)
+    assert torch.equal(change_gender(wave, SR, -1.0), wave)  # Praat refuses a negative ratio
+    monkeypatch.setattr(praat, "TIMEOUT_S", 1e-4)
+    assert torch.equal(change_gender(wave, SR, 1.1, 180.0, seed=3), wave)  # "too slow": unchanged
+    monkeypatch.setattr(praat, "TIMEOUT_S", 10.0)
+    assert torch.equal(change_gender(wave, SR, 1.1, 180.0, seed=3), a)  # a fresh helper

@@ -157,32 +157,34 @@ def reverberate(wave: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
 
 
 def change_gender(wave, sample_rate: int, formant_ratio: float = 1.0, pitch_median_hz: float = 0.0,
-                  pitch_range: float = 1.0, duration: float = 1.0, semitones: float = 0.0):
+                  pitch_range: float = 1.0, duration: float = 1.0, semitones: float = 0.0, seed: int = 0):
     """Praat's "Change gender" (PSOLA) on a float waveform (numpy or torch, (T,)).
 
     Formants scale by ``formant_ratio``; the pitch median moves to ``pitch_median_hz`` (0
     keeps it), then ``semitones`` higher, and its range scales by ``pitch_range``; the
     duration scales by ``duration`` (the output has ~T x duration samples, same type).
-    Pitch analysis covers 75-600 Hz.
+    Pitch analysis covers 75-600 Hz. ``seed`` fixes PSOLA's random numbers. Praat runs
+    behind a time limit (``data/praat.py``): where it fails or loops, the clip comes back
+    unchanged.
     """
     import numpy as np
-    import parselmouth
-    from parselmouth.praat import call
+
+    from emformer_variants.data.praat import change_gender_guarded, pitch_median
 
     is_torch = isinstance(wave, torch.Tensor)
     x = wave.detach().cpu().double().numpy() if is_torch else np.asarray(wave, dtype=np.float64)
     if x.size < sample_rate // 20:  # under 50 ms: too short to analyse pitch
         return wave
-    sound = parselmouth.Sound(x, sampling_frequency=sample_rate)
     median = float(pitch_median_hz)
     if semitones:
         if not median:
-            pitch = sound.to_pitch(time_step=0.02, pitch_floor=75, pitch_ceiling=600)
-            median = call(pitch, "Get quantile", 0, 0, 0.5, "Hertz")
+            median = pitch_median(x, sample_rate)
             median = 0.0 if not np.isfinite(median) else median  # unvoiced: keep it
         median *= 2 ** (semitones / 12)
-    out = call(sound, "Change gender", 75, 600, float(formant_ratio), median, float(pitch_range),
-               float(duration)).values[0]
+    out = change_gender_guarded(x, sample_rate, [75, 600, float(formant_ratio), median,
+                                                 float(pitch_range), float(duration)], seed)
+    if out is None:
+        return wave
     if duration == 1.0:
         out = np.pad(out[: x.size], (0, max(0, x.size - out.size)))
     out = np.nan_to_num(out).astype(np.float32)
@@ -230,7 +232,8 @@ def augment(
     if _fires(cfg.tempo_prob, g):
         psola["duration"] = 1.0 / _uniform(cfg.tempo_factors, g)
     if psola:
-        wave = change_gender(wave, sample_rate, **psola)
+        seed = int(torch.randint(2**31 - 1, (), generator=g))
+        wave = change_gender(wave, sample_rate, seed=seed, **psola)
     if _happens(cfg.speed_prob, g):
         idx = int(torch.randint(len(cfg.speed_factors), (), generator=g))
         wave = speed_perturb(wave, sample_rate, cfg.speed_factors[idx])

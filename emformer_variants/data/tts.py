@@ -91,13 +91,13 @@ def synthesize_many(requests: list[tuple[Voice, str, float, float, int]]) -> lis
         if out[i] is None:
             out[i] = fns[voice.engine](voice.options, text, rate, pitch, seed)
     finished = []
-    for (voice, *_), (wave, sr) in zip(requests, out, strict=True):
+    for (voice, _, _, _, seed), (wave, sr) in zip(requests, out, strict=True):
         wave = np.ascontiguousarray(wave, dtype=np.float32)
         if "formant_ratio" in voice.options:
             from emformer_variants.data.augment import change_gender
 
             wave = change_gender(wave, int(sr), voice.options["formant_ratio"],
-                                 voice.options.get("pitch_median", 0.0))
+                                 voice.options.get("pitch_median", 0.0), seed=seed)
         finished.append((wave, int(sr)))
     return finished
 

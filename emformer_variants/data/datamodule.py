@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import lightning as L
@@ -101,8 +102,10 @@ class ASRDataModule(L.LightningDataModule):
         return [u for u in utts if self.min_train_seconds <= u.duration <= self.max_train_seconds]
 
     def bind(self, features, tokenizer) -> None:
-        """Attach the model's feature extractor (with global stats) and tokenizer."""
-        self.features, self.tokenizer = features, tokenizer
+        """Attach a copy of the model's feature extractor (with global stats) and the tokenizer.
+        A copy: the data is read and featurised on the CPU (in worker processes) while Lightning
+        moves the model, and with it the model's extractor, to the GPU."""
+        self.features, self.tokenizer = copy.deepcopy(features), tokenizer
 
     def _augment(self):
         if not self.augment_cfg.get("enabled", False):

@@ -25,6 +25,7 @@ def decode_full(rec, features: torch.Tensor, lengths: torch.Tensor, beam: int,
     texts = []
     for i in range(features.shape[0]):
         n = int(lengths[i]) + rc
-        hyps = search(features[i, :n], torch.tensor([n]), beam)
+        # The length on the features' device: torchaudio builds the padding mask on it (GPU).
+        hyps = search(features[i, :n], torch.tensor([n], device=features.device), beam)
         texts.append(hypothesis_text(rec.tokenizer, hyps[0]))
     return texts

@@ -69,6 +69,32 @@ void sums_avx2(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, 
   }
 }
 
+// lo = min(0, row...), hi = max(0, row...), 8 lanes at a time. NaNs are skipped and the
+// result is the same as the scalar std::min/std::max loop: each lane keeps x only when
+// x < lo (x > hi), as std::min(lo, x) does, and the lanes hold no -0, so their order is moot.
+inline void row_range(const float* row, int64_t K, float& lo, float& hi) {
+  __m256 vlo = _mm256_setzero_ps(), vhi = vlo;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(row + k);
+    vlo = _mm256_min_ps(v, vlo);  // v < vlo ? v : vlo
+    vhi = _mm256_max_ps(v, vhi);  // v > vhi ? v : vhi
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, vlo);
+  _mm256_store_ps(h, vhi);
+  lo = 0.f;
+  hi = 0.f;
+  for (int i = 0; i < 8; ++i) {
+    lo = std::min(lo, l[i]);
+    hi = std::max(hi, h[i]);
+  }
+  for (; k < K; ++k) {
+    lo = std::min(lo, row[k]);
+    hi = std::max(hi, row[k]);
+  }
+}
+
 // sums (16 per row) -> y for rows m0.., columns n0..n0+n.
 void finish(const int32_t* all_sums, int mr, const float* sx, const int32_t* zx, const int32_t* colsum,
             const float* sw, const float* bias, float* y, int64_t N, int64_t n) {
@@ -109,17 +135,15 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   if (M == 0) return y;
   // quantise x: per row, asymmetric 0..127 with 0 exact; padding k's are 0 (their weights are 0)
   const int64_t ldx = 4 * K4;
-  std::vector<uint8_t> xq(M * ldx, 0);
+  thread_local std::vector<uint8_t> xq;  // reused by the calling thread: no allocation per call
+  if (static_cast<int64_t>(xq.size()) < M * ldx) xq.resize(M * ldx);
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
   const float* xp = x.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     const float* row = xp + m * K;
-    float lo = 0.f, hi = 0.f;
-    for (int64_t k = 0; k < K; ++k) {
-      lo = std::min(lo, row[k]);
-      hi = std::max(hi, row[k]);
-    }
+    float lo, hi;
+    row_range(row, K, lo, hi);
     float s = (hi - lo) / 127.f;
     if (!(s > 0.f)) s = 1.f;
     const float z = std::nearbyint(-lo / s);
@@ -128,7 +152,9 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
     uint8_t* q = xq.data() + m * ldx;
     for (int64_t k = 0; k < K; ++k)
       q[k] = static_cast<uint8_t>(std::min(127.f, std::max(0.f, std::nearbyint(row[k] / s) + z)));
+    for (int64_t k = K; k < ldx; ++k) q[k] = 0;
   }
+  const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* cs = colsum.data_ptr<int32_t>();
   const float* sw = scale.data_ptr<float>();
@@ -146,7 +172,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
         const int64_t blocks = (M - m + rows - 1) / rows;
         const int mr = vnni ? static_cast<int>((M - m + blocks - 1) / blocks)
                             : static_cast<int>(std::min<int64_t>(rows, M - m));
-        const uint8_t* xm = xq.data() + m * ldx;
+        const uint8_t* xm = xqp + m * ldx;
         if (vnni) int8_sums_vnni(xm, ldx, K4, panel, mr, sums);
         else sums_avx2(xm, ldx, K4, panel, mr, sums);
         finish(sums, mr, sx.data() + m, zx.data() + m, cs + n0, sw + n0, b ? b + n0 : nullptr,

@@ -53,5 +53,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("joiner_rows", &ExactSearch::joiner_rows)
       .def_readonly("predictor_rows", &ExactSearch::predictor_rows)
       .def_readonly("gate_rows", &ExactSearch::gate_rows)
-      .def_readonly("fallback_topk", &ExactSearch::fallback_topk);
+      .def_readonly("fallback_topk", &ExactSearch::fallback_topk)
+      .def_readonly("fallback_sort", &ExactSearch::fallback_sort);
 }

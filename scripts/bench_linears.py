@@ -7,7 +7,8 @@ the engine calls it: the 20 encoder layers' linears (query/key/value fused, atte
 both FFN halves) on one chunk (5 rows: 4 frames + 1 right-context frame), and the joiner and
 the predictor's linears on a beam of 10 rows. Each pass calls every linear of a group once,
 so the weights stream from memory as in decoding (they do not fit in cache). Backends run in
-rotating order, pass by pass; the median pass is reported, with the weight bytes and
+rotating order, pass by pass; the median pass (wall time, or with ``--clock cpu`` the thread's
+CPU time) is reported, with the weight bytes and
 floating-point operations per pass turned into GB/s and GFLOP/s.
 
 The packed kernels run once per instruction set this CPU has (``[avx512]``, ``[avx2]``;
@@ -95,14 +96,14 @@ def backends(linears: list[torch.nn.Linear]) -> tuple[dict[str, list], dict[str,
     return out, isas
 
 
-def read_rate_gbs(nbytes: int, reps: int = 5) -> float:
+def read_rate_gbs(nbytes: int, reps: int = 5, now=time.perf_counter) -> float:
     """One thread reading a buffer of ``nbytes`` once: the best of ``reps`` passes, GB/s."""
     buffer = torch.ones(-(-nbytes // 128) * 128, dtype=torch.int8)
     best = float("inf")
     for _ in range(reps + 1):
-        t0 = time.perf_counter()
+        t0 = now()
         kernel().stream_read(buffer)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, now() - t0)
     return buffer.numel() / best / 1e9
 
 
@@ -110,17 +111,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="wall time, or the thread's CPU time (steadier on a busy machine)")
     args = p.parse_args()
+    now = time.perf_counter if args.clock == "wall" else time.thread_time
     torch.set_num_threads(args.threads)
     model = build_random("emformer_base").model
     params_all = sum(p.numel() for p in model.parameters())
     print(f"# threads {args.threads}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"median of {args.reps} passes; weight GB/s counts fp32 bytes for F.linear/oneDNN/packed fp32, "
-          f"2 bytes for fp16/bf16, 1 for int8 and the memory floor")
+          f"median {args.clock} time of {args.reps} passes; weight GB/s counts fp32 bytes for "
+          f"F.linear/oneDNN/packed fp32, 2 bytes for fp16/bf16, 1 for int8 and the memory floor")
     print(f"# {isa_report()}")
     if kernel() is not None:
         print(f"# one-thread streaming read of {params_all / 1e6:.1f} MB (emformer_base's weights at one "
-              f"byte each): {read_rate_gbs(params_all):.1f} GB/s (best of 5)")
+              f"byte each): {read_rate_gbs(params_all, now=now):.1f} GB/s (best of 5)")
     print("| group | backend | ms per pass | vs F.linear | weight GB/s | GFLOP/s |")
     print("|---|---|---|---|---|---|")
     with torch.inference_mode():
@@ -132,11 +136,11 @@ def main() -> int:
             for rep in range(args.reps + 1):
                 for b in labels[rep % len(labels):] + labels[:rep % len(labels)]:
                     with use_isa(isas[b]) if b in isas else contextlib.nullcontext():
-                        t0 = time.perf_counter()
+                        t0 = now()
                         for m, f in zip(linears, fns[b], strict=True):
                             f(xs[m.in_features])
                         if rep:  # the first pass warms up
-                            times[b].append(1000 * (time.perf_counter() - t0))
+                            times[b].append(1000 * (now() - t0))
             params = sum(m.weight.numel() for m in linears)
             flops = 2 * rows * params
             base = statistics.median(times["F.linear (MKL)"])

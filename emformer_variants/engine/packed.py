@@ -140,6 +140,7 @@ def kernel():
     global _KERNEL, _TRIED
     if _TRIED:
         return _KERNEL
+    forced = _forced_isa()  # a typo raises here, on every call, before anything is decided
     _TRIED = True
     reason = _unavailable_reason()
     if reason is None:
@@ -160,7 +161,6 @@ def kernel():
     if reason is not None:
         log.warning("packed linear kernel not used: %s; falling back to F.linear (slower)", reason)
         return _KERNEL
-    forced = _forced_isa()
     if forced and not _KERNEL.set_isa(forced):
         log.warning("%s=%s: this CPU (or compiler) lacks it; using %s (CPU flags: %s)", ISA_ENV, forced,
                     _KERNEL.isa(), _flag_text(_KERNEL))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from emformer_variants.engine.packed import counting_flops
+from emformer_variants.engine.packed import counting_flops, isa_report
 from emformer_variants.engine.pipeline import DECODERS, Pipeline, build_pipeline
 from emformer_variants.engine.precision import PRECISIONS, apply_precision_
 from emformer_variants.engine.stream import Stream, chunk_windows
@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{1000 * cfg.chunk_seconds:.0f} ms (+{1000 * cfg.right_context_seconds:.0f} ms right context) "
           f"per mode; threads {args.threads}; torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; modes interleaved chunk by chunk")
+    print(f"# {isa_report()}")
     print(f"# fp32 matmul peak here: {peak:.0f} GFLOP/s (256x1024x4096); 'floor ms at peak' = the packed "
           f"kernel's matmul work per chunk at that rate (fp32-arithmetic modes whose linears all run in "
           f"the packed kernels; int8 modes show the work only)")

@@ -303,3 +303,28 @@ def test_fused_exact_search_breaks_ties_as_torch_topk():
         a, b = fused.step(enc, a), loop.step(enc, b)
         assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
     assert fused.fused.impl.fallback_topk > 0 and len(a[0][0].tokens) > 10
+
+
+def test_fused_exact_search_sorts_tied_scores_as_torch():
+    """Pairs of symbols with equal logits and equal embeddings: hypotheses that differ only by
+    such a symbol get equal scores in the blank-ended set, whose sort then goes to at::sort
+    (``fallback_sort``); the beams still equal the Python loop's."""
+    from emformer_variants.engine.exact import ExactBeamSearch
+
+    if packed.kernel() is None:
+        pytest.skip("packed kernel unavailable here")
+    rec = make_tiny_rec(3)
+    joiner, embedding = rec.model.joiner.linear, rec.model.predictor.embedding
+    with torch.no_grad():
+        for w in (joiner.weight, joiner.bias, embedding.weight):
+            half = w[1::2].shape[0]
+            w[1::2] = w[0::2][:half]
+    fused = ExactBeamSearch(rec.model, rec.blank, 4)
+    loop = ExactBeamSearch(rec.model, rec.blank, 4, fused=False)
+    g = torch.Generator().manual_seed(0)
+    a, b = [None], [None]
+    for _ in range(6):
+        enc = torch.randn(1, 4, joiner.in_features, generator=g)
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    assert fused.fused.impl.fallback_sort > 0

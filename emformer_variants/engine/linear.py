@@ -1,8 +1,9 @@
 """Linear layers for the inference engine.
 
 The engine multiplies small batches (M = 1-20 rows: a beam of hypotheses, one chunk of
-frames). fp32 ``nn.Linear`` layers run through ``engine.packed.PackedLinear``, an AVX2 kernel
-for such batches (2.0-2.7x ``F.linear`` on the base's linears, ``scripts/bench_linears.py``).
+frames). fp32 ``nn.Linear`` layers run through ``engine.packed.PackedLinear``, a C++ kernel
+for such batches (AVX2 or AVX-512, chosen at run time; 2.0-2.7x ``F.linear`` on the base's
+linears, ``scripts/bench_linears.py``).
 Results agree with ``F.linear`` to fp32 rounding, not bit for bit. Where that kernel cannot
 be built, a large fp32 weight with a long reduction (e.g. the base joiner, 1024 -> 4097) runs
 through oneDNN's ``mkldnn::_linear_pointwise`` (1.4-1.9x faster than MKL at these sizes on this

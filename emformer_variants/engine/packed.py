@@ -1,9 +1,9 @@
-"""Packed small-batch linears: an AVX2 C++ kernel for the engine's few-row matmuls.
+"""Packed small-batch linears: C++ kernels for the engine's few-row matmuls.
 
 The engine multiplies 1-20 rows at a time (one chunk of frames, one beam of hypotheses).
 At that size MKL and oneDNN reach 10-23 GFLOP/s on this CPU (a large fp32 matmul: 73), and
 every call streams the whole weight from memory anyway. ``kernels/packed_linear.cpp`` stores
-a weight in panels of 16 output columns, keeps a 6 x 16 block of outputs in registers and
+a weight in panels of 16 output columns, keeps a block of outputs in registers and
 streams each panel once: on ``emformer_base``'s linears it is 2.0-2.7x faster than
 ``F.linear`` at fp32 (``python scripts/bench_linears.py``). Weights may also be kept as fp16
 or bf16 and widened to fp32 in registers, which halves the bytes streamed; activations and
@@ -14,11 +14,17 @@ quantised to 7 bits per call, exact integer sums. On AVX2 an integer multiply-ad
 instruction does 32 products where an fp32 FMA does 8, so it is 1.7x the fp16 kernel on the
 base's encoder linears and 7.4x ``F.linear`` (``scripts/bench_linears.py``).
 
-The kernel is compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja;
+Instruction set (``isa()``): each kernel has an AVX2 path and an AVX-512 path (AVX-512
+F/BW/DQ/VL with VNNI; ``kernels/avx512.cpp``), chosen at run time from the CPU's flags. Both
+give the same bits (see ``kernels/avx512.cpp``). ``EMFORMER_VARIANTS_KERNEL_ISA=avx2|avx512|none``
+forces one (``none``: the torch fallback); ``use_isa`` switches between the two in a process.
+
+The kernels are compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja;
 about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
 in a directory per checkout and environment).
-Without AVX2, without a compiler, or with ``EMFORMER_VARIANTS_PACKED=0``, ``PackedLinear``
-computes the same thing with ``F.linear`` on the widened weight (a warning says why once).
+Without AVX2, without a compiler, or with ``EMFORMER_VARIANTS_PACKED=0`` (or ``..._KERNEL_ISA=none``),
+``PackedLinear`` computes the same thing with ``F.linear`` on the widened weight (a warning says
+why once).
 
 Shapes: ``PackedLinear(weight (N, K), bias (N,) | None, dtype)``; ``(..., K) -> (..., N)``.
 """
@@ -47,6 +53,8 @@ SOURCES = sorted(KERNELS.glob("*.cpp"))
 EXTENSION = "emformer_variants_packed_linear_" + hashlib.sha1(
     f"{KERNELS.resolve()}|{sys.prefix}".encode()).hexdigest()[:10]
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+ISA_ENV = "EMFORMER_VARIANTS_KERNEL_ISA"
+ISAS = ("avx512", "avx2", "none")  # best first; "none" = the torch fallback
 
 _KERNEL: object | None = None
 _TRIED = False
@@ -88,12 +96,29 @@ def call(fn, *args, label: str):
     return fn(*args)
 
 
+def _forced_isa() -> str | None:
+    value = os.environ.get(ISA_ENV, "").strip().lower()
+    if value and value not in ISAS:
+        raise ValueError(f"{ISA_ENV}={value!r}: choose one of {', '.join(ISAS)}")
+    return value or None
+
+
+def _cpu_has_avx2() -> bool:
+    """AVX2 from the CPU itself (torch's cpuinfo), not from ``get_cpu_capability``, which
+    ``ATEN_CPU_CAPABILITY`` can lower; the extension is built with -mavx2, so this gates loading it."""
+    probe = getattr(torch.cpu, "_is_avx2_supported", None)
+    if probe is not None:
+        return bool(probe())
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
 def _unavailable_reason() -> str | None:
     if os.environ.get("EMFORMER_VARIANTS_PACKED", "1") == "0":
         return "EMFORMER_VARIANTS_PACKED=0"
-    capability = torch.backends.cpu.get_cpu_capability()
-    if capability not in ("AVX2", "AVX512"):
-        return f"CPU capability {capability} (needs AVX2)"
+    if _forced_isa() == "none":
+        return f"{ISA_ENV}=none"
+    if not _cpu_has_avx2():
+        return "this CPU has no AVX2"
     return None
 
 
@@ -109,10 +134,13 @@ def _put_ninja_on_path() -> None:
 
 
 def kernel():
-    """The compiled extension module, or None when it cannot be used here."""
+    """The compiled extension module, or None when it cannot be used here. The first call
+    also picks the instruction set: ``EMFORMER_VARIANTS_KERNEL_ISA`` if set and this CPU has
+    it (else a warning and the best it has), otherwise the best."""
     global _KERNEL, _TRIED
     if _TRIED:
         return _KERNEL
+    forced = _forced_isa()  # a typo raises here, on every call, before anything is decided
     _TRIED = True
     reason = _unavailable_reason()
     if reason is None:
@@ -123,13 +151,84 @@ def kernel():
 
             _put_ninja_on_path()
 
+            # -mavx2 for every file; kernels/avx512.cpp sets its own target per function
             _KERNEL = load(EXTENSION, [str(p) for p in SOURCES],
                            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c"], verbose=False)
         except Exception as err:  # noqa: BLE001 - any build failure means "use the fallback"
             reason = f"build failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+    if reason is None and _KERNEL.best_isa() == "none":
+        reason, _KERNEL = f"CPU flags {_KERNEL.cpu_flags()} (needs AVX2, FMA and F16C)", None
     if reason is not None:
         log.warning("packed linear kernel not used: %s; falling back to F.linear (slower)", reason)
+        return _KERNEL
+    if forced and not _KERNEL.set_isa(forced):
+        log.warning("%s=%s: this CPU (or compiler) lacks it; using %s (CPU flags: %s)", ISA_ENV, forced,
+                    _KERNEL.isa(), _flag_text(_KERNEL))
     return _KERNEL
+
+
+def _flag_text(k) -> str:
+    return " ".join(name for name, on in k.cpu_flags().items() if on) or "none of avx2/avx512"
+
+
+def isa() -> str:
+    """The instruction set the kernels run on now: ``avx512`` (AVX-512 F/BW/DQ/VL with VNNI),
+    ``avx2`` (AVX2, FMA, F16C) or ``none`` (no kernel: the torch fallback)."""
+    k = kernel()
+    return "none" if k is None else k.isa()
+
+
+def available_isas() -> list[str]:
+    """The instruction sets usable here, best first (always ending with ``none``)."""
+    k = kernel()
+    if k is None:
+        return ["none"]
+    return list(ISAS[ISAS.index(k.best_isa()):])
+
+
+def cpu_name() -> str:
+    """The CPU's model name and x86 family/model from /proc/cpuinfo (Linux), else platform's."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if not line.strip():
+                break
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    import platform
+
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
+def isa_report() -> str:
+    """One line for benchmark headers: the instruction set in use, the best this CPU offers,
+    the CPU and its flags."""
+    k = kernel()
+    if k is None:
+        return f"kernels: none (torch fallback); CPU {cpu_name()}"
+    return f"kernels: {k.isa()} (best here: {k.best_isa()}); CPU {cpu_name()}: {_flag_text(k)}"
+
+
+@contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Run the kernels with ``name`` (``avx2`` or ``avx512``) inside the block, for comparing
+    paths in one process; ValueError if the kernel or this CPU cannot. Linears built inside or
+    outside the block work with either: both paths share the packed layouts."""
+    k = kernel()
+    if k is None or name not in available_isas() or name == "none":
+        raise ValueError(f"use_isa({name!r}): available here: {', '.join(available_isas())} "
+                         "('none' is chosen when the kernel loads, by the environment)")
+    before = k.isa()
+    k.set_isa(name)
+    try:
+        yield
+    finally:
+        k.set_isa(before)
 
 
 def pack(weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

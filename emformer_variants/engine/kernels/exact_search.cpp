@@ -92,6 +92,31 @@ bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t 
 
 }  // namespace
 
+// b by score, ascending, as ``torch.tensor(scores).sort()`` orders it: std::sort when the
+// order is unique (no two equal scores, no NaN), else ATen's sort, so ties break as torch's do.
+void ExactSearch::sort_ascending(std::vector<Hyp>& b) {
+  std::vector<int64_t> order(b.size());
+  for (size_t j = 0; j < b.size(); ++j) order[j] = static_cast<int64_t>(j);
+  bool unique = std::none_of(b.begin(), b.end(), [](const Hyp& h) { return h.score != h.score; });
+  if (unique) {  // no NaN: a strict weak order for std::sort
+    std::sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return b[i].score < b[j].score; });
+    for (size_t j = 1; j < order.size(); ++j) unique &= b[order[j - 1]].score < b[order[j]].score;
+  }
+  if (!unique) {
+    std::vector<float> scores;
+    for (const auto& h : b) scores.push_back(h.score);
+    auto idx = std::get<1>(
+        torch::from_blob(scores.data(), {static_cast<int64_t>(scores.size())}, torch::kFloat32).sort());
+    const int64_t* op = idx.data_ptr<int64_t>();
+    for (size_t j = 0; j < b.size(); ++j) order[j] = op[j];
+    fallback_sort += 1;
+  }
+  std::vector<Hyp> sorted;
+  sorted.reserve(b.size());
+  for (int64_t j : order) sorted.push_back(b[j]);
+  b.swap(sorted);
+}
+
 ExactSearch::ExactSearch(torch::Tensor table0, std::vector<torch::Tensor> pred_params,
                          std::vector<double> pred_eps, int64_t out_dim, std::vector<torch::Tensor> p2g,
                          std::vector<torch::Tensor> joiner, int64_t symbols, int64_t activation,
@@ -351,14 +376,7 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
           }
         bs.push_back({ha.slot, blank_score, ha.origin});
       }
-      std::vector<float> bscores;
-      for (const auto& h : bs) bscores.push_back(h.score);
-      auto order = std::get<1>(
-          torch::from_blob(bscores.data(), {static_cast<int64_t>(bscores.size())}, torch::kFloat32).sort());
-      const int64_t* op = order.data_ptr<int64_t>();
-      std::vector<Hyp> sorted;
-      for (size_t j = 0; j < bs.size(); ++j) sorted.push_back(bs[op[j]]);
-      bs.swap(sorted);
+      sort_ascending(bs);
 
       if (symbols[s] != step_max_tokens_) {
         const int64_t k = std::min<int64_t>(beam_, count * width);

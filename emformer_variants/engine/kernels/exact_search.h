@@ -43,6 +43,8 @@ class ExactSearch {
   int64_t computed = 0, hits = 0, joiner_rows = 0, predictor_rows = 0, gate_rows = 0;
   // Top-k selections left to at::topk because of a tie or NaN (the rest run in one pass).
   int64_t fallback_topk = 0;
+  // Sorts of the blank-ended set left to at::sort for the same reason.
+  int64_t fallback_sort = 0;
 
  private:
   struct Hyp {
@@ -51,6 +53,7 @@ class ExactSearch {
     int64_t origin;  // index of the step's input hypothesis this one extends
   };
 
+  void sort_ascending(std::vector<Hyp>& b);
   std::vector<std::vector<Hyp>> frame(const torch::Tensor& enc_t, std::vector<std::vector<Hyp>> a);
   torch::Tensor join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
                      const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows);

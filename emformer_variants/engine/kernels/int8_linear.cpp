@@ -1,4 +1,6 @@
-// Dynamic int8 linear layers for few rows on x86-64 CPUs with AVX2.
+// Dynamic int8 linear layers for few rows on x86-64 CPUs: AVX2 here, AVX-512 VNNI in
+// avx512.cpp, chosen per call by active_isa(). Both give the same exact int32 sums, and the
+// quantisation of x and the finish below are shared, so the outputs are the same bits.
 //
 //   y[m, n] = sx[m] * sw[n] * (sum_k xq[m, k] * q[n, k] - zx[m] * colsum[n]) + bias[n]
 //
@@ -12,7 +14,9 @@
 // q is packed as (P, K4, 16, 4): panels of 16 output columns, 4 consecutive k per column, so
 // one 32-byte load holds 8 columns x 4 k. Per 4 k, one broadcast of a row's 4 bytes,
 // vpmaddubsw (pairs -> int16) and vpmaddwd with ones (-> int32 per column) accumulate 32
-// multiply-adds. Blocks of up to 5 rows x 16 columns keep 10 accumulators in registers.
+// multiply-adds. Blocks of up to 5 rows x 16 columns keep 10 accumulators in registers (VNNI:
+// one vpdpbusd per 4 k and row does the 64 multiply-adds, 12 rows per block).
+#include "isa.h"
 #include "linears.h"
 
 #include <ATen/Parallel.h>
@@ -26,15 +30,17 @@ namespace {
 
 constexpr int64_t NR = 16;
 constexpr int64_t MR_MAX = 5;
+constexpr int64_t kAhead = 16384;  // bytes ahead into L2, as in avx512.cpp
 
 template <int MR>
-void block(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, __m256i* acc) {
+void block(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, int32_t* sums) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
   __m256i a4 = a0, b4 = a0;
   const uint8_t *x0 = xq, *x1 = xq + ldx, *x2 = xq + 2 * ldx, *x3 = xq + 3 * ldx, *x4 = xq + 4 * ldx;
   for (int64_t k = 0; k < K4; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(panel + (k + 16) * 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(panel) + k * 64 + kAhead, _MM_HINT_T1);
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + k * 64));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + k * 64 + 32));
     __m256i xb;
@@ -50,16 +56,50 @@ void block(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, __m2
 #undef EV_ROW
   }
   const __m256i all[10] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4};
-  for (int i = 0; i < 2 * MR; ++i) acc[i] = all[i];
+  for (int i = 0; i < 2 * MR; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + 8 * i), all[i]);
 }
 
-// acc (2 per row) -> y for rows m0.., columns n0..n0+n.
-void finish(const __m256i* acc, int mr, const float* sx, const int32_t* zx, const int32_t* colsum,
+void sums_avx2(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, int mr, int32_t* sums) {
+  switch (mr) {
+    case 1: block<1>(xq, ldx, K4, panel, sums); break;
+    case 2: block<2>(xq, ldx, K4, panel, sums); break;
+    case 3: block<3>(xq, ldx, K4, panel, sums); break;
+    case 4: block<4>(xq, ldx, K4, panel, sums); break;
+    default: block<5>(xq, ldx, K4, panel, sums); break;
+  }
+}
+
+// lo = min(0, row...), hi = max(0, row...), 8 lanes at a time. NaNs are skipped and the
+// result is the same as the scalar std::min/std::max loop: each lane keeps x only when
+// x < lo (x > hi), as std::min(lo, x) does, and the lanes hold no -0, so their order is moot.
+inline void row_range(const float* row, int64_t K, float& lo, float& hi) {
+  __m256 vlo = _mm256_setzero_ps(), vhi = vlo;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 v = _mm256_loadu_ps(row + k);
+    vlo = _mm256_min_ps(v, vlo);  // v < vlo ? v : vlo
+    vhi = _mm256_max_ps(v, vhi);  // v > vhi ? v : vhi
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, vlo);
+  _mm256_store_ps(h, vhi);
+  lo = 0.f;
+  hi = 0.f;
+  for (int i = 0; i < 8; ++i) {
+    lo = std::min(lo, l[i]);
+    hi = std::max(hi, h[i]);
+  }
+  for (; k < K; ++k) {
+    lo = std::min(lo, row[k]);
+    hi = std::max(hi, row[k]);
+  }
+}
+
+// sums (16 per row) -> y for rows m0.., columns n0..n0+n.
+void finish(const int32_t* all_sums, int mr, const float* sx, const int32_t* zx, const int32_t* colsum,
             const float* sw, const float* bias, float* y, int64_t N, int64_t n) {
   for (int i = 0; i < mr; ++i) {
-    alignas(32) int32_t sums[NR];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[2 * i]);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(sums + 8), acc[2 * i + 1]);
+    const int32_t* sums = all_sums + i * NR;
     float* yi = y + i * N;
     for (int64_t j = 0; j < n; ++j) {
       const float v = static_cast<float>(sums[j] - zx[i] * colsum[j]) * (sx[i] * sw[j]);
@@ -95,17 +135,15 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   if (M == 0) return y;
   // quantise x: per row, asymmetric 0..127 with 0 exact; padding k's are 0 (their weights are 0)
   const int64_t ldx = 4 * K4;
-  std::vector<uint8_t> xq(M * ldx, 0);
+  thread_local std::vector<uint8_t> xq;  // reused by the calling thread: no allocation per call
+  if (static_cast<int64_t>(xq.size()) < M * ldx) xq.resize(M * ldx);
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
   const float* xp = x.data_ptr<float>();
   for (int64_t m = 0; m < M; ++m) {
     const float* row = xp + m * K;
-    float lo = 0.f, hi = 0.f;
-    for (int64_t k = 0; k < K; ++k) {
-      lo = std::min(lo, row[k]);
-      hi = std::max(hi, row[k]);
-    }
+    float lo, hi;
+    row_range(row, K, lo, hi);
     float s = (hi - lo) / 127.f;
     if (!(s > 0.f)) s = 1.f;
     const float z = std::nearbyint(-lo / s);
@@ -114,29 +152,32 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
     uint8_t* q = xq.data() + m * ldx;
     for (int64_t k = 0; k < K; ++k)
       q[k] = static_cast<uint8_t>(std::min(127.f, std::max(0.f, std::nearbyint(row[k] / s) + z)));
+    for (int64_t k = K; k < ldx; ++k) q[k] = 0;
   }
+  const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* cs = colsum.data_ptr<int32_t>();
   const float* sw = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K4 * 64));
+  const bool vnni = active_isa() == Isa::avx512;
+  const int rows = vnni ? kVnniRows : static_cast<int>(MR_MAX);
   at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
-    __m256i acc[2 * MR_MAX];
+    alignas(64) int32_t sums[kVnniRows * NR];
     for (int64_t p = begin; p < end; ++p) {
       const int8_t* panel = w + p * K4 * 64;
       const int64_t n0 = p * NR, n = std::min(NR, N - n0);
-      for (int64_t m = 0; m < M; m += MR_MAX) {
-        const int mr = static_cast<int>(std::min(MR_MAX, M - m));
-        const uint8_t* xm = xq.data() + m * ldx;
-        switch (mr) {
-          case 1: block<1>(xm, ldx, K4, panel, acc); break;
-          case 2: block<2>(xm, ldx, K4, panel, acc); break;
-          case 3: block<3>(xm, ldx, K4, panel, acc); break;
-          case 4: block<4>(xm, ldx, K4, panel, acc); break;
-          default: block<5>(xm, ldx, K4, panel, acc); break;
-        }
-        finish(acc, mr, sx.data() + m, zx.data() + m, cs + n0, sw + n0, b ? b + n0 : nullptr,
+      for (int64_t m = 0; m < M;) {
+        // blocks of at most ``rows`` rows, as equal as possible (VNNI, 13 rows: 7 + 6)
+        const int64_t blocks = (M - m + rows - 1) / rows;
+        const int mr = vnni ? static_cast<int>((M - m + blocks - 1) / blocks)
+                            : static_cast<int>(std::min<int64_t>(rows, M - m));
+        const uint8_t* xm = xqp + m * ldx;
+        if (vnni) int8_sums_vnni(xm, ldx, K4, panel, mr, sums);
+        else sums_avx2(xm, ldx, K4, panel, mr, sums);
+        finish(sums, mr, sx.data() + m, zx.data() + m, cs + n0, sw + n0, b ? b + n0 : nullptr,
                yp + m * N + n0, N, n);
+        m += mr;
       }
     }
   });

@@ -12,6 +12,9 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
                           torch::Tensor scale, c10::optional<torch::Tensor> bias, int64_t N);
 
+// Reads every byte of buffer once in one thread; returns a checksum (packed_linear.cpp).
+int64_t stream_read(torch::Tensor buffer);
+
 // A linear given as 4 tensors (the engine's ``kernel_args``): packed weight, bias, and for
 // int8 the weight scales and column sums, else two empty tensors (an empty bias = none).
 // x: (M, K) fp32 -> (M, n) (kernel_linear.cpp).

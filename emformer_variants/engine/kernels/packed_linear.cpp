@@ -1,4 +1,5 @@
-// Small-batch linear layers for x86-64 CPUs with AVX2, FMA and F16C.
+// Small-batch linear layers for x86-64 CPUs: the AVX2 (with FMA and F16C) kernel here, the
+// AVX-512 one in avx512.cpp (same layout, same bits), chosen per call by active_isa().
 //
 //   y[M, N] = x[M, K] @ W[N, K]^T + bias[N]      (x, y, bias fp32; W fp32, fp16 or bf16)
 //
@@ -7,6 +8,7 @@
 // registers: per k it loads 16 weights (widening 16-bit weights to fp32) and broadcasts one
 // x value per row. Every output is one fp32 FMA chain over k in order, so a row's result
 // does not depend on how many other rows are in the batch.
+#include "isa.h"
 #include "linears.h"
 
 #include <ATen/Parallel.h>
@@ -15,7 +17,8 @@
 namespace {
 
 constexpr int64_t NR = 16;   // output columns per panel
-constexpr int64_t PREFETCH = 32;  // k steps ahead
+constexpr int64_t PREFETCH = 32;  // k steps ahead, into L1
+constexpr int64_t kAhead = 16384;  // bytes ahead into L2, as in avx512.cpp
 
 template <typename T> inline void load16(const T* p, __m256& lo, __m256& hi);
 template <> inline void load16<float>(const float* p, __m256& lo, __m256& hi) {
@@ -60,6 +63,7 @@ void block(const float* x, int64_t K, const T* panel, const float* bias, float* 
   const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K, *x5 = x + 5 * K;
   for (int64_t k = 0; k < K; ++k) {
     _mm_prefetch(reinterpret_cast<const char*>(panel + (k + PREFETCH) * NR), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(panel + k * NR) + kAhead, _MM_HINT_T1);
     __m256 w0, w1, xb;
     load16<T>(panel + k * NR, w0, w1);
 #define EV_ROW(i)                                        \
@@ -130,6 +134,14 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
   float* yp = y.data_ptr<float>();
   // Split panels across threads only when each gets a few hundred KB of weights.
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K * NR * packed.element_size()));
+  if (active_isa() == Isa::avx512) {
+    const int code = dtype == torch::kFloat ? 0 : dtype == torch::kHalf ? 1 : 2;
+    const void* w = packed.data_ptr();
+    at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
+      packed_panels_avx512(xp, M, K, w, code, b, yp, N, begin, end);
+    });
+    return y;
+  }
   at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
     if (dtype == torch::kFloat) panels(xp, M, K, packed.data_ptr<float>(), b, yp, N, begin, end);
     else if (dtype == torch::kHalf) panels(xp, M, K, packed.data_ptr<at::Half>(), b, yp, N, begin, end);
@@ -138,3 +150,21 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
   return y;
 }
 
+
+// Reads every byte of ``buffer`` once, 32 bytes per load, in one thread: the memory-bandwidth
+// floor of a kernel that streams that many weight bytes (scripts/bench_linears.py).
+int64_t stream_read(torch::Tensor buffer) {
+  TORCH_CHECK(buffer.is_contiguous() && buffer.nbytes() % 128 == 0, "stream_read: contiguous, 128-byte multiple");
+  const auto* p = static_cast<const __m256i*>(buffer.data_ptr());
+  const int64_t n = static_cast<int64_t>(buffer.nbytes() / 32);
+  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+  for (int64_t i = 0; i < n; i += 4) {
+    a = _mm256_xor_si256(a, _mm256_loadu_si256(p + i));
+    b = _mm256_xor_si256(b, _mm256_loadu_si256(p + i + 1));
+    c = _mm256_xor_si256(c, _mm256_loadu_si256(p + i + 2));
+    d = _mm256_xor_si256(d, _mm256_loadu_si256(p + i + 3));
+  }
+  alignas(32) int64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_xor_si256(_mm256_xor_si256(a, b), _mm256_xor_si256(c, d)));
+  return lanes[0] ^ lanes[1] ^ lanes[2] ^ lanes[3];
+}

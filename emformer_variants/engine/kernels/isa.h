@@ -1,0 +1,42 @@
+// Run-time choice of the kernels' instruction set (isa.cpp), and the AVX-512 kernels
+// (avx512.cpp). No torch headers here: avx512.cpp includes this file, and code it compiles
+// for AVX-512 must not include inline functions other files share (the linker keeps one copy
+// of each, which could then be the AVX-512 one on a CPU without AVX-512).
+#pragma once
+
+#include <cstdint>
+
+// Levels, in order. avx2 needs AVX2, FMA and F16C; avx512 needs AVX-512 F, BW, DQ, VL and
+// VNNI (Ice Lake, Zen 4 and later). Every file but avx512.cpp is built with -mavx2 -mfma
+// -mf16c, so the extension needs at least avx2 to be loaded (engine/packed.py checks first).
+enum class Isa : int { none = 0, avx2 = 1, avx512 = 2 };
+
+struct CpuFlags {
+  bool avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512vnni, avx512bf16;
+};
+
+// What cpuid and xgetbv report (xgetbv: whether the OS saves the AVX / AVX-512 registers).
+const CpuFlags& cpu_flags();
+// The best level this CPU and this build support.
+Isa best_isa();
+// The level every kernel call uses now (initially best_isa()).
+Isa active_isa();
+// Use ``level`` from now on; false (and no change) when this CPU or build cannot.
+bool set_active_isa(Isa level);
+const char* isa_name(Isa level);
+
+// ---- AVX-512 kernels (avx512.cpp); call only when active_isa() == Isa::avx512.
+
+// Whether the compiler could build them (else avx512 is never chosen).
+bool avx512_built();
+
+// packed_linear's panels [begin, end) with AVX-512F: the same FMA chain per output as the
+// AVX2 code, so the same bits. dtype: 0 fp32, 1 fp16, 2 bf16 (w points at P x K x 16 of it).
+void packed_panels_avx512(const float* x, int64_t M, int64_t K, const void* w, int dtype,
+                          const float* bias, float* y, int64_t N, int64_t begin, int64_t end);
+
+// int8_linear's exact int32 sums for ``mr`` (1..kVnniRows) rows of xq (row stride ldx) and one
+// panel (K4 x 16 x 4 int8) with AVX-512 VNNI: sums[i * 16 + j].
+constexpr int kVnniRows = 12;
+void int8_sums_vnni(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, int mr,
+                    int32_t* sums);

@@ -22,7 +22,12 @@ from emformer_variants.evaluation.evaluate import evaluate_recognizer
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import Recognizer, save_recognizer
 from emformer_variants.reporting.tables import metrics_table
-from emformer_variants.surgery.registry import SurgeryReport, apply_variant_, calibration_batches
+from emformer_variants.surgery.registry import (
+    SurgeryReport,
+    apply_variant_,
+    calibration_batches,
+    surgery_parameters,
+)
 from emformer_variants.training.resume import AtomicCheckpointIO, resolve_resume
 from emformer_variants.utils.config_checks import check_train_config
 from emformer_variants.utils.files import write_json_atomic
@@ -76,19 +81,51 @@ def evaluate(rec: Recognizer, utts, cfg: DictConfig) -> dict:
     return metrics
 
 
-def fit(cfg: DictConfig, rec: Recognizer, base: Recognizer, dm, resume: str | None,
-        out_dir: Path) -> L.Trainer:
-    """LightningModule, callbacks, logger and Trainer from config; fit."""
+def fit(cfg: DictConfig, rec: Recognizer, base: Recognizer, dm, resume: str | None, out_dir: Path,
+        reports: list[SurgeryReport]) -> tuple[L.Trainer, dict]:
+    """LightningModule, callbacks, logger and Trainer from config; fit; then the weights chosen
+    by ``export`` go back into ``rec``. Returns the trainer and what was exported."""
     teacher = base if cfg.module.distill.weight > 0 else None
-    module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher)
+    module = hydra.utils.instantiate(cfg.module)(recognizer=rec, teacher=teacher,
+                                                 surgery_parameters=surgery_parameters(reports, rec.model))
     callbacks = instantiate_callbacks(cfg.callbacks)
     logger = hydra.utils.instantiate(cfg.logger)
     if hasattr(logger, "log_hyperparams"):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=logger,
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()])
+    start = None
+    if cfg.validate_start and resume is None:  # the variant before any step: a candidate for export
+        trainer.validate(module, datamodule=dm, verbose=False)
+        wer = trainer.callback_metrics.get("val/wer")
+        if wer is not None:
+            start = {"wer": float(wer), "state": copy.deepcopy(rec.state_dict())}
+            log.info("validation before training: val/wer %.4f", start["wer"])
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    return trainer
+    return trainer, export_weights_(cfg.export, trainer, rec, start)
+
+
+def export_weights_(export: str, trainer: L.Trainer, rec: Recognizer, start: dict | None) -> dict:
+    """Load the weights ``final.pt`` gets into ``rec``. ``last``: as trained. ``best``: the
+    lowest val/wer among the best checkpoint and the validation before training (``start``,
+    kept on a tie: training must earn its place); the last weights when neither exists."""
+    if export not in ("best", "last"):
+        raise UserError(f"export={export!r}: choose best or last")
+    if export == "last":
+        return {"export": "last", "step": trainer.global_step}
+    cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/wer"), None)
+    score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
+    if start is not None and (score is None or start["wer"] <= score):
+        rec.load_state_dict(start["state"], strict=True)
+        return {"export": "start", "step": 0, "val/wer": start["wer"]}
+    if score is None or not cb.best_model_path:
+        log.warning("export=best: no validation result, so final.pt holds the last weights")
+        return {"export": "last", "step": trainer.global_step}
+    state = torch.load(cb.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+    rec.load_state_dict({k[len("recognizer."):]: v for k, v in state.items() if k.startswith("recognizer.")},
+                        strict=True)
+    step = int(Path(cb.best_model_path).stem.rpartition("=")[2]) if "=" in cb.best_model_path else None
+    return {"export": "best", "step": step, "val/wer": score, "path": cb.best_model_path}
 
 
 def validation_metrics(trainer: L.Trainer) -> dict:
@@ -124,18 +161,19 @@ def run(cfg: DictConfig) -> dict:
     if len(rec.variants) > len(base.variants) and cfg.eval.before and rank0:
         results["after_surgery"] = evaluate(rec, eval_utts, cfg)
 
-    trainer = fit(cfg, rec, base, dm, resume, out_dir)
+    trainer, exported = fit(cfg, rec, base, dm, resume, out_dir, reports)
     if trainer.global_rank != 0:
         return {}
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     final = out_dir / "final.pt"
     save_recognizer(rec, final, meta={"variant": variant, "steps": trainer.global_step,
-                                      "surgery": [r.summary() for r in reports]})
-    log.info("saved %s", final)
+                                      "exported": exported, "surgery": [r.summary() for r in reports]})
+    log.info("saved %s (%s weights, step %s)", final, exported["export"], exported["step"])
     if cfg.eval.after:
         results["fine_tuned"] = evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
-               "final": str(final), "steps": trainer.global_step, "val": validation_metrics(trainer),
+               "final": str(final), "steps": trainer.global_step, "exported": exported,
+               "val": validation_metrics(trainer),
                "resumed_from": resume,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,

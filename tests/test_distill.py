@@ -20,13 +20,13 @@ from tests.conftest import TINY_ARCH, make_tiny_rec, run_cli
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _module(mini_corpus, weight: float = 1.0):
+def _module(mini_corpus, weight: float = 1.0, kind: str = "joiner"):
     rec = make_tiny_rec()
     teacher = copy.deepcopy(rec)
     dm = ASRDataModule(ManifestSource(str(mini_corpus)), batch_seconds=6, seed=0)
     dm.bind(rec.features, rec.tokenizer)
     module = RNNTModule(rec, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
-                        distill={"weight": weight}, teacher=teacher)
+                        distill={"weight": weight, "kind": kind}, teacher=teacher)
     return rec, teacher, dm, module
 
 
@@ -35,10 +35,11 @@ def _first_batch(dm):
     return next(iter(dm.train_dataloader()))
 
 
-def test_distill_loss_is_zero_for_the_teacher_itself_and_trains_the_student_only(mini_corpus):
-    rec, teacher, dm, module = _module(mini_corpus, weight=2.0)
+@pytest.mark.parametrize("kind", ["joiner", "encoder"])
+def test_distill_loss_is_zero_for_the_teacher_itself_and_trains_the_student_only(mini_corpus, kind):
+    rec, teacher, dm, module = _module(mini_corpus, weight=2.0, kind=kind)
     batch = _first_batch(dm)
-    rec.eval()  # no dropout: the student computes exactly the teacher's encoder outputs
+    rec.eval()  # no dropout: the student computes exactly the teacher's outputs
     losses = module.compute_losses(batch, augment=True)
     assert losses["distill"].item() == 0.0
     assert torch.allclose(losses["loss"], losses["rnnt"])

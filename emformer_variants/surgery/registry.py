@@ -31,6 +31,10 @@ class SurgeryReport:
     params_before: int = 0
     params_after: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Parameters of ``rec.model`` (by name) this surgery created: what ``module.train_only=surgery``
+    # trains. Filled by ``apply_surgery_`` for every surgery alike, from object identity, so a
+    # module a surgery wraps but keeps (e.g. the feed-forward inside an MLA layer) is not in it.
+    new_parameters: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         return (f"{self.name}: replaced {len(self.replaced)} modules, params "
@@ -163,8 +167,10 @@ def apply_surgery_(rec, spec: dict, init: str = "convert", calibration=None) -> 
     config = config_from_spec(spec)
     entry = get_surgery(spec["name"])
     before = count_params(rec.model)[0]
+    existing = {id(p): p for p in rec.model.parameters()}  # values keep the ids from being reused
     report: SurgeryReport = entry.apply(rec, config, init=init, calibration=calibration)
     report.params_before, report.params_after = before, count_params(rec.model)[0]
+    report.new_parameters = [n for n, p in rec.model.named_parameters() if id(p) not in existing]
     if not entry.identity:
         # A surgery whose choices depend on data (e.g. per-layer ranks from calibration)
         # returns the fully resolved spec, so that init="empty" rebuilds the same shapes.
@@ -175,6 +181,14 @@ def apply_surgery_(rec, spec: dict, init: str = "convert", calibration=None) -> 
 def apply_variant_(rec, variant: dict, init: str = "convert", calibration=None) -> list[SurgeryReport]:
     """Every surgery of ``variant`` (a single spec or ``{name, stack: [...]}``), in order."""
     return [apply_surgery_(rec, s, init=init, calibration=calibration) for s in variant_specs(variant)]
+
+
+def surgery_parameters(reports: list[SurgeryReport], model: torch.nn.Module) -> list[str]:
+    """Names of the parameters of ``model`` the surgeries of ``reports`` created (a later
+    surgery may have replaced an earlier one's): what ``module.train_only=surgery`` trains."""
+    present = dict(model.named_parameters())
+    names = dict.fromkeys(n for r in reports for n in r.new_parameters)
+    return [n for n in names if n in present]
 
 
 def calibration_batches(variant: dict, floor: int) -> int | None:

@@ -1,7 +1,8 @@
 """LightningModule: RNN-T (+ optional auxiliary CTC, distillation and each variant's own)
 losses, steps, logging, optimizer wiring.
 
-Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols.
+Shapes: B batch, T feature frames, T' encoder frames, U target tokens, V symbols,
+N sampled lattice cells.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from emformer_variants.metrics.wer import error_rates
 from emformer_variants.models.checkpoints import state_digest
 from emformer_variants.models.recognizer import Recognizer, recognizer_payload
 from emformer_variants.surgery.registry import auxiliary_losses, training_stats
+from emformer_variants.training.distill import (
+    check_distill,
+    encoder_mse,
+    joint_at,
+    joiner_kl,
+    sample_cells,
+    teacher_joint_at,
+)
 from emformer_variants.training.spec_augment import SpecAugment
 from emformer_variants.training.validation import decode_full, make_beam_search
 
@@ -36,11 +45,38 @@ def set_dropout_(model: torch.nn.Module, p: float) -> int:
     return count
 
 
+TRAIN_ONLY = ("all", "surgery")
+
+
+def freeze_outside_surgery_(model: torch.nn.Module, train_only: str, surgery_parameters: list[str] | None) -> int:
+    """``train_only=surgery``: only the parameters the surgery created (named relative to
+    ``model``; ``SurgeryReport.new_parameters``) keep ``requires_grad``; ``all``: nothing changes.
+    Returns how many parameters train. With no surgery (``variant=dense``) nothing would train:
+    an error, not a silent full fine-tune."""
+    if train_only not in TRAIN_ONLY:
+        raise UserError(f"module.train_only={train_only!r}: choose one of {', '.join(TRAIN_ONLY)}")
+    params = dict(model.named_parameters())
+    if train_only == "all":
+        return sum(p.numel() for p in params.values() if p.requires_grad)
+    names = list(surgery_parameters or [])
+    if not names:
+        raise UserError("module.train_only=surgery: the variant replaced no module (variant=dense has no "
+                        "surgery), so nothing would train; use module.train_only=all")
+    missing = sorted(set(names) - set(params))
+    if missing:
+        raise UserError(f"module.train_only=surgery: {missing[:3]} are not parameters of the model")
+    model.requires_grad_(False)
+    for name in names:
+        params[name].requires_grad_(True)
+    return sum(params[n].numel() for n in names)
+
+
 class RNNTModule(L.LightningModule):
     def __init__(self, recognizer: Recognizer, optimizer: Callable, scheduler: Callable | None = None,
                  spec_augment: dict | None = None, ctc_weight: float = 0.0, val_beam: int = 4,
                  loss_impl: str = "fast", max_bad_batches: int = 20, distill: dict | None = None,
-                 teacher: Recognizer | None = None, dropout: float | None = None):
+                 teacher: Recognizer | None = None, dropout: float | None = None,
+                 train_only: str = "all", surgery_parameters: list[str] | None = None):
         super().__init__()
         self.recognizer = recognizer
         if dropout is not None:  # else the dropout the architecture was built with
@@ -60,8 +96,9 @@ class RNNTModule(L.LightningModule):
         self.max_bad_batches = max_bad_batches
         self.bad_batches_in_a_row = 0
         self.bad_batches_total = 0
-        self.distill = dict(distill or {})
+        self.distill = check_distill(distill)
         self.teacher = teacher
+        freeze_outside_surgery_(recognizer.model, train_only, surgery_parameters)
         if self.teacher is not None:
             self.teacher.requires_grad_(False).eval()
             # Lightning warns about modules left in eval mode at fit start; this one is on
@@ -103,19 +140,28 @@ class RNNTModule(L.LightningModule):
                 log_probs, targets, enc_lengths, target_lengths, blank=self.recognizer.blank,
                 reduction="mean", zero_infinity=True)
             total = (1 - self.ctc_weight) * total + self.ctc_weight * losses["ctc"]
-        if self.teacher is not None and self.distill.get("weight", 0) > 0 and augment:
-            losses["distill"] = self._distill_loss(feats, lengths, enc)
+        if self.teacher is not None and self.distill["weight"] > 0 and augment:
+            losses["distill"] = self._distill_loss(feats, lengths, enc, pred, targets, target_lengths)
             total = total + self.distill["weight"] * losses["distill"]
         losses["loss"] = total
         return losses
 
-    def _distill_loss(self, feats, lengths, enc) -> torch.Tensor:
-        """MSE between student and frozen-teacher encoder outputs (valid frames only)."""
+    def _distill_loss(self, feats, lengths, enc, pred, targets, target_lengths) -> torch.Tensor:
+        """The frozen teacher on the same (augmented) batch: KL on sampled joiner cells
+        (``kind: joiner``) or MSE on encoder outputs (``kind: encoder``); training.distill."""
+        teacher = self.teacher.model
         with torch.no_grad():
-            t_enc, t_len = self.teacher.model.transcribe(feats, lengths)
-        mask = (torch.arange(enc.shape[1], device=enc.device)[None] < t_len[:, None]).unsqueeze(-1)
-        diff = (enc.float() - t_enc.float()) ** 2 * mask
-        return diff.sum() / (mask.sum() * enc.shape[-1]).clamp_min(1)
+            t_enc, t_len = teacher.transcribe(feats, lengths)
+        if self.distill["kind"] == "encoder":
+            return encoder_mse(enc, t_enc, t_len)
+        blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
+                           device=targets.device)
+        with torch.no_grad():
+            t_pred, _, _ = teacher.predict(torch.cat([blank, targets], dim=1), target_lengths + 1, None)
+        cells = sample_cells(t_len, target_lengths, self.distill["positions"])
+        student = joint_at(self.recognizer.model, enc, pred, cells)
+        return joiner_kl(student, teacher_joint_at(teacher, t_enc, t_pred, cells, self.distill["chunk"]),
+                         self.distill["temperature"])
 
     # ---- steps
     def training_step(self, batch: dict, batch_idx: int):

@@ -197,6 +197,14 @@ def check_train_config(cfg: DictConfig) -> None:
     if distill > 0 and cfg.get("init") != "base":
         raise UserError(f"module.distill.weight={distill} needs init=base (the teacher is the base "
                         "checkpoint); set module.distill.weight=0 to train from scratch")
+    if cfg.get("export", "last") not in ("best", "last"):
+        raise UserError(f"export={cfg.get('export')!r}: choose best or last")
+    train_only = _get(cfg, "module.train_only") or "all"
+    if train_only not in ("all", "surgery"):
+        raise UserError(f"module.train_only={train_only!r}: choose all or surgery")
+    if train_only == "surgery" and not requested_specs(OmegaConf.to_container(cfg.variant, resolve=True)):
+        raise UserError("module.train_only=surgery: the variant replaces no module (variant=dense has no "
+                        "surgery), so nothing would train; use module.train_only=all")
     number_above(cfg, "module.optimizer.lr", 0, optional=True)
     int_at_least(cfg, "module.scheduler.warmup_steps", 0, optional=True)
     max_steps = _get(cfg, "trainer.max_steps")

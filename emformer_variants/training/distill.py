@@ -59,14 +59,15 @@ def encoder_mse(enc: torch.Tensor, t_enc: torch.Tensor, lengths: torch.Tensor) -
 
 
 def sample_cells(enc_lengths: torch.Tensor, target_lengths: torch.Tensor, positions: int | None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+                 frames: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
     """(b, t, u) index tensors, each (N,), of lattice cells: ``positions`` per utterance drawn
     without replacement among its T'_b x (U_b + 1) valid cells (all of them when fewer, or when
-    ``positions`` is None)."""
+    ``positions`` is None). ``frames`` is T', the encoder output's padded length: torchaudio's
+    Emformer can report a length one frame beyond it (the right context), never scored."""
     bs, ts, us = [], [], []
     for b, (t_len, u_len) in enumerate(zip(enc_lengths.tolist(), target_lengths.tolist(), strict=True)):
         width = int(u_len) + 1
-        cells = int(t_len) * width
+        cells = min(int(t_len), frames) * width
         if cells <= 0:
             continue
         if positions is None or positions >= cells:

@@ -158,7 +158,7 @@ class RNNTModule(L.LightningModule):
                            device=targets.device)
         with torch.no_grad():
             t_pred, _, _ = teacher.predict(torch.cat([blank, targets], dim=1), target_lengths + 1, None)
-        cells = sample_cells(t_len, target_lengths, self.distill["positions"])
+        cells = sample_cells(t_len, target_lengths, self.distill["positions"], frames=t_enc.shape[1])
         student = joint_at(self.recognizer.model, enc, pred, cells)
         return joiner_kl(student, teacher_joint_at(teacher, t_enc, t_pred, cells, self.distill["chunk"]),
                          self.distill["temperature"])

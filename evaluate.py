@@ -1,9 +1,15 @@
-"""Streaming evaluation: python evaluate.py ckpt=PATH|base [data=...] [split=test]."""
+"""Streaming evaluation: python evaluate.py ckpt=PATH|base [surgery=NAME] [data=...] [split=test].
+
+``surgery=NAME`` applies conf/variant/NAME.yaml to the checkpoint first, as train.py does
+(calibrated on ``calibration_batches`` batches of the data's training split when the variant
+reads activations), saves that variant as ``surgery.pt`` in the run folder, and scores it:
+the variant straight after surgery, without a training run."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 import lightning as L
@@ -17,8 +23,14 @@ from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utte
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.models.checkpoints import diff_variants, mismatch_error
 from emformer_variants.reporting.tables import metrics_table
-from emformer_variants.surgery.registry import requested_specs
-from emformer_variants.utils.config_checks import check_evaluate_config
+from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.surgery.registry import (
+    convert_variant_,
+    get_surgery,
+    requested_specs,
+    variant_specs,
+)
+from emformer_variants.utils.config_checks import check_evaluate_config, variant_config
 from emformer_variants.utils.files import write_json_atomic, write_jsonl
 from emformer_variants.utils.hydra_run import check_overrides, pin_output_dir, report_hint
 from emformer_variants.utils.run_dir import claim_output_dir
@@ -26,15 +38,30 @@ from emformer_variants.utils.run_dir import claim_output_dir
 log = logging.getLogger("evaluate")
 
 
-def load_checkpoint(cfg: DictConfig):
-    """The recognizer of ``ckpt=``; with ``variant=NAME`` it must hold that variant."""
+def apply_surgery(cfg: DictConfig, rec, dm, out_dir: Path) -> list[str]:
+    """``surgery=NAME`` on ``rec`` in place (train.py's conversion and calibration); the result is
+    written to ``surgery.pt`` so the other evaluation sets can score the very same weights."""
+    variant = variant_config(str(cfg.surgery), "surgery")
+    reports = convert_variant_(rec, variant, dm, cfg.calibration_batches)
+    for report in reports:
+        log.info(report.summary())
+    if reports and not all(get_surgery(s["name"]).identity for s in variant_specs(variant)):
+        save_recognizer(rec, out_dir / "surgery.pt", meta={"variant": variant, "steps": 0,
+                                                           "ckpt": str(cfg.ckpt)})
+    return [r.summary() for r in reports]
+
+
+def load_checkpoint(cfg: DictConfig, dm=None, out_dir: Path | None = None):
+    """The recognizer of ``ckpt=`` (after ``surgery=``, if given; with its report lines);
+    with ``variant=NAME`` it must hold that variant."""
     rec = resolve_checkpoint(str(cfg.ckpt), cfg.model)
+    surgery = apply_surgery(cfg, rec, dm, out_dir) if cfg.get("surgery") else None
     if cfg.get("variant") is not None:
         requested = requested_specs(OmegaConf.to_container(cfg.variant, resolve=True))
         diffs = diff_variants(rec.variants, requested)
         if diffs:
             raise mismatch_error("ckpt", cfg.ckpt, diffs, "pass the matching variant= or another checkpoint")
-    return rec
+    return rec, surgery
 
 
 @one_line_errors
@@ -43,9 +70,9 @@ def run(cfg: DictConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, verbose=False)
     out_dir = claim_output_dir(cfg.paths.output_dir)
-    rec = load_checkpoint(cfg)
-    precision = apply_precision_(rec, cfg.precision)
     dm = hydra.utils.instantiate(cfg.data)
+    rec, surgery = load_checkpoint(cfg, dm, out_dir)
+    precision = apply_precision_(rec, cfg.precision)
     subset = cfg.get("subset", "first")
     utts = pick_utterances(dm.utterances(cfg.split), cfg.max_utterances, subset, cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
@@ -56,6 +83,8 @@ def run(cfg: DictConfig) -> dict:
                     "precision": cfg.precision, **options,
                     # which code computed the linears: the engine's packed kernel or torch's fallback
                     "linear_kernel": "packed-avx2" if kernel() is not None else "torch"})
+    if cfg.get("surgery"):
+        metrics["surgery"] = {"name": str(cfg.surgery), "reports": surgery}
     if "method" in precision:
         metrics["precision_method"] = precision["method"]
     if cfg.max_utterances and subset != "first":

@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.evaluation.evaluate import evaluate_recognizer
+from emformer_variants.evaluation.flops import analytic_encoder_gflops_per_audio_s
+from emformer_variants.metrics.params import count_params
 from emformer_variants.models.build import build_scratch, load_base
 from emformer_variants.models.recognizer import Recognizer, save_recognizer
 from emformer_variants.reporting.tables import metrics_table
 from emformer_variants.surgery.registry import (
     SurgeryReport,
-    apply_variant_,
-    calibration_batches,
+    convert_variant_,
     surgery_parameters,
 )
 from emformer_variants.training.resume import AtomicCheckpointIO, resolve_resume
@@ -57,10 +58,7 @@ def apply_variant(cfg: DictConfig, base: Recognizer, dm,
     before fine-tuning is saved as ``surgery.pt`` for evaluate.py."""
     variant = OmegaConf.to_container(cfg.variant, resolve=True)
     rec = copy.deepcopy(base)
-    dm.bind(rec.features, rec.tokenizer)
-    num = calibration_batches(variant, cfg.calibration_batches)
-    calibration = dm.calibration_batches(num) if num is not None else None
-    reports = apply_variant_(rec, variant, init="convert", calibration=calibration)
+    reports = convert_variant_(rec, variant, dm, cfg.calibration_batches)
     for report in reports:
         log.info(report.summary())
     if len(rec.variants) > len(base.variants):
@@ -137,6 +135,14 @@ def validation_metrics(trainer: L.Trainer) -> dict:
     return val
 
 
+def model_costs(rec: Recognizer) -> dict:
+    """Costs of the exported model known without decoding (a run with eval.after=false still
+    has them for the report): parameters and the analytic encoder GFLOPs per audio second."""
+    total, active = count_params(rec.model)
+    return {"params_total": total, "params_active": active,
+            "gflops_per_audio_s_encoder_analytic": analytic_encoder_gflops_per_audio_s(rec)}
+
+
 @one_line_errors
 def run(cfg: DictConfig) -> dict:
     check_train_config(cfg)  # every setting, incl. the variant against the model, before any work
@@ -173,7 +179,7 @@ def run(cfg: DictConfig) -> dict:
         results["fine_tuned"] = evaluate(rec, eval_utts, cfg)
     summary = {"results": results, "variant_name": variant["name"], "split": cfg.eval.split,
                "final": str(final), "steps": trainer.global_step, "exported": exported,
-               "val": validation_metrics(trainer),
+               "val": validation_metrics(trainer), "model": model_costs(rec),
                "resumed_from": resume,
                "surgery": [{"name": r.name, "replaced": len(r.replaced),
                             "params_before": r.params_before, "params_after": r.params_after,

@@ -142,3 +142,14 @@ def make_tiny_rec(seed: int = 0, **arch_kw):
     rec = Recognizer(tiny_arch(**arch_kw), FeatureConfig(), train_tokenizer(TEXTS * 5),
                      torch.randn(80), torch.rand(80) + 0.5)
     return rec.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_base_ckpt(mini_corpus, tmp_path_factory) -> Path:
+    """A test-size base trained from scratch for two steps by train.py (its final.pt)."""
+    out = tmp_path_factory.mktemp("tiny_base")
+    proc = run_cli("train.py", "data=manifest", f"data.root={mini_corpus}", "init=scratch", *TINY_ARCH,
+                   "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.after=false",
+                   "eval.before=false", f"paths.output_dir={out}", "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "final.pt"

@@ -19,7 +19,7 @@ from emformer_variants.errors import UserError
 from emformer_variants.surgery.registry import apply_variant_, surgery_parameters
 from emformer_variants.training.distill import joint_at, joiner_kl, sample_cells
 from emformer_variants.training.module import RNNTModule
-from tests.conftest import TINY_ARCH, make_tiny_rec, run_cli
+from tests.conftest import make_tiny_rec, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,23 +100,13 @@ def test_train_only_surgery_trains_exactly_the_parameters_the_surgery_created(mi
                    surgery_parameters=[])
 
 
-@pytest.fixture(scope="module")
-def base_ckpt(mini_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    proc = run_cli("train.py", "data=manifest", f"data.root={mini_corpus}", "init=scratch", *TINY_ARCH,
-                   "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.after=false",
-                   "eval.before=false", f"paths.output_dir={out}", "trainer.enable_progress_bar=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "final.pt"
-
-
-def test_dense_recipe_starts_at_zero_distillation_and_exports_the_best(mini_corpus, base_ckpt, tmp_path):
+def test_dense_recipe_starts_at_zero_distillation_and_exports_the_best(mini_corpus, tiny_base_ckpt, tmp_path):
     """The dense row's recipe on tiny sizes: at the first step the student is the teacher, so
     the joiner KL is exactly 0 (no dropout in the recipe); every parameter trains; final.pt
     holds the weights with the lowest validation WER (the untrained start included)."""
     out = tmp_path / "run"
     proc = run_cli("train.py", "experiment=finetune/dense", "data=manifest", f"data.root={mini_corpus}",
-                   "augment=none", f"model.ckpt={base_ckpt}", "trainer.max_steps=2",
+                   "augment=none", f"model.ckpt={tiny_base_ckpt}", "trainer.max_steps=2",
                    "trainer.val_check_interval=1", "trainer.log_every_n_steps=1",
                    "module.val_beam=2", f"paths.output_dir={out}",
                    "trainer.enable_progress_bar=false")
@@ -133,8 +123,8 @@ def test_dense_recipe_starts_at_zero_distillation_and_exports_the_best(mini_corp
     assert summary["exported"]["export"] in ("start", "best")
 
 
-def test_train_only_surgery_with_dense_is_rejected_before_work(mini_corpus, base_ckpt, tmp_path):
+def test_train_only_surgery_with_dense_is_rejected_before_work(mini_corpus, tiny_base_ckpt, tmp_path):
     proc = run_cli("train.py", "experiment=finetune/dense", "module.train_only=surgery", "data=manifest",
-                   f"data.root={mini_corpus}", f"model.ckpt={base_ckpt}", f"paths.output_dir={tmp_path}")
+                   f"data.root={mini_corpus}", f"model.ckpt={tiny_base_ckpt}", f"paths.output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "module.train_only=surgery" in proc.stderr.strip().splitlines()[-1]

@@ -65,3 +65,10 @@ def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **
     if all(c is not None for c in counts):  # None: overlapping surgeries, no analytic count
         out["gflops_per_audio_s_encoder_analytic"] = sum(counts) / audio_s / 1e9
     return out
+
+
+def analytic_encoder_gflops_per_audio_s(rec) -> float | None:
+    """Steady-state analytic encoder GFLOPs per audio second of ``rec`` (its architecture plus
+    each variant's delta), without decoding anything; None for overlapping surgeries."""
+    per_chunk = analytic_encoder_flops(rec.arch, rec.variants, chunk_index=None)
+    return None if per_chunk is None else per_chunk / rec.features.cfg.chunk_seconds / 1e9

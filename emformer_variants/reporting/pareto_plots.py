@@ -9,6 +9,8 @@ from emformer_variants.metrics.pareto import pareto_front, usable
 # file stem -> (cost column, axis label, short name for the title)
 PLOTS = {
     "pareto_wer_vs_gflops": ("gflops_per_audio_s", "GFLOPs per audio second", "GFLOPs/s"),
+    "pareto_wer_vs_encoder_gflops": ("gflops_per_audio_s_encoder", "encoder GFLOPs per audio second",
+                                     "encoder GFLOPs/s"),
     "pareto_wer_vs_rtf": ("rtf", "real-time factor (compute s / audio s)", "RTF"),
     "pareto_wer_vs_kv_bytes": ("kv_cache_bytes", "K/V cache bytes per stream", "K/V cache bytes"),
     "pareto_wer_vs_active_params": ("params_active", "active parameters", "active params"),
@@ -64,7 +66,7 @@ def pareto_plot(rows: list[dict], cost: str, xlabel: str, path: Path, title: str
 
 
 def write_pareto_plots(rows: list[dict], out_dir: Path) -> dict[str, Path | None]:
-    """All four plots into ``out_dir``; value None for a plot no row has data for."""
+    """Every plot into ``out_dir``; value None for a plot no row has data for."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path | None] = {}
     for stem, (cost, label, short) in PLOTS.items():

@@ -1,5 +1,7 @@
 """Run folders -> report rows: every ``metrics.json`` from train.py (rows base /
-after_surgery / fine_tuned) or evaluate.py (one row), labelled by its variant and the
+after_surgery / fine_tuned, and ``validation``: its best val/wer on the dev split with the
+costs known without decoding, the only row of a run with eval.before/after=false) or
+evaluate.py (one row), labelled by its variant and the
 ``variant.*`` overrides the run was started with (Hydra's ``.hydra/overrides.yaml``); written
 as ``report.md``, ``report.csv`` and Pareto plots."""
 
@@ -47,6 +49,20 @@ def _label_rows(rows: list[dict]) -> None:
         r.setdefault("label", "base")
 
 
+def validation_row(summary: dict) -> dict | None:
+    """A train.py summary's validation as a row: the best val/wer (else the last), the dev
+    split, and the model costs train.py records (encoder GFLOPs from the analytic count)."""
+    val = summary.get("val") or {}
+    wer = val.get("val/wer_best", val.get("val/wer"))
+    if wer is None:
+        return None
+    model = summary.get("model") or {}
+    return {"split": "dev", "wer": wer, "cer": val.get("val/cer"),
+            "num_utterances": val.get("val/num_utterances"),
+            "params_total": model.get("params_total"), "params_active": model.get("params_active"),
+            "gflops_per_audio_s_encoder": model.get("gflops_per_audio_s_encoder_analytic")}
+
+
 def collect(dirs: list[Path]) -> list[dict]:
     rows = []
     files = []
@@ -69,6 +85,10 @@ def collect(dirs: list[Path]) -> list[dict]:
             for row, m in data["results"].items():  # the base row is the base, not the variant
                 rows.append({"run": run, "row": row, "variant": "base" if row == "base" else variant,
                              "split": data.get("split"), "_overrides": overrides, **m})
+            val = validation_row(data)
+            if val is not None:
+                rows.append({"run": run, "row": "validation", "variant": variant, "_overrides": overrides,
+                             **val})
         else:  # evaluate.py
             name = variant_name(data.get("variants", []))
             rows.append({"run": run, "row": "evaluate", "variant": name,
@@ -104,6 +124,8 @@ def plot_rows(rows: list[dict], kinds: tuple[str, ...] = ("fine_tuned", "evaluat
     """The points to plot: rows of the given kinds, plus the first base row as a reference
     (every train run evaluates the same base; one point is enough)."""
     chosen = [r for r in rows if r["row"] in kinds]
+    if not chosen:  # e.g. a sweep run with eval.before/after=false: its validation is all there is
+        chosen = [r for r in rows if r["row"] == "validation"]
     base = [r for r in rows if r["row"] == "base"]
     if base and "base" not in kinds:
         chosen.append(base[0])

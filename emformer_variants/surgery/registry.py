@@ -183,6 +183,17 @@ def apply_variant_(rec, variant: dict, init: str = "convert", calibration=None) 
     return [apply_surgery_(rec, s, init=init, calibration=calibration) for s in variant_specs(variant)]
 
 
+def convert_variant_(rec, variant: dict, data, floor: int) -> list[SurgeryReport]:
+    """Surgery from the current weights (``init="convert"``) on ``rec`` in place, as train.py
+    and ``evaluate.py surgery=NAME`` do it: calibration batches (at least ``floor``) come from
+    ``data``'s training split (an ``ASRDataModule``, bound to ``rec``'s features and tokenizer
+    here) and are read only when a surgery of ``variant`` asks for them."""
+    data.bind(rec.features, rec.tokenizer)
+    num = calibration_batches(variant, floor)
+    calibration = data.calibration_batches(num) if num is not None else None
+    return apply_variant_(rec, variant, init="convert", calibration=calibration)
+
+
 def surgery_parameters(reports: list[SurgeryReport], model: torch.nn.Module) -> list[str]:
     """Names of the parameters of ``model`` the surgeries of ``reports`` created (a later
     surgery may have replaced an earlier one's): what ``module.train_only=surgery`` trains."""

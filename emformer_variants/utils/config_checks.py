@@ -174,6 +174,17 @@ def base_architecture(cfg) -> tuple[dict, list[dict]] | None:
 
 # ---------------------------------------------------------------- entry points
 
+def variant_config(name: str, key: str = "variant") -> dict:
+    """conf/variant/NAME.yaml as a checked plain dict; ``key`` names the setting in errors."""
+    path = paths.PROJECT_ROOT / "conf" / "variant" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise UserError(f"{key}={name}: no conf/variant/{name}.yaml; choose one of {known}")
+    variant = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    check_variant(variant)
+    return variant
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Everything train.py reads, before it touches data or weights."""
     int_at_least(cfg, "threads", 1)
@@ -272,6 +283,9 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     ckpt = str(cfg.ckpt)
     if ckpt != "base" and not Path(ckpt).is_file():
         raise UserError(f"ckpt={ckpt}: checkpoint not found; pass ckpt=PATH to an existing file or ckpt=base")
+    int_at_least(cfg, "calibration_batches", 0, optional=True)
+    if cfg.get("surgery") is not None:  # surgery=NAME: conf/variant/NAME.yaml, checked before loading
+        variant_config(str(cfg.surgery), "surgery")
     if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold this variant
         check_variant(OmegaConf.to_container(cfg.variant, resolve=True))
     check_data(cfg)

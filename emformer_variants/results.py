@@ -1,12 +1,23 @@
-"""The results table, from the real CLIs: python -m emformer_variants.results [--rows ...]
+"""The results tables, from the real CLIs: python -m emformer_variants.results [--rows ...]
 
-Each row is a fine-tuning recipe, ``conf/experiment/finetune/<row>.yaml`` (every file there is
-a row): ``train.py`` applies the surgery to the shipped base and fine-tunes it (``surgery.pt``
-is the variant before fine-tuning, ``final.pt`` after), then ``evaluate.py`` scores both
-checkpoints in streaming mode on every evaluation set. The ``base`` row is
-``evaluate.py ckpt=base``. A step whose
-``metrics.json`` already exists is not run again, so an interrupted run picks up where it
-stopped. Prints the markdown table and writes ``results.md`` / ``results.json`` in ``--out``.
+Rows: ``base``, then every recipe in ``conf/experiment/finetune/<row>.yaml`` (``dense``, the
+control, first). Each row with a surgery is scored at two stages:
+
+- ``surgery``: the variant straight after surgery, no training:
+  ``evaluate.py ckpt=base surgery=<row>`` (calibrated as train.py does) on the first set, which
+  writes ``surgery.pt``; the other sets score that same ``surgery.pt``;
+- ``final``: after the recovery recipe, ``train.py experiment=finetune/<row>``, then
+  ``evaluate.py ckpt=<run>/final.pt`` on every set.
+
+Sets: ``test``, ``test_everyday``, ``test_voice`` (per voice too) and ``asterisk``. Every WER
+gets a 95% bootstrap interval over utterances, and every variant the paired bootstrap
+interval of its difference to the base on the same utterances (``metrics.bootstrap``, from
+each run's ``hyps.jsonl``); a difference whose interval excludes 0 is marked ``*``.
+
+A step whose ``metrics.json`` already exists is not run again, so an interrupted run picks up
+where it stopped. Writes ``results.md``, ``results.json`` and the Pareto PNGs (WER on test
+against encoder GFLOPs per audio second, chunk latency and K/V-cache bytes) into ``--out``.
+Smaller runs: ``--rows``, ``--sets``, ``--max-utterances``, ``--steps``.
 """
 
 from __future__ import annotations
@@ -21,18 +32,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.metrics.bootstrap import paired_delta_interval, utterance_errors, wer_interval
 from emformer_variants.utils.files import write_json_atomic
 from emformer_variants.utils.paths import PROJECT_ROOT
 
 RECIPES = PROJECT_ROOT / "conf" / "experiment" / "finetune"
-EVAL_SETS = {"test": ["split=test"], "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
-SURGERY_SETS = ["test"]  # the variant before fine-tuning: the test split is enough to show the drop
+VARIANTS = PROJECT_ROOT / "conf" / "variant"
+EVAL_SETS = {"test": ["split=test"], "test_everyday": ["split=test_everyday"],
+             "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
+STAGES = ("base", "surgery", "final")
+# Pareto plots: file stem -> (cost key of the test metrics, axis label, short name)
+PARETO = {
+    "pareto_wer_vs_encoder_gflops": ("gflops_per_audio_s_encoder", "encoder GFLOPs per audio second",
+                                     "encoder GFLOPs/s"),
+    "pareto_wer_vs_latency": ("chunk_ms_p50", "compute latency per chunk, p50 (ms)", "chunk latency"),
+    "pareto_wer_vs_kv_bytes": ("kv_cache_bytes", "K/V cache bytes per stream", "K/V cache bytes"),
+}
 
 
 def rows() -> list[str]:
     """``base``, then every recipe in conf/experiment/finetune/ (``dense``, the control, first)."""
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
     return ["base", *sorted(names, key=lambda n: n != "dense")]
+
+
+def has_surgery(row: str) -> bool:
+    return row not in ("base", "dense")
 
 
 def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
@@ -55,63 +80,179 @@ def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
     return json.loads(metrics.read_text())
 
 
-def run_row(row: str, out: Path, extra: list[str], eval_extra: list[str],
-            sets: list[str] | None = None) -> dict:
-    """Train (unless base) and evaluate one row; returns {stage: {set: metrics}} plus commands."""
+def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_extra: list[str],
+            stages: tuple[str, ...] = STAGES) -> dict:
+    """Evaluate one row at its stages; returns {"stages": {stage: {set: eval dir}}, "commands"}."""
     py = sys.executable
     log = out / row / "commands.log"
     commands: list[str] = []
-    stages: dict[str, str] = {}
+    result: dict = {"stages": {}, "commands": commands}
+
+    def evaluate(stage: str, name: str, ckpt_args: list[str]) -> None:
+        flops = "flops=true" if name == sets[0] else "flops=false"  # once per checkpoint is enough
+        cmd = [py, "evaluate.py", *ckpt_args, *EVAL_SETS[name], flops, *eval_extra]
+        commands.append("python " + " ".join(cmd[1:]).replace(str(out / row), "<row>"))
+        ev_dir = out / row / f"{stage}-{name}"
+        _run([*cmd, f"paths.output_dir={ev_dir}"], ev_dir, log)
+        result["stages"].setdefault(stage, {})[name] = str(ev_dir)
+
     if row == "base":
-        stages["base"] = "base"
-    else:
+        if "base" in stages:
+            for name in sets:
+                evaluate("base", name, ["ckpt=base"])
+        return result
+    if has_surgery(row) and "surgery" in stages:
+        if not (VARIANTS / f"{row}.yaml").is_file():
+            raise UserError(f"row {row}: no conf/variant/{row}.yaml for its after-surgery stage")
+        first = out / row / f"surgery-{sets[0]}"
+        evaluate("surgery", sets[0], ["ckpt=base", f"surgery={row}"])
+        for name in sets[1:]:  # the very weights the first set scored
+            evaluate("surgery", name, [f"ckpt={first / 'surgery.pt'}"])
+    if "final" in stages:
         train_dir = out / row / "train"
-        cmd = [py, "train.py", f"experiment=finetune/{row}", *extra]
+        cmd = [py, "train.py", f"experiment=finetune/{row}", *train_extra]
         commands.append("python " + " ".join(cmd[1:]))
         _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log)
-        if (train_dir / "surgery.pt").is_file():  # train.py writes it when the variant has a surgery
-            stages["surgery"] = str(train_dir / "surgery.pt")
-        stages["final"] = str(train_dir / "final.pt")
-    result: dict = {"stages": {}, "commands": commands}
-    for stage, ckpt in stages.items():
-        for name, overrides in EVAL_SETS.items():
-            if (stage == "surgery" and name not in SURGERY_SETS) or (sets and name not in sets):
-                continue
-            flops = "flops=true" if name == "test" else "flops=false"  # once per checkpoint is enough
-            cmd = [py, "evaluate.py", f"ckpt={ckpt}", *overrides, flops, *eval_extra]
-            if stage != "surgery":
-                shown = "python " + " ".join(cmd[1:]).replace(str(out / row / "train"), "<run>")
-                commands.append(shown)
-            ev_dir = out / row / f"{stage}-{name}"
-            result["stages"].setdefault(stage, {})[name] = _run([*cmd, f"paths.output_dir={ev_dir}"],
-                                                                ev_dir, log)
+        for name in sets:
+            evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])
     return result
 
 
-def _pct(m: dict | None) -> str:
-    return "-" if not m else f"{100 * m['wer']:.1f}"
+# ---------------------------------------------------------------- statistics
+
+def read_errors(ev_dir: str | Path) -> dict[str, tuple[int, int, str]]:
+    """{audio: (word edits, reference words, speaker)} per utterance of an evaluate.py run."""
+    rows = [json.loads(line) for line in (Path(ev_dir) / "hyps.jsonl").read_text().splitlines() if line]
+    edits, words = utterance_errors([r["ref"] for r in rows], [r["hyp"] for r in rows])
+    return {r["audio"]: (int(e), int(w), r.get("speaker") or "") for r, e, w in zip(rows, edits, words, strict=True)}
 
 
-def table(results: dict[str, dict]) -> str:
-    """One markdown row per results row: WER before -> after fine-tuning on each set, then the
-    cost columns of the final model (params, GFLOPs per audio second, K/V bytes, RTF)."""
-    head = ("| row | WER test (%) | WER test_voice (%) | WER Asterisk (%) | params total / active | "
-            "GFLOPs per audio s (all / encoder) | KV bytes per stream | RTF |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
-    for row, res in results.items():
-        stages = res["stages"]
-        before = stages.get("surgery") or stages.get("base") or {}  # dense: no surgery stage
-        after = stages.get("final") or stages.get("base")
-        cells = []
-        for name in EVAL_SETS:
-            b, a = _pct(before.get(name)), _pct(after.get(name))
-            cells.append(a if before is after or b == "-" else f"{b} → {a}")
-        t = after["test"]
-        cells += [f"{t['params_total']:,} / {t['params_active']:,}",
-                  f"{t['gflops_per_audio_s']:.3f} / {t['gflops_per_audio_s_encoder']:.3f}",
-                  f"{t['kv_cache_bytes']:,}", f"{t['rtf']:.3f}"]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+def _interval(iv) -> dict:
+    return {"value": iv.value, "low": iv.low, "high": iv.high}
+
+
+def score(ev_dir: str | Path, base_dir: str | Path | None, replicates: int, seed: int) -> dict:
+    """An evaluation's metrics with the WER's bootstrap interval and, given the base's run on
+    the same set, the paired interval of WER(this) - WER(base) over the shared utterances."""
+    metrics = json.loads((Path(ev_dir) / "metrics.json").read_text())
+    errs = read_errors(ev_dir)
+    e = [v[0] for v in errs.values()]
+    w = [v[1] for v in errs.values()]
+    out = {**metrics, "wer_interval": _interval(wer_interval(e, w, replicates=replicates, seed=seed))}
+    if base_dir is not None and Path(base_dir).resolve() != Path(ev_dir).resolve():
+        base = read_errors(base_dir)
+        shared = [k for k in base if k in errs]
+        if shared:
+            delta = paired_delta_interval([base[k][0] for k in shared], [errs[k][0] for k in shared],
+                                          [base[k][1] for k in shared], replicates=replicates, seed=seed)
+            out["delta_vs_base"] = {**_interval(delta), "significant": delta.excludes(0.0),
+                                    "num_utterances": len(shared)}
+    return out
+
+
+def gather(results: dict[str, dict], replicates: int, seed: int) -> dict[str, dict]:
+    """{row: {stage: {set: scored metrics}}} from the run folders of ``results``."""
+    base = results.get("base", {}).get("stages", {}).get("base", {})
+    return {row: {stage: {name: score(d, base.get(name), replicates, seed) for name, d in by_set.items()}
+                  for stage, by_set in res["stages"].items()}
+            for row, res in results.items()}
+
+
+# ---------------------------------------------------------------- tables and plots
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def cell(m: dict | None) -> str:
+    """``12.3 [11.0, 13.7]`` and, against the base, ``+1.2 [0.4, 2.0]*`` (``*``: significant)."""
+    if not m:
+        return "-"
+    iv = m.get("wer_interval")
+    text = _pct(m["wer"]) + (f" [{_pct(iv['low'])}, {_pct(iv['high'])}]" if iv else "")
+    d = m.get("delta_vs_base")
+    if d:
+        text += (f"; Δ {100 * d['value']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                 + ("*" if d["significant"] else ""))
+    return text
+
+
+def wer_table(scored: dict[str, dict], name: str) -> str:
+    """One set: per row, WER after surgery and after recovery (base: its own WER)."""
+    lines = [f"| row | after surgery: WER % [95% CI]; Δ vs base | after recovery: WER % [95% CI]; Δ vs base |",
+             "|---|---|---|"]
+    for row, stages in scored.items():
+        if row == "base":
+            lines.append(f"| base | {cell(stages.get('base', {}).get(name))} | |")
+            continue
+        lines.append(f"| {row} | {cell(stages.get('surgery', {}).get(name))} | "
+                     f"{cell(stages.get('final', {}).get(name))} |")
     return "\n".join(lines)
+
+
+def voice_table(scored: dict[str, dict], name: str = "test_voice") -> str | None:
+    """Corpus WER per held-out voice and their mean, per row and stage."""
+    found = [(row, stage, by_set[name]) for row, stages in scored.items() for stage, by_set in stages.items()
+             if name in by_set and by_set[name].get("wer_by_speaker")]
+    if not found:
+        return None
+    voices = sorted({v for _, _, m in found for v in m["wer_by_speaker"]})
+    lines = ["| row | stage | " + " | ".join(voices) + " | mean of voices |",
+             "|---|---|" + "---|" * (len(voices) + 1)]
+    for row, stage, m in found:
+        per = [_pct(m["wer_by_speaker"][v]) if v in m["wer_by_speaker"] else "-" for v in voices]
+        lines.append(f"| {row} | {stage} | " + " | ".join(per) + f" | {_pct(m['wer_speaker_mean'])} |")
+    return "\n".join(lines)
+
+
+def _final(stages: dict) -> dict:
+    return stages.get("final") or stages.get("base") or {}
+
+
+def cost_table(scored: dict[str, dict], name: str) -> str:
+    """Costs of each row's final model, measured on set ``name``."""
+    lines = ["| row | params total / active | GFLOPs per audio s (all / encoder) | KV bytes per stream | "
+             "chunk ms p50 | RTF |", "|---|---|---|---|---|---|"]
+    for row, stages in scored.items():
+        t = _final(stages).get(name)
+        if not t:
+            continue
+        g = t.get("gflops_per_audio_s")
+        ge = t.get("gflops_per_audio_s_encoder")
+        gf = "-" if g is None else f"{g:.3f} / {ge:.3f}"
+        lines.append(f"| {row} | {t['params_total']:,} / {t['params_active']:,} | {gf} | "
+                     f"{t['kv_cache_bytes']:,} | {t['chunk_ms_p50']:.2f} | {t['rtf']:.3f} |")
+    return "\n".join(lines)
+
+
+def markdown(scored: dict[str, dict], sets: list[str]) -> str:
+    parts = ["WER in %; [95% bootstrap interval over utterances]; Δ: paired bootstrap difference to "
+             "the base on the same utterances, * where its interval excludes 0."]
+    for name in sets:
+        parts += [f"\n### {name}\n", wer_table(scored, name)]
+    voices = voice_table(scored)
+    if voices:
+        parts += ["\n### test_voice per held-out voice (WER %)\n", voices]
+    parts += [f"\n### Costs of the final models (measured on {sets[0]})\n", cost_table(scored, sets[0])]
+    return "\n".join(parts)
+
+
+def write_pareto(scored: dict[str, dict], name: str, out: Path) -> list[Path]:
+    """WER on ``name`` against each PARETO cost: base, after-surgery and recovered points."""
+    from emformer_variants.reporting.pareto_plots import pareto_plot
+
+    points = []
+    for row, stages in scored.items():
+        for stage, by_set in stages.items():
+            if name in by_set:
+                label = row if stage in ("base", "final") else f"{row} (surgery)"
+                points.append({**by_set[name], "variant": row, "label": label})
+    written = []
+    for stem, (cost, xlabel, short) in PARETO.items():
+        path = out / f"{stem}.png"
+        if pareto_plot(points, cost, xlabel, path, f"WER ({name}) vs {short}: Pareto front ringed") is not None:
+            written.append(path)
+    return written
 
 
 @one_line_errors
@@ -121,27 +262,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", default=known, help=f"rows to run (default: all of {known})")
     p.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "results")
     p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
+    p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=list(EVAL_SETS),
+                   help="evaluation sets (default: all); the first carries FLOPs and the cost table")
+    p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
+                   help="surgery alone needs no training run")
+    p.add_argument("--max-utterances", type=int, default=None, help="utterances per evaluation set")
+    p.add_argument("--steps", type=int, default=None, help="training steps of every recipe (validated at the end)")
+    p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
     p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")
-    p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=None,
-                   help="evaluation sets to run, test among them (default: all; others show -)")
     args = p.parse_args(argv)
     unknown = [r for r in args.rows if r not in known]
     if unknown:
         raise UserError(f"--rows {unknown}: unknown; choose from {known}")
-    if args.sets and "test" not in args.sets:
-        raise UserError(f"--sets {args.sets}: include test (the cost columns come from it)")
+    if args.max_utterances is not None and args.max_utterances < 1:
+        raise UserError(f"--max-utterances {args.max_utterances}: must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps {args.steps}: must be >= 1")
+    train = list(args.train)
+    evaluate = list(args.eval)
+    if args.steps is not None:
+        train += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
+    if args.max_utterances is not None:
+        evaluate.append(f"max_utterances={args.max_utterances}")
     out = args.out.resolve()
+    order = ["base", *[r for r in args.rows if r != "base"]] if "base" in args.rows else args.rows
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {r: pool.submit(run_row, r, out, args.train, args.eval, args.sets) for r in args.rows}
+        futures = {r: pool.submit(run_row, r, out, args.sets, train, evaluate, tuple(args.stages))
+                   for r in order}
         results = {r: f.result() for r, f in futures.items()}
-    md = table(results)
-    cmds = "\n".join(f"- {r}: " + "; ".join(f"`{c}`" for c in res["commands"])
-                     for r, res in results.items())
+    scored = gather(results, args.replicates, seed=0)
+    md = markdown(scored, args.sets)
+    cmds = "\n".join(f"- {r}: " + "; ".join(f"`{c}`" for c in res["commands"]) for r, res in results.items())
+    plots = write_pareto(scored, args.sets[0], out)
     (out / "results.md").write_text(md + "\n\nCommands per row:\n" + cmds + "\n")
-    write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", {"sets": args.sets, "rows": scored,
+                                             "commands": {r: res["commands"] for r, res in results.items()}})
     print(md)
     print(f"results: {out / 'results.md'}")
+    for path in plots:
+        print(f"plot: {path}")
     return 0
 
 

@@ -1,32 +1,83 @@
-"""The README results table: before -> after per evaluation set, cost columns of the final model."""
+"""The results tables: WER with bootstrap intervals and paired differences to the base, per
+set and per held-out voice; and results.py end to end on tiny sizes through the real CLIs."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from emformer_variants.results import main, table
+from emformer_variants.results import cell, main, voice_table, wer_table
 
 
-def _m(wer: float, **kw) -> dict:
-    base = {"wer": wer, "params_total": 10, "params_active": 5, "gflops_per_audio_s": 1.25,
-            "gflops_per_audio_s_encoder": 0.5, "kv_cache_bytes": 2048, "rtf": 0.125}
-    return {**base, **kw}
+def _m(wer: float, low: float, high: float, delta: tuple | None = None, **kw) -> dict:
+    m = {"wer": wer, "wer_interval": {"value": wer, "low": low, "high": high}, **kw}
+    if delta:
+        m["delta_vs_base"] = {"value": delta[0], "low": delta[1], "high": delta[2],
+                              "significant": not delta[1] <= 0 <= delta[2]}
+    return m
 
 
-def test_rows_show_before_and_after_and_missing_sets():
-    results = {
-        "base": {"stages": {"base": {"test": _m(0.30), "test_voice": _m(0.80), "asterisk": _m(0.90)}}},
-        "mla": {"stages": {"surgery": {"test": _m(0.40)},
-                           "final": {"test": _m(0.25, kv_cache_bytes=512)}}},
-        "dense": {"stages": {"final": {"test": _m(0.2), "asterisk": _m(1.5)}}},
+def test_cells_mark_significant_differences_only():
+    assert cell(None) == "-"
+    assert cell(_m(0.30, 0.25, 0.35)) == "30.0 [25.0, 35.0]"
+    assert cell(_m(0.40, 0.35, 0.45, (0.10, 0.04, 0.16))) == "40.0 [35.0, 45.0]; Δ +10.0 [+4.0, +16.0]*"
+    assert cell(_m(0.31, 0.26, 0.36, (0.01, -0.02, 0.04))) == "31.0 [26.0, 36.0]; Δ +1.0 [-2.0, +4.0]"
+
+
+def test_tables_per_set_and_per_voice():
+    scored = {
+        "base": {"base": {"test_voice": _m(0.5, 0.4, 0.6, wer_by_speaker={"a": 0.4, "b": 0.6},
+                                           wer_speaker_mean=0.5)}},
+        "mla": {"surgery": {"test_voice": _m(0.7, 0.6, 0.8, (0.2, 0.1, 0.3),
+                                             wer_by_speaker={"a": 0.6, "b": 0.8}, wer_speaker_mean=0.7)},
+                "final": {}},
     }
-    lines = table(results).splitlines()
-    assert lines[2] == "| base | 30.0 | 80.0 | 90.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"
-    assert lines[3] == "| mla | 40.0 → 25.0 | - | - | 10 / 5 | 1.250 / 0.500 | 512 | 0.125 |"
-    assert lines[4] == "| dense | 20.0 | - | 150.0 | 10 / 5 | 1.250 / 0.500 | 2,048 | 0.125 |"
+    lines = wer_table(scored, "test_voice").splitlines()
+    assert lines[2] == "| base | 50.0 [40.0, 60.0] | |"
+    assert lines[3] == "| mla | 70.0 [60.0, 80.0]; Δ +20.0 [+10.0, +30.0]* | - |"
+    voices = voice_table(scored).splitlines()
+    assert voices[0] == "| row | stage | a | b | mean of voices |"
+    assert voices[3] == "| mla | surgery | 60.0 | 80.0 | 70.0 |"
 
 
-def test_sets_without_test_are_rejected(capsys):
+def test_bad_options_are_one_line_errors(capsys):
     with pytest.raises(SystemExit) as e:
-        main(["--sets", "asterisk"])
-    assert e.value.code == 2 and "include test" in capsys.readouterr().err
+        main(["--rows", "nope"])
+    assert e.value.code == 2 and "unknown" in capsys.readouterr().err
+
+
+def _run(mini_corpus, tiny_base_ckpt, out, *extra):
+    data = ["data=manifest", f"data.root={mini_corpus}", f"model.ckpt={tiny_base_ckpt}"]
+    return main(["--rows", "base", "mla", "--sets", "test", "--max-utterances", "2", "--replicates", "200",
+                 "--jobs", "1", "--out", str(out), *extra, "--eval", *data, "beam=2",
+                 "--train", *data, "augment=none", "module.val_beam=2"])
+
+
+def test_surgery_rows_without_training(mini_corpus, tiny_base_ckpt, tmp_path, capsys):
+    """Fast: base and mla right after surgery (evaluate.py surgery=mla), no train run."""
+    assert _run(mini_corpus, tiny_base_ckpt, tmp_path, "--stages", "base", "surgery") == 0
+    out = capsys.readouterr().out
+    assert "| mla | " in out and "Δ" in out
+    data = json.loads((tmp_path / "results.json").read_text())
+    mla = data["rows"]["mla"]["surgery"]["test"]
+    assert mla["variants"][0]["name"] == "mla" and mla["num_utterances"] == 2
+    assert mla["wer_interval"]["low"] <= mla["wer"] <= mla["wer_interval"]["high"]
+    assert mla["delta_vs_base"]["num_utterances"] == 2
+    assert not (tmp_path / "mla" / "train").exists()
+    assert (tmp_path / "pareto_wer_vs_encoder_gflops.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_results_end_to_end_with_recovery(mini_corpus, tiny_base_ckpt, tmp_path, capsys):
+    """Every stage: base, after surgery, after the mla recovery recipe (1 step)."""
+    assert _run(mini_corpus, tiny_base_ckpt, tmp_path, "--steps", "1") == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    final = data["rows"]["mla"]["final"]["test"]
+    assert "delta_vs_base" in final and final["variants"][0]["name"] == "mla"
+    train = json.loads((tmp_path / "mla" / "train" / "metrics.json").read_text())
+    assert train["steps"] == 1 and train["exported"]["export"] in ("start", "best")
+    md = (tmp_path / "results.md").read_text()
+    assert "### test" in md and "Costs of the final models" in md and "train.py experiment=finetune/mla" in md
+    for stem in ("encoder_gflops", "latency", "kv_bytes"):
+        assert (tmp_path / f"pareto_wer_vs_{stem}.png").is_file()

@@ -102,9 +102,9 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
                 evaluate("base", name, ["ckpt=base"])
         return result
     if has_surgery(row) and "surgery" in stages:
-        if not (VARIANTS / f"{row}.yaml").is_file():
-            raise UserError(f"row {row}: no conf/variant/{row}.yaml for its after-surgery stage")
         first = out / row / f"surgery-{sets[0]}"
+        if not (first / "metrics.json").is_file() and not (VARIANTS / f"{row}.yaml").is_file():
+            raise UserError(f"row {row}: no conf/variant/{row}.yaml for its after-surgery stage")
         evaluate("surgery", sets[0], ["ckpt=base", f"surgery={row}"])
         for name in sets[1:]:  # the very weights the first set scored
             evaluate("surgery", name, [f"ckpt={first / 'surgery.pt'}"])

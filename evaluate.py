@@ -22,8 +22,8 @@ from emformer_variants.errors import one_line_errors
 from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utterances
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.models.checkpoints import diff_variants, mismatch_error
-from emformer_variants.reporting.tables import metrics_table
 from emformer_variants.models.recognizer import save_recognizer
+from emformer_variants.reporting.tables import metrics_table
 from emformer_variants.surgery.registry import (
     convert_variant_,
     get_surgery,

@@ -111,7 +111,8 @@ def export_weights_(export: str, trainer: L.Trainer, rec: Recognizer, start: dic
         raise UserError(f"export={export!r}: choose best or last")
     if export == "last":
         return {"export": "last", "step": trainer.global_step}
-    cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint) and c.monitor == "val/wer"), None)
+    cb = next((c for c in trainer.callbacks
+               if isinstance(c, ModelCheckpoint) and c.monitor == "val/wer"), None)
     score = float(cb.best_model_score) if cb is not None and cb.best_model_score is not None else None
     if start is not None and (score is None or start["wer"] <= score):
         rec.load_state_dict(start["state"], strict=True)

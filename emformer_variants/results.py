@@ -124,7 +124,8 @@ def read_errors(ev_dir: str | Path) -> dict[str, tuple[int, int, str]]:
     """{audio: (word edits, reference words, speaker)} per utterance of an evaluate.py run."""
     rows = [json.loads(line) for line in (Path(ev_dir) / "hyps.jsonl").read_text().splitlines() if line]
     edits, words = utterance_errors([r["ref"] for r in rows], [r["hyp"] for r in rows])
-    return {r["audio"]: (int(e), int(w), r.get("speaker") or "") for r, e, w in zip(rows, edits, words, strict=True)}
+    return {r["audio"]: (int(e), int(w), r.get("speaker") or "")
+            for r, e, w in zip(rows, edits, words, strict=True)}
 
 
 def _interval(iv) -> dict:
@@ -179,7 +180,7 @@ def cell(m: dict | None) -> str:
 
 def wer_table(scored: dict[str, dict], name: str) -> str:
     """One set: per row, WER after surgery and after recovery (base: its own WER)."""
-    lines = [f"| row | after surgery: WER % [95% CI]; Δ vs base | after recovery: WER % [95% CI]; Δ vs base |",
+    lines = ["| row | after surgery: WER % [95% CI]; Δ vs base | after recovery: WER % [95% CI]; Δ vs base |",
              "|---|---|---|"]
     for row, stages in scored.items():
         if row == "base":
@@ -250,7 +251,8 @@ def write_pareto(scored: dict[str, dict], name: str, out: Path) -> list[Path]:
     written = []
     for stem, (cost, xlabel, short) in PARETO.items():
         path = out / f"{stem}.png"
-        if pareto_plot(points, cost, xlabel, path, f"WER ({name}) vs {short}: Pareto front ringed") is not None:
+        title = f"WER ({name}) vs {short}: Pareto front ringed"
+        if pareto_plot(points, cost, xlabel, path, title) is not None:
             written.append(path)
     return written
 
@@ -267,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                    help="surgery alone needs no training run")
     p.add_argument("--max-utterances", type=int, default=None, help="utterances per evaluation set")
-    p.add_argument("--steps", type=int, default=None, help="training steps of every recipe (validated at the end)")
+    p.add_argument("--steps", type=int, default=None, 
+                   help="training steps of every recipe (validated at the end)")
     p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
     p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")

@@ -84,13 +84,15 @@ def test_report_without_runs_is_a_one_line_error(tmp_path, capsys):
 def test_report_tabulates_and_plots_a_sweep_with_only_validation(tmp_path, capsys):
     """Sweep jobs run with eval.before=false eval.after=false: each metrics.json has empty
     results and its validation; those become the rows and the plotted points."""
-    for i, (rank, wer, params, gflops) in enumerate([(16, 0.31, 4_800_000, 0.9), (64, 0.27, 4_900_000, 0.95)]):
+    runs = [(16, 0.31, 4_800_000, 0.9), (64, 0.27, 4_900_000, 0.95)]
+    for i, (rank, wer, params, gflops) in enumerate(runs):
         run = tmp_path / str(i)
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(f"- variant=mla\n- variant.kv_rank={rank}\n")
         (run / "metrics.json").write_text(json.dumps({
             "results": {}, "variant_name": "mla", "split": "test",
-            "val": {"val/wer": wer + 0.01, "val/wer_best": wer, "val/cer": wer / 2, "val/num_utterances": 40.0},
+            "val": {"val/wer": wer + 0.01, "val/wer_best": wer, "val/cer": wer / 2,
+                    "val/num_utterances": 40.0},
             "model": {"params_total": params, "params_active": params,
                       "gflops_per_audio_s_encoder_analytic": gflops}}))
     assert main([str(tmp_path)]) == 0

@@ -21,8 +21,8 @@ from emformer_variants.surgery.registry import auxiliary_losses, training_stats
 from emformer_variants.training.distill import (
     check_distill,
     encoder_mse,
-    joint_at,
     joiner_kl,
+    joint_at,
     sample_cells,
     teacher_joint_at,
 )
@@ -48,7 +48,8 @@ def set_dropout_(model: torch.nn.Module, p: float) -> int:
 TRAIN_ONLY = ("all", "surgery")
 
 
-def freeze_outside_surgery_(model: torch.nn.Module, train_only: str, surgery_parameters: list[str] | None) -> int:
+def freeze_outside_surgery_(model: torch.nn.Module, train_only: str,
+                            surgery_parameters: list[str] | None) -> int:
     """``train_only=surgery``: only the parameters the surgery created (named relative to
     ``model``; ``SurgeryReport.new_parameters``) keep ``requires_grad``; ``all``: nothing changes.
     Returns how many parameters train. With no surgery (``variant=dense``) nothing would train:

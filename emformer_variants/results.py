@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                    help="surgery alone needs no training run")
     p.add_argument("--max-utterances", type=int, default=None, help="utterances per evaluation set")
-    p.add_argument("--steps", type=int, default=None, 
+    p.add_argument("--steps", type=int, default=None,
                    help="training steps of every recipe (validated at the end)")
     p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")

@@ -150,6 +150,7 @@ def tiny_base_ckpt(mini_corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_base")
     proc = run_cli("train.py", "data=manifest", f"data.root={mini_corpus}", "init=scratch", *TINY_ARCH,
                    "trainer.max_steps=2", "trainer.val_check_interval=2", "eval.after=false",
-                   "eval.before=false", f"paths.output_dir={out}", "trainer.enable_progress_bar=false")
+                   "eval.before=false", "threads=1", f"paths.output_dir={out}",
+                   "trainer.enable_progress_bar=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "final.pt"

@@ -183,8 +183,9 @@ def wer_table(scored: dict[str, dict], name: str) -> str:
     lines = ["| row | after surgery: WER % [95% CI]; Δ vs base | after recovery: WER % [95% CI]; Δ vs base |",
              "|---|---|---|"]
     for row, stages in scored.items():
-        if row == "base":
-            lines.append(f"| base | {cell(stages.get('base', {}).get(name))} | |")
+        if row == "base":  # the reference, in both columns
+            base = cell(stages.get("base", {}).get(name))
+            lines.append(f"| base | {base} | {base} |")
             continue
         lines.append(f"| {row} | {cell(stages.get('surgery', {}).get(name))} | "
                      f"{cell(stages.get('final', {}).get(name))} |")

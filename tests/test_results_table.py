@@ -34,7 +34,7 @@ def test_tables_per_set_and_per_voice():
                 "final": {}},
     }
     lines = wer_table(scored, "test_voice").splitlines()
-    assert lines[2] == "| base | 50.0 [40.0, 60.0] | |"
+    assert lines[2] == "| base | 50.0 [40.0, 60.0] | 50.0 [40.0, 60.0] |"
     assert lines[3] == "| mla | 70.0 [60.0, 80.0]; Δ +20.0 [+10.0, +30.0]* | - |"
     voices = voice_table(scored).splitlines()
     assert voices[0] == "| row | stage | a | b | mean of voices |"

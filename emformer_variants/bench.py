@@ -3,7 +3,7 @@ the same weights and the same audio, interleaved chunk by chunk in one process.
 
     python -m emformer_variants.bench [--model tiny|emformer_base] [--beam 10] [--chunks 60]
         [--threads 1] [--modes stock exact modified:4@int8 ...] [--streams 1 4 16]
-        [--stream-modes exact@int8 ...] [--profile DIR] [--manifest test.jsonl] [--json out.json]
+        [--stream-modes exact@int8 ...] [--plot curve.png] [--profile DIR] [--manifest test.jsonl] [--json out.json]
 
 A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
 modified, greedy), K = symbols per frame for modified/greedy, precision from
@@ -16,8 +16,9 @@ behaviour (symbols per frame, beam churn) is not a trained model's.
 
 Many streams (``--streams``): N streams decoded together, one batched encoder + search step
 per chunk, each finished utterance replaced by the next (continuous batching); reports the
-aggregate throughput (audio seconds per wall second) and the per-stream chunk latency
-(= the step's wall time).
+aggregate throughput (audio seconds per wall second), the per-stream chunk latency
+(= the step's wall time; real time when its p99 is under the chunk) and, on the trained
+``tiny``, the WER of the utterances decoded that way; ``--plot`` draws the curve.
 
 For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
@@ -181,28 +182,29 @@ def interleaved(rec_for: dict, pipes: dict[str, Pipeline], waves: list[torch.Ten
 
 @torch.inference_mode()
 def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_steps: int = 8,
-                 rounds: int = 3) -> dict:
+                 rounds: int = 3, texts: list[str] | None = None) -> dict:
     """Continuous batching of ``n`` streams over ``waves``, repeated until every slot gets
     about ``rounds`` utterances and ``min_steps`` chunks (so few steps run on idle slots);
-    per-step wall times and aggregate throughput."""
+    per-step wall times, aggregate throughput, and with ``texts`` (the waves' references)
+    the corpus WER of every decoded utterance."""
     if n > 1 and not pipe.encoder.supports_reset:
         raise UserError(f"{pipe.name}: its encoder cannot batch streams that start at different times")
     cfg = rec.features.cfg
-    queue = list(waves)
-    while len(queue) < rounds * n or sum(w.numel() for w in queue) < n * min_steps * cfg.segment_samples:
-        queue += waves
+    queue = list(range(len(waves)))
+    while len(queue) < rounds * n or sum(waves[i].numel() for i in queue) < n * min_steps * cfg.segment_samples:
+        queue += range(len(waves))
     queue.reverse()
-    slots: list[list | None] = [None] * n  # [windows, next index]
+    slots: list[list | None] = [None] * n  # [windows, next index, utterance]
     stream = Stream(rec, pipe, n)
-    steps, audio_s = [], 0.0
+    steps, audio_s, decoded = [], 0.0, []
     silence = torch.zeros(cfg.window_samples)
     t_start = time.perf_counter()
     while True:
         for i in range(n):
             if slots[i] is None and queue:
-                wave = queue.pop()
-                audio_s += wave.numel() / cfg.sample_rate
-                slots[i] = [list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples)), 0]
+                u = queue.pop()
+                audio_s += waves[u].numel() / cfg.sample_rate
+                slots[i] = [list(chunk_windows(waves[u], cfg.segment_samples, cfg.window_samples)), 0, u]
                 stream.restart(i)
         if all(s is None for s in slots):
             break
@@ -216,11 +218,45 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
             if s:
                 s[1] += 1
                 if s[1] == len(s[0]):
+                    decoded.append((s[2], stream.best_tokens(i)))
                     slots[i] = None
     wall = time.perf_counter() - t_start
     p = percentiles(steps)
-    return {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
-            "throughput": audio_s / wall, "step_ms_p50": p["p50"], "step_ms_p90": p["p90"]}
+    row = {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
+           "throughput": audio_s / wall, "step_ms_p50": p["p50"], "step_ms_p90": p["p90"],
+           "step_ms_p99": p["p99"], "real_time": p["p99"] < 1000 * cfg.chunk_seconds}
+    if texts is not None:
+        from emformer_variants.metrics.wer import error_rates
+
+        row["wer"] = error_rates([texts[u] for u, _ in decoded],
+                                 [rec.tokenizer.decode(t) for _, t in decoded])["wer"]
+    return row
+
+
+def plot_streams(rows: list[dict], path: Path, chunk_ms: float, title: str) -> None:
+    """Throughput and per-stream chunk latency p99 against the number of streams, per mode."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["streams"])
+        ns = [r["streams"] for r in mine]
+        label = mode + (f" (WER {mine[0]['wer']:.3f})" if "wer" in mine[0] else "")
+        left.plot(ns, [r["throughput"] for r in mine], "o-", label=label)
+        right.plot(ns, [r["step_ms_p99"] for r in mine], "o-", label=mode)
+    right.axhline(chunk_ms, color="k", ls="--", lw=1, label=f"real time ({chunk_ms:.0f} ms chunk)")
+    left.set(xlabel="concurrent streams", ylabel="throughput (audio s / wall s)", xscale="log")
+    right.set(xlabel="concurrent streams", ylabel="per-stream chunk latency p99 (ms)", xscale="log",
+              yscale="log")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 # ------------------------------------------------------------------ report
@@ -277,11 +313,14 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_streams(rows: list[dict]) -> str:
-    lines = ["| mode | streams | throughput (audio s / wall s) | per-stream chunk ms p50 | p90 | audio s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| mode | streams | throughput (audio s / wall s) | per-stream chunk ms p50 | p90 | p99 "
+             "| real time (p99 < chunk) | WER | audio s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        wer = f"{r['wer']:.4f}" if "wer" in r else ""
         lines.append(f"| {r['mode']} | {r['streams']} | {r['throughput']:.2f} | {r['step_ms_p50']:.1f} "
-                     f"| {r['step_ms_p90']:.1f} | {r['audio_s']:.1f} |")
+                     f"| {r['step_ms_p90']:.1f} | {r['step_ms_p99']:.1f} | {'yes' if r['real_time'] else 'no'} "
+                     f"| {wer} | {r['audio_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -304,6 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="a manifest (.jsonl) to take audio from instead of TTS")
     p.add_argument("--profile", default=None, help="write a torch.profiler table per mode into DIR")
     p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--plot", default=None, help="with --streams: write the throughput/latency curve (PNG)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -355,10 +395,15 @@ def main(argv: list[str] | None = None) -> int:
         pipe = m.build(recs[m.precision], args.beam)
         for n in args.streams:
             many_streams(recs[m.precision], pipe, [waves[0][: cfg.segment_samples * 2]], n, 2, 1)
-            stream_rows.append({"mode": m.label, **many_streams(recs[m.precision], pipe, waves, n)})
+            stream_rows.append({"mode": m.label, **many_streams(recs[m.precision], pipe, waves, n,
+                                                                texts=texts if trained else None)})
     if stream_rows:
         print()
         print(format_streams(stream_rows))
+        if args.plot:
+            plot_streams(stream_rows, Path(args.plot), 1000 * cfg.chunk_seconds,
+                         f"{note}; beam {args.beam}; 1 thread; {torch.backends.cpu.get_cpu_capability()}")
+            print(f"plot: {args.plot}")
     if args.profile:
         from emformer_variants.evaluation.profiling import profile_table
 

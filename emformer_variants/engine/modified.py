@@ -11,6 +11,11 @@ serves all streams, so a frame costs at most K joiner and K predictor calls, whe
 torchaudio's search runs a data-dependent number of rounds over a growing candidate set.
 Output ranking: torchaudio's score / (tokens + 1).
 
+With ``max_symbols=1`` the selection is batched over streams (``_frame_one``): each row's
+``beam`` best symbols, then each stream's ``beam`` best of its rows' candidates, two top-k
+calls per frame for all streams instead of one top-k over ``beam x V`` values per stream
+(a stream's best ``beam`` pairs are among its rows' best ``beam``, so the pick is the same).
+
 Shapes: N streams, D joiner width, V symbols, R rows (hypotheses of all streams).
 """
 
@@ -42,13 +47,67 @@ def _add(table: dict, hyp: Hyp) -> Hyp | None:
 class ModifiedBeamSearch(CachedSearch):
     name = "modified"
 
-    def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1, **kw):
+    def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1,
+                 batched: bool = True, **kw):
         super().__init__(model, blank, beam, **kw)
+        self.batched = batched  # False: the per-stream selection loop (as for K > 1)
         if max_symbols < 1:
             raise ValueError(f"max_symbols={max_symbols}: must be at least 1")
         self.max_symbols = max_symbols
 
+    def _frame_one(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
+        """icefall's one-symbol frame for all streams: one joiner call, two top-k calls."""
+        n, k = len(beams), self.beam
+        counts = [len(b) for b in beams]
+        flat = [h for b in beams for h in b]
+        logp = self.join(enc_t, counts, [h.slot for h in flat])  # (R, V)
+        cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
+        kr = min(k, cand.shape[1])
+        row_best, row_tok = cand.topk(kr, dim=1)  # (R, kr), best first
+        width = max(counts)
+        if width == 1 and n == len(flat):
+            block = row_best  # (N, kr): one row per stream
+        else:
+            stream_of = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
+            offsets = [0]
+            for c in counts[:-1]:
+                offsets.append(offsets[-1] + c)
+            pos = torch.arange(len(flat)) - torch.tensor(offsets).repeat_interleave(torch.tensor(counts))
+            block = torch.full((n, width, kr), -math.inf)
+            block[stream_of, pos] = row_best
+            block = block.view(n, width * kr)
+        top, idx = block.topk(min(k, block.shape[1]), dim=1)  # (N, k), best first
+        if width == 1 and n == len(flat):
+            rows = torch.arange(n).unsqueeze(1).expand_as(idx)
+        else:
+            rows = torch.tensor(offsets).unsqueeze(1) + idx // kr
+        tokens = row_tok[rows, idx % kr]
+        parents, new_tokens, pending, out = [], [], [], []
+        for s, (scores, rs, ts) in enumerate(zip(top.tolist(), rows.tolist(), tokens.tolist(), strict=True)):
+            ended: dict[tuple, Hyp] = {}
+            for score, r, token in zip(scores, rs, ts, strict=True):
+                if score == -math.inf:
+                    break
+                parent = flat[r]
+                if token == self.blank:
+                    _add(ended, Hyp(parent.tokens, parent.slot, score))
+                    continue
+                hyp = _add(ended, Hyp(parent.tokens + (token,), -1, score))
+                if hyp is not None:
+                    parents.append(parent.slot)
+                    new_tokens.append(token)
+                    pending.append(hyp)
+            out.append(ended)
+        if pending:
+            slots = self.cache.extend(parents, new_tokens, [h.tokens for h in pending])
+            for hyp, slot in zip(pending, slots, strict=True):
+                hyp.slot = slot
+        return [sorted(sorted(e.values(), key=lambda h: h.score, reverse=True)[:k], key=sort_key, reverse=True)
+                for e in out]
+
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
+        if self.max_symbols == 1 and self.batched and all(beams):
+            return self._frame_one(enc_t, beams)
         n = len(beams)
         ended: list[dict] = [{} for _ in range(n)]  # next frame's candidates, by tokens
         current = beams

@@ -3,7 +3,8 @@ the same weights and the same audio, interleaved chunk by chunk in one process.
 
     python -m emformer_variants.bench [--model tiny|emformer_base] [--beam 10] [--chunks 60]
         [--threads 1] [--modes stock exact modified:4@int8 ...] [--streams 1 4 16]
-        [--stream-modes exact@int8 ...] [--plot curve.png] [--profile DIR] [--manifest test.jsonl] [--json out.json]
+        [--stream-modes exact@int8 ...] [--plot curve.png] [--profile DIR] [--manifest test.jsonl]
+        [--json out.json]
 
 A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
 modified, greedy), K = symbols per frame for modified/greedy, precision from
@@ -191,7 +192,8 @@ def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_ste
         raise UserError(f"{pipe.name}: its encoder cannot batch streams that start at different times")
     cfg = rec.features.cfg
     queue = list(range(len(waves)))
-    while len(queue) < rounds * n or sum(waves[i].numel() for i in queue) < n * min_steps * cfg.segment_samples:
+    need = n * min_steps * cfg.segment_samples
+    while len(queue) < rounds * n or sum(waves[i].numel() for i in queue) < need:
         queue += range(len(waves))
     queue.reverse()
     slots: list[list | None] = [None] * n  # [windows, next index, utterance]
@@ -319,8 +321,8 @@ def format_streams(rows: list[dict]) -> str:
     for r in rows:
         wer = f"{r['wer']:.4f}" if "wer" in r else ""
         lines.append(f"| {r['mode']} | {r['streams']} | {r['throughput']:.2f} | {r['step_ms_p50']:.1f} "
-                     f"| {r['step_ms_p90']:.1f} | {r['step_ms_p99']:.1f} | {'yes' if r['real_time'] else 'no'} "
-                     f"| {wer} | {r['audio_s']:.1f} |")
+                     f"| {r['step_ms_p90']:.1f} | {r['step_ms_p99']:.1f} "
+                     f"| {'yes' if r['real_time'] else 'no'} | {wer} | {r['audio_s']:.1f} |")
     return "\n".join(lines)
 
 

@@ -83,7 +83,7 @@ class ModifiedBeamSearch(CachedSearch):
             rows = torch.tensor(offsets).unsqueeze(1) + idx // kr
         tokens = row_tok[rows, idx % kr]
         parents, new_tokens, pending, out = [], [], [], []
-        for s, (scores, rs, ts) in enumerate(zip(top.tolist(), rows.tolist(), tokens.tolist(), strict=True)):
+        for scores, rs, ts in zip(top.tolist(), rows.tolist(), tokens.tolist(), strict=True):
             ended: dict[tuple, Hyp] = {}
             for score, r, token in zip(scores, rs, ts, strict=True):
                 if score == -math.inf:
@@ -102,8 +102,8 @@ class ModifiedBeamSearch(CachedSearch):
             slots = self.cache.extend(parents, new_tokens, [h.tokens for h in pending])
             for hyp, slot in zip(pending, slots, strict=True):
                 hyp.slot = slot
-        return [sorted(sorted(e.values(), key=lambda h: h.score, reverse=True)[:k], key=sort_key, reverse=True)
-                for e in out]
+        ranked = (sorted(e.values(), key=lambda h: h.score, reverse=True)[:k] for e in out)
+        return [sorted(r, key=sort_key, reverse=True) for r in ranked]
 
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
         if self.max_symbols == 1 and self.batched and all(beams):

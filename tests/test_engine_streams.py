@@ -11,6 +11,7 @@ import torch
 from emformer_variants.bench import SENTENCES, bench_audio
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.stream import Stream, chunk_windows, stream_decode
+from emformer_variants.metrics.wer import error_rates
 from emformer_variants.models.recognizer import load_recognizer
 from emformer_variants.utils.paths import PROJECT_ROOT
 
@@ -20,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def rec_and_waves():
     rec = load_recognizer(PROJECT_ROOT / "checkpoints" / "tiny_base.pt").eval()
-    waves, _ = bench_audio(30, rec.features.cfg.segment_samples)
-    return rec, waves[:4]
+    waves, _ = bench_audio(80, rec.features.cfg.segment_samples)
+    return rec, waves[:3]  # whole utterances
 
 
 def staggered(rec, pipe, waves: list[torch.Tensor]) -> list[list[int]]:
@@ -55,7 +56,7 @@ def test_batched_streams_equal_each_stream_alone(rec_and_waves, decoder, opts):
         alone = stream_decode(rec, wave, pipeline=build_pipeline(rec, decoder, 4, **alone_opts))
         assert rec.tokenizer.decode(tokens) == alone.text
     texts = [rec.tokenizer.decode(t) for t in together]
-    assert sum(t.split() == s.split() for t, s in zip(texts, SENTENCES, strict=False)) >= 2  # real speech
+    assert error_rates(SENTENCES[:len(texts)], texts)["wer"] < 0.7  # speech, not noise, was decoded
 
 
 def test_batched_selection_equals_per_stream_loop(rec_and_waves):

@@ -258,9 +258,10 @@ def plot_streams(rows: list[dict], path: Path, chunk_ms: float, title: str) -> N
         right.plot(ns, [r["cpu_ms_p99"] for r in mine], "o-", color=line.get_color(), label=mode)
         right.plot(ns, [r["step_ms_p99"] for r in mine], "o--", color=line.get_color(), alpha=0.5)
     right.axhline(chunk_ms, color="k", ls="--", lw=1, label=f"real time ({chunk_ms:.0f} ms chunk)")
-    left.set(xlabel="concurrent streams", ylabel="audio s per CPU s (solid), per wall s (dashed)", xscale="log")
-    right.set(xlabel="concurrent streams", ylabel="chunk latency p99, ms: CPU (solid), wall (dashed)", xscale="log",
-              yscale="log")
+    left.set(xlabel="concurrent streams", ylabel="audio s per CPU s (solid), per wall s (dashed)",
+             xscale="log")
+    right.set(xlabel="concurrent streams", ylabel="chunk latency p99, ms: CPU (solid), wall (dashed)",
+              xscale="log", yscale="log")
     for ax in (left, right):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

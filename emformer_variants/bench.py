@@ -4,7 +4,7 @@ the same weights and the same audio, interleaved chunk by chunk in one process.
     python -m emformer_variants.bench [--model tiny|emformer_base] [--beam 10] [--chunks 60]
         [--threads 1] [--modes stock exact modified:4@int8 ...] [--streams 1 4 16]
         [--stream-modes exact@int8 ...] [--plot curve.png] [--profile DIR] [--manifest test.jsonl]
-        [--json out.json]
+        [--json out.json] [--variants dense moe mla lowrank]
 
 A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
 modified, greedy), K = symbols per frame for modified/greedy, precision from
@@ -21,6 +21,12 @@ aggregate throughput (audio seconds per wall second), the per-stream chunk laten
 (= the step's wall time; real time when its p99 is under the chunk), the same by the
 thread's CPU time (what one core does when other jobs share it) and, on the trained
 ``tiny``, the WER of the utterances decoded that way; ``--plot`` draws the curve.
+
+Variants (``--variants``, configs in conf/variant/): each variant's stock and exact (fp32)
+pipelines, all interleaved chunk by chunk in one run, beside the variant's measured encoder
+FLOPs per steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
+variant's replaced layers as modules in its Python layer loop (MoE, low-rank) or falls back
+to torchaudio's encoder (MLA), so a FLOP cut need not show as a latency cut there.
 
 For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
@@ -357,8 +363,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, help="write a torch.profiler table per mode into DIR")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     p.add_argument("--plot", default=None, help="with --streams: write the throughput/latency curve (PNG)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="names in conf/variant/: stock and exact (fp32) on each, interleaved in one run, "
+                        "beside each variant's encoder FLOPs per chunk vs dense")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
+    """``--variants``: each variant's stock and exact pipelines interleaved chunk by chunk in
+    one run, with the variant's measured encoder FLOPs per steady-state chunk vs dense."""
+    from emformer_variants.arch_report import load_variant, measure
+    from emformer_variants.surgery.registry import apply_variant_
+
+    names = args.variants or ["dense", "moe", "mla", "lowrank"]
+    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32)) for _ in range(2)]
+    recs, flops = {}, {}
+    for name in names:
+        r = copy.deepcopy(rec)
+        apply_variant_(r, load_variant(name), init="convert", calibration=calibration)
+        recs[name] = r.eval()
+        flops[name] = measure(recs[name])["encoder_flops_chunk"]
+    pipes, rec_for = {}, {}
+    for name in names:
+        for decoder in ("stock", "exact"):
+            label = f"{name}/{decoder}"
+            pipes[label] = build_pipeline(recs[name], decoder, args.beam)
+            rec_for[label] = recs[name]
+    interleaved(rec_for, pipes, [waves[0][: rec.features.cfg.segment_samples * 3]])  # warm-up
+    results = interleaved(rec_for, pipes, waves)
+    trained = args.model == "tiny"
+    ref = flops.get("dense") or next(iter(flops.values()))
+    print(f"# bench --variants: {note}")
+    print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio; threads {args.threads}; every "
+          f"variant's stock and exact pipelines interleaved chunk by chunk")
+    print(f"# {isa_report()}")
+    lines = ["| variant | encoder GFLOP/chunk | vs dense | engine encoder | mode | chunk ms p50 | p90 "
+             "| CPU ms p50 | RTF | vs stock (CPU p50) | WER |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for name in names:
+        stock_cpu = statistics.median(results[f"{name}/stock"].cpu_ms)
+        for decoder in ("stock", "exact"):
+            t = results[f"{name}/{decoder}"]
+            cpu = statistics.median(t.cpu_ms)
+            row = {"variant": name, "mode": decoder, "encoder_flops_chunk": flops[name],
+                   "flops_vs_dense": flops[name] / ref,
+                   "encoder": pipes[f"{name}/{decoder}"].encoder.name,
+                   "chunk_ms_p50": statistics.median(t.wall_ms), "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
+                   "cpu_ms_p50": cpu, "rtf": sum(t.wall_ms) / 1000 / audio_s, "speedup": stock_cpu / cpu}
+            if trained:
+                from emformer_variants.metrics.wer import error_rates
+
+                row["wer"] = error_rates(texts, [rec.tokenizer.decode(x) for x in t.tokens])["wer"]
+            rows.append(row)
+            lines.append(f"| {name} | {flops[name] / 1e9:.3f} | {flops[name] / ref:.2f}x | {row['encoder']} | "
+                         f"{decoder} | {row['chunk_ms_p50']:.1f} | {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "
+                         f"{row['rtf']:.3f} | {row['speedup']:.2f}x | "
+                         + (f"{row['wer']:.4f}" if trained else "") + " |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "note": note, "variants": rows}, indent=1))
+    return 0
 
 
 @one_line_errors
@@ -375,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = rec.features.cfg
     waves, texts = bench_audio(args.chunks, cfg.segment_samples, args.manifest)
     audio_s = sum(w.numel() for w in waves) / cfg.sample_rate
+    if args.variants is not None:
+        return bench_variants(rec, note, args, waves, texts, audio_s)
 
     recs: dict[str, object] = {}
     for precision in dict.fromkeys(m.precision for m in modes + stream_modes):

@@ -395,11 +395,11 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
     trained = args.model == "tiny"
     ref = flops.get("dense") or next(iter(flops.values()))
     print(f"# bench --variants: {note}")
-    print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio; threads {args.threads}; every "
-          f"variant's stock and exact pipelines interleaved chunk by chunk")
+    print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio; threads {args.threads}; "
+          f"every variant's stock and exact pipelines interleaved chunk by chunk")
     print(f"# {isa_report()}")
     lines = ["| variant | encoder GFLOP/chunk | vs dense | engine encoder | mode | chunk ms p50 | p90 "
-             "| CPU ms p50 | RTF | vs stock (CPU p50) | WER |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| CPU ms p50 | RTF | vs stock (CPU p50) | WER |", "|" + "---|" * 11]
     rows = []
     for name in names:
         stock_cpu = statistics.median(results[f"{name}/stock"].cpu_ms)
@@ -409,12 +409,14 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
             row = {"variant": name, "mode": decoder, "encoder_flops_chunk": flops[name],
                    "flops_vs_dense": flops[name] / ref,
                    "encoder": pipes[f"{name}/{decoder}"].encoder.name,
-                   "chunk_ms_p50": statistics.median(t.wall_ms), "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
+                   "chunk_ms_p50": statistics.median(t.wall_ms),
+                   "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
                    "cpu_ms_p50": cpu, "rtf": sum(t.wall_ms) / 1000 / audio_s, "speedup": stock_cpu / cpu}
             if trained:
                 from emformer_variants.metrics.wer import error_rates
 
-                row["wer"] = error_rates(texts, [rec.tokenizer.decode(x) for x in t.tokens])["wer"]
+                hyps = [rec.tokenizer.decode(x) for x in t.tokens]
+                row["wer"] = error_rates(texts, hyps)["wer"]
             rows.append(row)
             lines.append(f"| {name} | {flops[name] / 1e9:.3f} | {flops[name] / ref:.2f}x | {row['encoder']} | "
                          f"{decoder} | {row['chunk_ms_p50']:.1f} | {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "

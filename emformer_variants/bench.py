@@ -419,7 +419,8 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
                 row["wer"] = error_rates(texts, hyps)["wer"]
             rows.append(row)
             lines.append(f"| {name} | {flops[name] / 1e9:.3f} | {flops[name] / ref:.2f}x "
-                         f"| {row['encoder']} | {decoder} | {row['chunk_ms_p50']:.1f} | {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "
+                         f"| {row['encoder']} | {decoder} | {row['chunk_ms_p50']:.1f} "
+                         f"| {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "
                          f"{row['rtf']:.3f} | {row['speedup']:.2f}x | "
                          + (f"{row['wer']:.4f}" if trained else "") + " |")
     print("\n".join(lines))

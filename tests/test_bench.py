@@ -106,3 +106,17 @@ def test_bench_fused_script_compares_fused_and_loop():
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp")]
     assert [r[0] for r in rows] == ["| fp32", "| fp16"] * 3  # encoder, predictor, exact search tables
     assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    assert main(["--model", "tiny", "--chunks", "4", "--beam", "3", "--variants", "dense", "lowrank", "mla",
+                 "--json", str(out)]) == 0
+    rows = {(r["variant"], r["mode"]): r for r in json.loads(out.read_text())["variants"]}
+    assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in ("stock", "exact")}
+    assert rows[("dense", "exact")]["flops_vs_dense"] == 1.0
+    assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.6
+    assert rows[("mla", "exact")]["encoder"] == "stock"  # the engine falls back for MLA attention
+    for v in ("dense", "lowrank", "mla"):  # exact search: the stock transcript on every variant
+        assert rows[(v, "exact")]["wer"] == rows[(v, "stock")]["wer"]
+    assert "| lowrank |" in capsys.readouterr().out

@@ -3,7 +3,8 @@ the same weights and the same audio, interleaved chunk by chunk in one process.
 
     python -m emformer_variants.bench [--model tiny|emformer_base] [--beam 10] [--chunks 60]
         [--threads 1] [--modes stock exact modified:4@int8 ...] [--streams 1 4 16]
-        [--stream-modes exact@int8 ...] [--profile DIR] [--manifest test.jsonl] [--json out.json]
+        [--stream-modes exact@int8 ...] [--plot curve.png] [--profile DIR] [--manifest test.jsonl]
+        [--json out.json] [--variants dense moe mla lowrank]
 
 A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
 modified, greedy), K = symbols per frame for modified/greedy, precision from
@@ -16,8 +17,16 @@ behaviour (symbols per frame, beam churn) is not a trained model's.
 
 Many streams (``--streams``): N streams decoded together, one batched encoder + search step
 per chunk, each finished utterance replaced by the next (continuous batching); reports the
-aggregate throughput (audio seconds per wall second) and the per-stream chunk latency
-(= the step's wall time).
+aggregate throughput (audio seconds per wall second), the per-stream chunk latency
+(= the step's wall time; real time when its p99 is under the chunk), the same by the
+thread's CPU time (what one core does when other jobs share it) and, on the trained
+``tiny``, the WER of the utterances decoded that way; ``--plot`` draws the curve.
+
+Variants (``--variants``, configs in conf/variant/): each variant's stock and exact (fp32)
+pipelines, all interleaved chunk by chunk in one run, beside the variant's measured encoder
+FLOPs per steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
+variant's replaced layers as modules in its Python layer loop (MoE, low-rank) or falls back
+to torchaudio's encoder (MLA), so a FLOP cut need not show as a latency cut there.
 
 For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
@@ -181,46 +190,90 @@ def interleaved(rec_for: dict, pipes: dict[str, Pipeline], waves: list[torch.Ten
 
 @torch.inference_mode()
 def many_streams(rec, pipe: Pipeline, waves: list[torch.Tensor], n: int, min_steps: int = 8,
-                 rounds: int = 3) -> dict:
+                 rounds: int = 3, texts: list[str] | None = None) -> dict:
     """Continuous batching of ``n`` streams over ``waves``, repeated until every slot gets
     about ``rounds`` utterances and ``min_steps`` chunks (so few steps run on idle slots);
-    per-step wall times and aggregate throughput."""
+    per-step wall times, aggregate throughput, and with ``texts`` (the waves' references)
+    the corpus WER of every decoded utterance."""
     if n > 1 and not pipe.encoder.supports_reset:
         raise UserError(f"{pipe.name}: its encoder cannot batch streams that start at different times")
     cfg = rec.features.cfg
-    queue = list(waves)
-    while len(queue) < rounds * n or sum(w.numel() for w in queue) < n * min_steps * cfg.segment_samples:
-        queue += waves
+    queue = list(range(len(waves)))
+    need = n * min_steps * cfg.segment_samples
+    while len(queue) < rounds * n or sum(waves[i].numel() for i in queue) < need:
+        queue += range(len(waves))
     queue.reverse()
-    slots: list[list | None] = [None] * n  # [windows, next index]
+    slots: list[list | None] = [None] * n  # [windows, next index, utterance]
     stream = Stream(rec, pipe, n)
-    steps, audio_s = [], 0.0
+    steps, cpu, audio_s, decoded = [], [], 0.0, []
     silence = torch.zeros(cfg.window_samples)
     t_start = time.perf_counter()
     while True:
         for i in range(n):
             if slots[i] is None and queue:
-                wave = queue.pop()
-                audio_s += wave.numel() / cfg.sample_rate
-                slots[i] = [list(chunk_windows(wave, cfg.segment_samples, cfg.window_samples)), 0]
+                u = queue.pop()
+                audio_s += waves[u].numel() / cfg.sample_rate
+                slots[i] = [list(chunk_windows(waves[u], cfg.segment_samples, cfg.window_samples)), 0, u]
                 stream.restart(i)
         if all(s is None for s in slots):
             break
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         batch = torch.stack([s[0][s[1]] if s else silence for s in slots])
         idle = list(stream.beams)
         stream.step(batch)
         stream.beams = [stream.beams[i] if slots[i] else idle[i] for i in range(n)]  # idle slots keep theirs
         steps.append(1000 * (time.perf_counter() - t0))
+        cpu.append(1000 * (time.thread_time() - c0))
         for i, s in enumerate(slots):
             if s:
                 s[1] += 1
                 if s[1] == len(s[0]):
+                    decoded.append((s[2], stream.best_tokens(i)))
                     slots[i] = None
     wall = time.perf_counter() - t_start
-    p = percentiles(steps)
-    return {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
-            "throughput": audio_s / wall, "step_ms_p50": p["p50"], "step_ms_p90": p["p90"]}
+    p, pc = percentiles(steps), percentiles(cpu)
+    row = {"streams": n, "steps": len(steps), "audio_s": audio_s, "wall_s": wall,
+           "throughput": audio_s / wall, "cpu_throughput": 1000 * audio_s / sum(cpu),
+           "step_ms_p50": p["p50"], "step_ms_p90": p["p90"], "step_ms_p99": p["p99"],
+           "cpu_ms_p50": pc["p50"], "cpu_ms_p99": pc["p99"],
+           "real_time": p["p99"] < 1000 * cfg.chunk_seconds,
+           "real_time_cpu": pc["p99"] < 1000 * cfg.chunk_seconds}
+    if texts is not None:
+        from emformer_variants.metrics.wer import error_rates
+
+        row["wer"] = error_rates([texts[u] for u, _ in decoded],
+                                 [rec.tokenizer.decode(t) for _, t in decoded])["wer"]
+    return row
+
+
+def plot_streams(rows: list[dict], path: Path, chunk_ms: float, title: str) -> None:
+    """Throughput and per-stream chunk latency p99 against the number of streams, per mode:
+    by the thread's CPU time (solid) and by wall clock (dashed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        mine = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["streams"])
+        ns = [r["streams"] for r in mine]
+        label = mode + (f" (WER {mine[0]['wer']:.3f})" if "wer" in mine[0] else "")
+        line, = left.plot(ns, [r["cpu_throughput"] for r in mine], "o-", label=label)
+        left.plot(ns, [r["throughput"] for r in mine], "o--", color=line.get_color(), alpha=0.5)
+        right.plot(ns, [r["cpu_ms_p99"] for r in mine], "o-", color=line.get_color(), label=mode)
+        right.plot(ns, [r["step_ms_p99"] for r in mine], "o--", color=line.get_color(), alpha=0.5)
+    right.axhline(chunk_ms, color="k", ls="--", lw=1, label=f"real time ({chunk_ms:.0f} ms chunk)")
+    left.set(xlabel="concurrent streams", ylabel="audio s per CPU s (solid), per wall s (dashed)",
+             xscale="log")
+    right.set(xlabel="concurrent streams", ylabel="chunk latency p99, ms: CPU (solid), wall (dashed)",
+              xscale="log", yscale="log")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 # ------------------------------------------------------------------ report
@@ -277,11 +330,16 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_streams(rows: list[dict]) -> str:
-    lines = ["| mode | streams | throughput (audio s / wall s) | per-stream chunk ms p50 | p90 | audio s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| mode | streams | throughput (audio s / wall s) | per-stream chunk ms p50 | p90 | p99 "
+             "| real time (p99 < chunk) | audio s / CPU s | CPU ms p50 | CPU ms p99 | real time by CPU "
+             "| WER | audio s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no"}
     for r in rows:
+        wer = f"{r['wer']:.4f}" if "wer" in r else ""
         lines.append(f"| {r['mode']} | {r['streams']} | {r['throughput']:.2f} | {r['step_ms_p50']:.1f} "
-                     f"| {r['step_ms_p90']:.1f} | {r['audio_s']:.1f} |")
+                     f"| {r['step_ms_p90']:.1f} | {r['step_ms_p99']:.1f} | {yes[r['real_time']]} "
+                     f"| {r['cpu_throughput']:.2f} | {r['cpu_ms_p50']:.1f} | {r['cpu_ms_p99']:.1f} "
+                     f"| {yes[r['real_time_cpu']]} | {wer} | {r['audio_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -304,8 +362,71 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="a manifest (.jsonl) to take audio from instead of TTS")
     p.add_argument("--profile", default=None, help="write a torch.profiler table per mode into DIR")
     p.add_argument("--json", default=None, help="also write the results as JSON")
+    p.add_argument("--plot", default=None, help="with --streams: write the throughput/latency curve (PNG)")
+    p.add_argument("--variants", nargs="*", default=None,
+                   help="names in conf/variant/: stock and exact (fp32) on each, interleaved in one run, "
+                        "beside each variant's encoder FLOPs per chunk vs dense")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
+
+
+def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
+    """``--variants``: each variant's stock and exact pipelines interleaved chunk by chunk in
+    one run, with the variant's measured encoder FLOPs per steady-state chunk vs dense."""
+    from emformer_variants.arch_report import load_variant, measure
+    from emformer_variants.surgery.registry import apply_variant_
+
+    names = args.variants or ["dense", "moe", "mla", "lowrank"]
+    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32)) for _ in range(2)]
+    recs, flops = {}, {}
+    for name in names:
+        r = copy.deepcopy(rec)
+        apply_variant_(r, load_variant(name), init="convert", calibration=calibration)
+        recs[name] = r.eval()
+        flops[name] = measure(recs[name])["encoder_flops_chunk"]
+    pipes, rec_for = {}, {}
+    for name in names:
+        for decoder in ("stock", "exact"):
+            label = f"{name}/{decoder}"
+            pipes[label] = build_pipeline(recs[name], decoder, args.beam)
+            rec_for[label] = recs[name]
+    interleaved(rec_for, pipes, [waves[0][: rec.features.cfg.segment_samples * 3]])  # warm-up
+    results = interleaved(rec_for, pipes, waves)
+    trained = args.model == "tiny"
+    ref = flops.get("dense") or next(iter(flops.values()))
+    print(f"# bench --variants: {note}")
+    print(f"# beam {args.beam}, {len(waves)} utterances, {audio_s:.1f} s audio; threads {args.threads}; "
+          f"every variant's stock and exact pipelines interleaved chunk by chunk")
+    print(f"# {isa_report()}")
+    lines = ["| variant | encoder GFLOP/chunk | vs dense | engine encoder | mode | chunk ms p50 | p90 "
+             "| CPU ms p50 | RTF | vs stock (CPU p50) | WER |", "|" + "---|" * 11]
+    rows = []
+    for name in names:
+        stock_cpu = statistics.median(results[f"{name}/stock"].cpu_ms)
+        for decoder in ("stock", "exact"):
+            t = results[f"{name}/{decoder}"]
+            cpu = statistics.median(t.cpu_ms)
+            row = {"variant": name, "mode": decoder, "encoder_flops_chunk": flops[name],
+                   "flops_vs_dense": flops[name] / ref,
+                   "encoder": pipes[f"{name}/{decoder}"].encoder.name,
+                   "chunk_ms_p50": statistics.median(t.wall_ms),
+                   "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
+                   "cpu_ms_p50": cpu, "rtf": sum(t.wall_ms) / 1000 / audio_s, "speedup": stock_cpu / cpu}
+            if trained:
+                from emformer_variants.metrics.wer import error_rates
+
+                hyps = [rec.tokenizer.decode(x) for x in t.tokens]
+                row["wer"] = error_rates(texts, hyps)["wer"]
+            rows.append(row)
+            lines.append(f"| {name} | {flops[name] / 1e9:.3f} | {flops[name] / ref:.2f}x "
+                         f"| {row['encoder']} | {decoder} | {row['chunk_ms_p50']:.1f} "
+                         f"| {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "
+                         f"{row['rtf']:.3f} | {row['speedup']:.2f}x | "
+                         + (f"{row['wer']:.4f}" if trained else "") + " |")
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "note": note, "variants": rows}, indent=1))
+    return 0
 
 
 @one_line_errors
@@ -322,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = rec.features.cfg
     waves, texts = bench_audio(args.chunks, cfg.segment_samples, args.manifest)
     audio_s = sum(w.numel() for w in waves) / cfg.sample_rate
+    if args.variants is not None:
+        return bench_variants(rec, note, args, waves, texts, audio_s)
 
     recs: dict[str, object] = {}
     for precision in dict.fromkeys(m.precision for m in modes + stream_modes):
@@ -355,10 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         pipe = m.build(recs[m.precision], args.beam)
         for n in args.streams:
             many_streams(recs[m.precision], pipe, [waves[0][: cfg.segment_samples * 2]], n, 2, 1)
-            stream_rows.append({"mode": m.label, **many_streams(recs[m.precision], pipe, waves, n)})
+            stream_rows.append({"mode": m.label, **many_streams(recs[m.precision], pipe, waves, n,
+                                                                texts=texts if trained else None)})
     if stream_rows:
         print()
         print(format_streams(stream_rows))
+        if args.plot:
+            plot_streams(stream_rows, Path(args.plot), 1000 * cfg.chunk_seconds,
+                         f"{note}; beam {args.beam}; 1 thread; {torch.backends.cpu.get_cpu_capability()}")
+            print(f"plot: {args.plot}")
     if args.profile:
         from emformer_variants.evaluation.profiling import profile_table
 

@@ -24,7 +24,7 @@ def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["--model", "tiny", "--chunks", "8", "--beam", "4", "--modes", "stock", "exact",
                  "modified:2@int8", "greedy@int8-fbgemm", "--streams", "1", "3", "--stream-modes", "exact",
-                 "--json", str(out)])
+                 "--json", str(out), "--plot", str(tmp_path / "streams.png")])
     assert code == 0
     text = capsys.readouterr().out
     assert "tiny: the shipped trained base" in text and "| stock@fp32 |" in text
@@ -48,6 +48,10 @@ def test_bench_tiny_interleaved_modes_and_streams(tmp_path, capsys):
     streams = result["streams"]
     assert [s["streams"] for s in streams] == [1, 3]
     assert all(s["throughput"] > 0 and s["audio_s"] > 0 for s in streams)
+    assert all(s["cpu_ms_p99"] > 0 and s["step_ms_p99"] >= s["step_ms_p50"] for s in streams)
+    # batched streams decode as a stream alone does: the same WER at every N
+    assert streams[0]["wer"] == streams[1]["wer"] == rows["exact@fp32"]["wer"]
+    assert (tmp_path / "streams.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bench_profile_writes_operator_tables(tmp_path, capsys):
@@ -102,3 +106,17 @@ def test_bench_fused_script_compares_fused_and_loop():
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| fp")]
     assert [r[0] for r in rows] == ["| fp32", "| fp16"] * 3  # encoder, predictor, exact search tables
     assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+
+
+def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    assert main(["--model", "tiny", "--chunks", "4", "--beam", "3", "--variants", "dense", "lowrank", "mla",
+                 "--json", str(out)]) == 0
+    rows = {(r["variant"], r["mode"]): r for r in json.loads(out.read_text())["variants"]}
+    assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in ("stock", "exact")}
+    assert rows[("dense", "exact")]["flops_vs_dense"] == 1.0
+    assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.6
+    assert rows[("mla", "exact")]["encoder"] == "stock"  # the engine falls back for MLA attention
+    for v in ("dense", "lowrank", "mla"):  # exact search: the stock transcript on every variant
+        assert rows[(v, "exact")]["wer"] == rows[(v, "stock")]["wer"]
+    assert "| lowrank |" in capsys.readouterr().out

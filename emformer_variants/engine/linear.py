@@ -58,13 +58,30 @@ class OneDNNLinear(PlainLinear):
 
 
 def fast_linear(module: torch.nn.Module):
-    """A callable computing ``module(x)`` for the engine's small batches."""
+    """A callable computing ``module(x)`` for the engine's small batches. A module that is a
+    chain of linears (``linear_chain()``, e.g. the low-rank surgery's ``down`` then ``up``)
+    runs each link this way."""
     if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
         if kernel() is not None:
             return PackedLinear(module.weight, module.bias)
         big = module.in_features >= ONEDNN_MIN_IN and module.weight.numel() >= ONEDNN_MIN_NUMEL
         return OneDNNLinear(module) if big and onednn_available() else PlainLinear(module)
+    chain = getattr(module, "linear_chain", None)
+    if chain is not None:
+        return _Chain([fast_linear(m) for m in chain()])
     return module
+
+
+class _Chain:
+    """Linears applied one after the other."""
+
+    def __init__(self, links: list):
+        self.links = links
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for link in self.links:
+            x = link(x)
+        return x
 
 
 NO_TENSOR = torch.empty(0)  # "none" in the C++ kernels' tensor lists

@@ -11,6 +11,12 @@ serves all streams, so a frame costs at most K joiner and K predictor calls, whe
 torchaudio's search runs a data-dependent number of rounds over a growing candidate set.
 Output ranking: torchaudio's score / (tokens + 1).
 
+The selection is batched over streams (``_select``): each row's ``beam`` best symbols, then
+each stream's ``beam`` best of its rows' candidates, two top-k calls per round for all
+streams instead of one top-k over ``beam x V`` values per stream (a stream's best ``beam``
+pairs are among its rows' best ``beam``, so the pick is the same; ``batched=False`` keeps
+the per-stream calls).
+
 Shapes: N streams, D joiner width, V symbols, R rows (hypotheses of all streams).
 """
 
@@ -42,11 +48,44 @@ def _add(table: dict, hyp: Hyp) -> Hyp | None:
 class ModifiedBeamSearch(CachedSearch):
     name = "modified"
 
-    def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1, **kw):
+    def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1,
+                 batched: bool = True, **kw):
         super().__init__(model, blank, beam, **kw)
+        self.batched = batched  # False: one top-k per stream
         if max_symbols < 1:
             raise ValueError(f"max_symbols={max_symbols}: must be at least 1")
         self.max_symbols = max_symbols
+
+    def _select(self, cand: torch.Tensor, counts: list[int]) -> list[tuple[list, list, list]]:
+        """Each stream's ``beam`` best (hypothesis, symbol) pairs, best first, from ``cand``
+        (R, V), the rows of stream i being the next ``counts[i]``: per stream (scores, global
+        rows, symbols). Batched: each row's ``beam`` best, then each stream's ``beam`` best of
+        its rows' (two top-k calls for all streams)."""
+        k = self.beam
+        if not self.batched:
+            out, offset, vocab = [], 0, cand.shape[1]
+            for c in counts:
+                scores, idx = cand[offset:offset + c].reshape(-1).topk(min(k, c * vocab))
+                idx = idx.tolist()
+                out.append((scores.tolist(), [offset + i // vocab for i in idx], [i % vocab for i in idx]))
+                offset += c
+            return out
+        n, rows, kr = len(counts), cand.shape[0], min(k, cand.shape[1])
+        row_best, row_tok = cand.topk(kr, dim=1)  # (R, kr), best first
+        if rows == n:  # one row per stream
+            top, idx = row_best, torch.arange(kr).expand(n, kr)
+            row = torch.arange(n).unsqueeze(1).expand(n, kr)
+        else:
+            width = max(counts)
+            sizes = torch.tensor(counts)
+            starts = torch.cumsum(sizes, 0) - sizes
+            block = torch.full((n, width, kr), -math.inf)
+            block[torch.arange(n).repeat_interleave(sizes),
+                  torch.arange(rows) - starts.repeat_interleave(sizes)] = row_best
+            top, idx = block.view(n, width * kr).topk(min(k, width * kr), dim=1)  # (N, k)
+            row = starts.unsqueeze(1) + idx // kr
+        tokens = row_tok[row, idx % kr]
+        return list(zip(top.tolist(), row.tolist(), tokens.tolist(), strict=True))
 
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
         n = len(beams)
@@ -62,22 +101,18 @@ class ModifiedBeamSearch(CachedSearch):
             logp = self.join(enc_t if n == 1 else enc_t[keep], [counts[s] for s in keep],
                              [h.slot for h in flat])  # (R, V)
             cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
-            vocab = cand.shape[1]
             nxt: list[list[Hyp]] = [[] for _ in range(n)]
             parents, tokens, pending = [], [], []
-            offset = 0
-            for s in keep:
-                block = cand[offset:offset + counts[s]].reshape(-1)
-                top_scores, top_idx = block.topk(min(self.beam, block.numel()))
+            picks = self._select(cand, [counts[s] for s in keep])
+            for s, (top_scores, top_rows, top_tokens) in zip(keep, picks, strict=True):
                 extended: dict[tuple, Hyp] = {}
-                floor = -math.inf
+                floor = -math.inf  # also drops -inf candidates (and the batched path's padding)
                 if rnd and len(ended[s]) >= self.beam:
                     floor = sorted((h.score for h in ended[s].values()), reverse=True)[self.beam - 1]
-                for score, idx in zip(top_scores.tolist(), top_idx.tolist(), strict=True):
+                for score, row, token in zip(top_scores, top_rows, top_tokens, strict=True):
                     if score <= floor:
                         break
-                    parent = flat[offset + idx // vocab]
-                    token = idx % vocab
+                    parent = flat[row]
                     if token == self.blank:
                         _add(ended[s], Hyp(parent.tokens, parent.slot, score))
                         continue
@@ -87,7 +122,6 @@ class ModifiedBeamSearch(CachedSearch):
                         tokens.append(token)
                         pending.append(hyp)
                 nxt[s] = list(extended.values())
-                offset += counts[s]
             if pending:
                 slots = self.cache.extend(parents, tokens, [h.tokens for h in pending])
                 for hyp, slot in zip(pending, slots, strict=True):

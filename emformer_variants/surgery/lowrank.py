@@ -198,6 +198,10 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
+    def linear_chain(self) -> list[nn.Linear]:
+        """``forward`` as linears applied in order (the streaming engine runs each in its kernel)."""
+        return [self.down, self.up]
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 

@@ -34,7 +34,8 @@ class EndpointConfig:
     def __post_init__(self):
         for name in ("rule1_silence_s", "rule2_silence_s", "rule3_max_segment_s"):
             if not getattr(self, name) > 0:
-                raise UserError(f"endpoint {name}={getattr(self, name)}: must be a positive number of seconds")
+                raise UserError(f"endpoint {name}={getattr(self, name)}: must be a positive "
+                                "number of seconds")
 
 
 def endpoint_rule(cfg: EndpointConfig, silence_s: float, segment_s: float, decoded: bool) -> int | None:

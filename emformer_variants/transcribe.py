@@ -20,8 +20,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from emformer_variants.engine.endpoint import EndpointConfig
 from emformer_variants.errors import UserError, one_line_errors
 
@@ -56,14 +54,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_inputs(paths: list[str]) -> None:
     """Every input exists and has a readable header, before any decoding."""
-    from emformer_variants.data.audio import audio_duration
-
     if paths.count("-") > 1:
         raise UserError("-: stdin can be read once; pass - at most once")
     for p in paths:
         if p != "-" and not Path(p).is_file():
             raise UserError(f"{p}: no such audio file; pass an existing file, or - to read raw "
                             "16-bit PCM from stdin")
+    from emformer_variants.data.audio import audio_duration
+
+    for p in paths:
         if p != "-":
             audio_duration(p)
 
@@ -147,6 +146,8 @@ def input_blocks(path: str, args: argparse.Namespace):
 
 @one_line_errors
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from emformer_variants.engine.pipeline import build_pipeline, check_decoder
     from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.models.build import load_named_checkpoint

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from emformer_variants.engine.endpoint import EndpointConfig
 from emformer_variants.engine.packed import kernel
 from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.errors import one_line_errors
@@ -76,8 +77,9 @@ def run(cfg: DictConfig) -> dict:
     subset = cfg.get("subset", "first")
     utts = pick_utterances(dm.utterances(cfg.split), cfg.max_utterances, subset, cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
+    endpoint = EndpointConfig() if cfg.get("endpoint", False) else None
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
-                                        decoder=cfg.decoder, decoder_options=options)
+                                        decoder=cfg.decoder, decoder_options=options, endpoint=endpoint)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision, **options,

@@ -4,11 +4,15 @@ encoder state after every chunk and, every few chunks, the process RSS.
 
     python -m emformer_variants.long_stream --minutes 10              # shipped base, TTS speech
     python -m emformer_variants.long_stream --ckpt PATH --audio a.wav b.flac --minutes 10
+    python -m emformer_variants.long_stream --minutes 60 --decoder exact --precision int8 --endpoint
 
 The stream is speech (offline TTS sentences, or the given files) tiled with 0.5 s pauses.
 A streaming model must hold constant memory however long it runs: the Emformer state is a
 fixed left-context cache (plus memory bank), so its size must stop changing after the first
-chunks, and RSS must stay flat; only the transcript itself grows.
+chunks, and RSS must stay flat; only the transcript itself grows. Without endpoints the
+search carries the whole transcript as one hypothesis, so its work per chunk grows; with
+``--endpoint`` the hypothesis restarts at each endpoint and the per-chunk latency (p50/p99,
+first minute against last minute) must stay flat too.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from pathlib import Path
 
 import torch
 
+from emformer_variants.engine.endpoint import EndpointConfig
+from emformer_variants.engine.pipeline import Pipeline
 from emformer_variants.engine.stream import Stream, StreamHook, stream_decode
 from emformer_variants.errors import UserError
-from emformer_variants.metrics.memory import current_rss_mb, peak_rss_mb, tensor_bytes
+from emformer_variants.metrics.latency import percentiles
+from emformer_variants.metrics.memory import current_rss_mb, peak_rss_mb
 
 SENTENCES = [
     "it is a truth universally acknowledged that a single man in possession of a good fortune",
@@ -62,25 +69,31 @@ def tile(pieces: list[torch.Tensor], seconds: float, pause_s: float = 0.5) -> to
 
 
 class _Memory(StreamHook):
-    """Per chunk: the bytes of the carried encoder state; every ``every`` chunks: RSS."""
+    """Per chunk: the bytes of the carried encoder state and the length of the best
+    hypothesis (tokens the search carries); every ``every`` chunks: RSS."""
 
     def __init__(self, every: int):
         self.every = every
         self.state_bytes: list[int] = []
+        self.hyp_tokens: list[int] = []
         self.rss: list[tuple[int, float]] = []
 
     def chunk_done(self, stream: Stream) -> None:
-        self.state_bytes.append(tensor_bytes(stream.state))
+        self.state_bytes.append(stream.state_bytes())
+        self.hyp_tokens.append(len(stream.best_tokens()))
         if len(self.state_bytes) % self.every == 1:
             self.rss.append((len(self.state_bytes), current_rss_mb()))
 
 
-def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int = 50) -> dict:
-    """Decode ``wave`` as one live stream; per-chunk state bytes and sampled RSS."""
+def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int = 50,
+                        pipeline: Pipeline | None = None, endpoint: EndpointConfig | None = None) -> dict:
+    """Decode ``wave`` as one live stream (``pipeline``, default stock with ``beam``; with
+    ``endpoint`` rules if given); per-chunk state bytes, hypothesis length and latency, and
+    sampled RSS."""
     memory = _Memory(rss_every)
     rss_start = current_rss_mb()
     t0 = time.perf_counter()
-    result = stream_decode(rec, wave, beam, hooks=(memory,))
+    result = stream_decode(rec, wave, beam, pipeline, hooks=(memory,), endpoint=endpoint)
     wall = time.perf_counter() - t0
     state_bytes, rss = memory.state_bytes, memory.rss
     rss.append((len(state_bytes), current_rss_mb()))
@@ -88,6 +101,11 @@ def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int =
     minute = min(len(state_bytes) - 1, int(round(60 / chunk_s)))
     rss_at_1min = next((mb for k, mb in rss if k > minute), rss[-1][1])
     steady = state_bytes[min(len(state_bytes) - 1, 16):]
+    chunk_ms = [1000 * c for c in result.chunk_s]
+    first_ms, last_ms = percentiles(chunk_ms[:minute], (50, 99)), percentiles(chunk_ms[-minute:], (50, 99))
+    last_start = len(state_bytes) - minute
+    rss_first = [mb for k, mb in rss if k <= minute] or [rss[0][1]]
+    rss_last = [mb for k, mb in rss if k >= last_start] or [rss[-1][1]]
     return {
         "audio_s": wave.numel() / 16000,
         "chunks": len(state_bytes),
@@ -110,6 +128,13 @@ def measure_long_stream(rec, wave: torch.Tensor, beam: int = 4, rss_every: int =
         "encoder_ms_last_min": 1000 * _mean(result.encoder_s[-minute:]),
         "decoder_ms_first_min": 1000 * _mean(result.decoder_s[:minute]),
         "decoder_ms_last_min": 1000 * _mean(result.decoder_s[-minute:]),
+        "chunk_ms_p50_first_min": first_ms["p50"], "chunk_ms_p99_first_min": first_ms["p99"],
+        "chunk_ms_p50_last_min": last_ms["p50"], "chunk_ms_p99_last_min": last_ms["p99"],
+        "rss_mb_first_min": max(rss_first), "rss_mb_last_min": max(rss_last),
+        # Tokens of the best hypothesis the search carries: bounded by the segment with endpoints
+        "hyp_tokens_max_first_min": max(memory.hyp_tokens[:minute] or [0]),
+        "hyp_tokens_max_last_min": max(memory.hyp_tokens[-minute:] or [0]),
+        "endpoint": endpoint is not None,
     }
 
 
@@ -122,21 +147,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ckpt", default="base", help="a project checkpoint, or base (checkpoints/tiny_base.pt)")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--beam", type=int, default=4)
+    ap.add_argument("--decoder", default="stock", help="stock | exact | modified | greedy (docs/engine.md)")
+    ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | int8")
+    ap.add_argument("--endpoint", action="store_true",
+                    help="restart the hypothesis at endpoints (docs/streaming.md: the rules)")
     ap.add_argument("--audio", nargs="*", help="files to tile into the stream (default: TTS speech)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="write the measurements as JSON here")
     args = ap.parse_args(argv)
     try:
         from emformer_variants.data.audio import load_audio
-        from emformer_variants.models.recognizer import load_recognizer
-        from emformer_variants.utils.paths import PROJECT_ROOT
+        from emformer_variants.engine.pipeline import build_pipeline, check_decoder
+        from emformer_variants.engine.precision import apply_precision_, check_precision
+        from emformer_variants.models.build import load_named_checkpoint
 
+        check_decoder(args.decoder, args.beam)
+        check_precision(args.precision)
         torch.set_num_threads(args.threads)
-        ckpt = PROJECT_ROOT / "checkpoints" / "tiny_base.pt" if args.ckpt == "base" else Path(args.ckpt)
-        rec = load_recognizer(ckpt).eval()
+        rec = load_named_checkpoint(args.ckpt)
+        apply_precision_(rec, args.precision)
+        pipeline = build_pipeline(rec, args.decoder, args.beam)
         seconds = args.minutes * 60
         wave = tile([load_audio(a) for a in args.audio], seconds) if args.audio else tts_stream(seconds)
-        report = measure_long_stream(rec, wave, args.beam)
+        report = measure_long_stream(rec, wave, args.beam, pipeline=pipeline,
+                                     endpoint=EndpointConfig() if args.endpoint else None)
+        report.update(decoder=args.decoder, precision=args.precision, beam=args.beam)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,40 @@ def mini_corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def base_rec():
+    """The shipped tiny base (checkpoints/tiny_base.pt), in eval mode."""
+    from emformer_variants.models.build import load_named_checkpoint
+
+    return load_named_checkpoint("base")
+
+
+@pytest.fixture(scope="session")
+def two_sentences_wav(tmp_path_factory) -> Path:
+    """Two espeak sentences, each followed by 2 s of silence: 16 kHz mono WAV (~8 s)."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    from emformer_variants.data.tts import default_voices, synthesize
+
+    voices = [v for v in default_voices() if v.engine == "espeak"]
+    parts = []
+    for voice, text in zip(voices[:2], ["she was the youngest of the two daughters",
+                                        "nothing could be more pleasant than the evening"], strict=True):
+        wave, sr = synthesize(voice, text)
+        parts += [AF.resample(torch.from_numpy(wave).float(), sr, 16000), torch.zeros(32000)]
+    path = tmp_path_factory.mktemp("speech") / "two_sentences.wav"
+    sf.write(path, torch.cat(parts).numpy(), 16000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_sentences(two_sentences_wav) -> torch.Tensor:
+    from emformer_variants.data.audio import load_audio
+
+    return load_audio(two_sentences_wav)
+
+
 def kernel_should_build() -> bool:
     """An x86 CPU with AVX2 and g++, and the kernel not switched off: the packed kernel must
     build here, or the engine silently runs its slow fallback."""

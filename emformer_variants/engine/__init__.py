@@ -2,6 +2,7 @@
 
 - ``stream``: the streaming loop (features -> encoder step -> search step, one chunk at a
   time) that evaluation, profiling, the benchmark and the long-stream check drive via hooks
+- ``endpoint``: when a live stream's segment ends (k2-style rules; docs/streaming.md)
 - ``pipeline``: decoders by name (stock, exact, modified, greedy) -> encoder + search
 - ``encoder``: torchaudio's streaming transcriber for N streams with per-stream history
 - ``exact`` / ``modified`` / ``greedy``: searches over N streams in lockstep (``base``)

@@ -16,6 +16,7 @@ import torch
 
 from emformer_variants.data.audio import load_audio
 from emformer_variants.data.manifest import Utterance
+from emformer_variants.engine.endpoint import EndpointConfig
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.stream import stream_decode
 from emformer_variants.errors import UserError
@@ -56,9 +57,11 @@ def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "fir
 
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
                         skip_bad: bool = False, progress: bool = True, decoder: str = "stock",
-                        decoder_options: dict | None = None) -> tuple[dict, list[dict]]:
+                        decoder_options: dict | None = None,
+                        endpoint: EndpointConfig | None = None) -> tuple[dict, list[dict]]:
     """Decode every utterance in streaming mode with the named decoder (``engine.pipeline``,
-    built with ``decoder_options``); return (metrics, per-utterance rows)."""
+    built with ``decoder_options``), with ``endpoint`` rules if given (the hypothesis is
+    the segments' texts joined); return (metrics, per-utterance rows)."""
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
     rec.eval()
@@ -83,7 +86,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         if not warmed:  # one untimed pass: allocator and kernel warm-up
             stream_decode(rec, wave[: cfg.window_samples * 2], beam, pipe)
             warmed = True
-        res = stream_decode(rec, wave, beam, pipe)
+        res = stream_decode(rec, wave, beam, pipe, endpoint=endpoint)
         refs.append(utt.text)
         hyps.append(res.text)
         chunks = res.chunk_s
@@ -125,7 +128,8 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         "params_total": total, "params_active": active,
         "kv_cache_bytes": state_bytes,
         "num_utterances": len(refs), "num_skipped": len(skipped), "audio_s": audio_s,
-        "beam": beam, "decoder": decoder, "threads": torch.get_num_threads(),
+        "beam": beam, "decoder": decoder, "endpoint": endpoint is not None,
+        "threads": torch.get_num_threads(),
         "ref_words": rates["ref_words"],
     }
     speakers = [r["speaker"] for r in rows]

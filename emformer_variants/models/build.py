@@ -94,3 +94,12 @@ def build_random(model: str, seed: int = 0) -> Recognizer:
     arch = OmegaConf.to_container(cfg.model.arch, resolve=True)
     tok = train_tokenizer(["abc"], model_type="char")
     return Recognizer(arch, FeatureConfig(**cfg.model.features), tok).eval()
+
+
+def load_named_checkpoint(ckpt: str = "base") -> Recognizer:
+    """``--ckpt`` of the command-line tools: ``base`` (the shipped checkpoints/tiny_base.pt)
+    or a project checkpoint path, as ``ckpt=`` of evaluate.py with model=tiny."""
+    from emformer_variants.utils.paths import PROJECT_ROOT
+
+    path = PROJECT_ROOT / "checkpoints" / "tiny_base.pt" if ckpt == "base" else ckpt
+    return load_recognizer(path, missing_hint="pass --ckpt PATH to an existing file or --ckpt base").eval()

@@ -278,6 +278,8 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))
     check_precision(cfg.get("precision", "fp32"))
     check_subset(cfg.get("subset", "first"))
+    if not isinstance(cfg.get("endpoint", False), bool):
+        raise UserError(f"endpoint={cfg.get('endpoint')}: must be true or false (segment at endpoints)")
     if not str(cfg.get("split") or "").strip():
         raise UserError("split is empty: name a data split such as test")
     ckpt = str(cfg.ckpt)

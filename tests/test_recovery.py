@@ -129,3 +129,13 @@ def test_train_only_surgery_with_dense_is_rejected_before_work(mini_corpus, tiny
                    f"data.root={mini_corpus}", f"model.ckpt={tiny_base_ckpt}", f"paths.output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "module.train_only=surgery" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_train_only_auto_is_surgery_with_a_surgery_and_all_without():
+    from emformer_variants.training.module import freeze_outside_surgery_
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    assert freeze_outside_surgery_(model, "auto", []) == 3 * 3 + 3 + 3 * 2 + 2
+    assert all(p.requires_grad for p in model.parameters())
+    assert freeze_outside_surgery_(model, "auto", ["1.weight", "1.bias"]) == 3 * 2 + 2
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["1.weight", "1.bias"]

@@ -45,18 +45,21 @@ def set_dropout_(model: torch.nn.Module, p: float) -> int:
     return count
 
 
-TRAIN_ONLY = ("all", "surgery")
+TRAIN_ONLY = ("all", "surgery", "auto")
 
 
 def freeze_outside_surgery_(model: torch.nn.Module, train_only: str,
                             surgery_parameters: list[str] | None) -> int:
     """``train_only=surgery``: only the parameters the surgery created (named relative to
-    ``model``; ``SurgeryReport.new_parameters``) keep ``requires_grad``; ``all``: nothing changes.
-    Returns how many parameters train. With no surgery (``variant=dense``) nothing would train:
-    an error, not a silent full fine-tune."""
+    ``model``; ``SurgeryReport.new_parameters``) keep ``requires_grad``; ``all``: nothing changes;
+    ``auto``: ``surgery`` when the variant replaced a module, else ``all`` (the default recipe,
+    so ``variant=dense`` stays the full fine-tune control). Returns how many parameters train.
+    ``surgery`` with no surgery (``variant=dense``) would train nothing: an error."""
     if train_only not in TRAIN_ONLY:
         raise UserError(f"module.train_only={train_only!r}: choose one of {', '.join(TRAIN_ONLY)}")
     params = dict(model.named_parameters())
+    if train_only == "auto":
+        train_only = "surgery" if surgery_parameters else "all"
     if train_only == "all":
         return sum(p.numel() for p in params.values() if p.requires_grad)
     names = list(surgery_parameters or [])

@@ -211,8 +211,8 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.get("export", "last") not in ("best", "last"):
         raise UserError(f"export={cfg.get('export')!r}: choose best or last")
     train_only = _get(cfg, "module.train_only") or "all"
-    if train_only not in ("all", "surgery"):
-        raise UserError(f"module.train_only={train_only!r}: choose all or surgery")
+    if train_only not in ("all", "surgery", "auto"):
+        raise UserError(f"module.train_only={train_only!r}: choose all, surgery or auto")
     if train_only == "surgery" and not requested_specs(OmegaConf.to_container(cfg.variant, resolve=True)):
         raise UserError("module.train_only=surgery: the variant replaces no module (variant=dense has no "
                         "surgery), so nothing would train; use module.train_only=all")

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.engine.endpoint import EndpointConfig
-from emformer_variants.engine.packed import kernel
+from emformer_variants.engine.packed import isa, kernel
 from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.errors import one_line_errors
 from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utterances
@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision, **options,
                     # which code computed the linears: the engine's packed kernel or torch's fallback
-                    "linear_kernel": "packed-avx2" if kernel() is not None else "torch"})
+                    "linear_kernel": f"packed-{isa()}" if kernel() is not None else "torch"})
     if cfg.get("surgery"):
         metrics["surgery"] = {"name": str(cfg.surgery), "reports": surgery}
     if "method" in precision:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emformer_variants.data.manifest import read_manifest
-from emformer_variants.engine.packed import kernel
+from emformer_variants.engine.packed import isa, kernel
 from emformer_variants.evaluation.evaluate import pick_utterances
 from emformer_variants.reporting.latency_plots import latency_figures, write_latency_plots
 from tests.conftest import run_cli
@@ -54,8 +54,8 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["decoder"] == decoder and metrics["precision"] == precision
     assert metrics["precision_method"].startswith("dynamic int8") and (
-        ("packed AVX2 int8 kernel" in metrics["precision_method"]) == (kernel() is not None))
-    assert metrics["linear_kernel"] == ("packed-avx2" if kernel() is not None else "torch")
+        (f"packed {isa()} int8 kernel" in metrics["precision_method"]) == (kernel() is not None))
+    assert metrics["linear_kernel"] == (f"packed-{isa()}" if kernel() is not None else "torch")
     # subset=random: the seeded sample, in corpus order
     train = read_manifest(mini_corpus / "train.jsonl")
     picked = [u.audio for u in pick_utterances(train, 3, "random", seed=7)]

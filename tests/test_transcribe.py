@@ -64,7 +64,7 @@ def test_file_and_stdin_pcm_give_the_same_segments(two_sentences_wav):
 
 def test_text_output_and_no_endpoint(two_sentences_wav):
     """Not a terminal: only finals, as ``[start-end] text``; --no-endpoint: one segment."""
-    proc = transcribe(str(two_sentences_wav), "--no-endpoint", "--decoder", "greedy")
+    proc = transcribe(str(two_sentences_wav), "--no-endpoint", "--decoder", "exact", "--beam", "4")
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     lines = proc.stdout.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("[0.00-")

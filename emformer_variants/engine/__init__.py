@@ -8,6 +8,7 @@
 - ``exact`` / ``modified`` / ``greedy``: searches over N streams in lockstep (``base``)
 - ``predictor`` / ``joiner``: batched predictor steps with a prefix cache; joiner log-probs
 - ``linear``: linears for small batches (the packed kernel for fp32, fused projections)
-- ``packed``: the packed AVX2 small-batch linear kernel (``kernels/packed_linear.cpp``)
+- ``packed``: the packed small-batch linear kernel, AVX2 or AVX-512 chosen at run time
+  (``kernels/packed_linear.cpp``)
 - ``precision``: bf16 / fp16 weights or int8 quantisation of a model's linears
 """

@@ -30,7 +30,7 @@ import warnings
 
 import torch
 
-from emformer_variants.engine.packed import Int8Linear, PackedLinear, kernel
+from emformer_variants.engine.packed import Int8Linear, PackedLinear, isa, kernel
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
 
@@ -104,12 +104,13 @@ def apply_precision_(rec, precision: str) -> dict:
         kernel_used = kernel() is not None
         return {"precision": precision, "replaced": replaced,
                 "method": f"{precision} weights, fp32 compute ("
-                          + ("packed AVX2 kernel" if kernel_used else "F.linear on widened weights") + ")"}
+                          + (f"packed {isa()} kernel" if kernel_used else "F.linear on widened weights")
+                          + ")"}
     if precision == "int8":
         replaced = _swap_linears_(model, Int8DynamicLinear)
         return {"precision": precision, "replaced": replaced,
                 "method": "dynamic int8: int8 weights (scale per row), inputs to 7 bits per row and call, "
-                          + ("packed AVX2 int8 kernel" if kernel() is not None else "torch reference")}
+                          + (f"packed {isa()} int8 kernel" if kernel() is not None else "torch reference")}
     from torch.ao import quantization as tq
 
     before = sum(type(m) is torch.nn.Linear for m in model.modules())

@@ -82,8 +82,22 @@ def base_rec():
 
 @pytest.fixture(scope="session")
 def two_sentences_wav(tmp_path_factory) -> Path:
-    """Two espeak sentences, each followed by 2 s of silence: 16 kHz mono WAV (~8 s)."""
+    """Two espeak sentences, each followed by 2 s of silence: 16 kHz mono WAV (~8 s). Rendered
+    in a fresh process: espeak-ng keeps voice state between calls in one process, so the audio
+    (and what the base hears in it) would otherwise depend on which tests ran before."""
+    import concurrent.futures
+    import multiprocessing
+
     import soundfile as sf
+
+    path = tmp_path_factory.mktemp("speech") / "two_sentences.wav"
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        wave = pool.submit(render_two_sentences).result()
+    sf.write(path, wave, 16000)
+    return path
+
+
+def render_two_sentences():
     import torchaudio.functional as AF
 
     from emformer_variants.data.tts import default_voices, synthesize
@@ -94,9 +108,7 @@ def two_sentences_wav(tmp_path_factory) -> Path:
                                         "nothing could be more pleasant than the evening"], strict=True):
         wave, sr = synthesize(voice, text)
         parts += [AF.resample(torch.from_numpy(wave).float(), sr, 16000), torch.zeros(32000)]
-    path = tmp_path_factory.mktemp("speech") / "two_sentences.wav"
-    sf.write(path, torch.cat(parts).numpy(), 16000)
-    return path
+    return torch.cat(parts).numpy()
 
 
 @pytest.fixture(scope="session")

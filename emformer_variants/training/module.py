@@ -130,7 +130,8 @@ class RNNTModule(L.LightningModule):
         enc, enc_lengths = model.transcribe(feats, lengths)  # (B, T', D_enc)
         blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
                            device=targets.device)
-        pred, pred_lengths, _ = model.predict(torch.cat([blank, targets], dim=1), target_lengths + 1, None)
+        pred_in = torch.cat([blank, targets], dim=1)  # (B, U+1): the predictor reads blank first
+        pred, pred_lengths, _ = model.predict(pred_in, target_lengths + 1, None)
         logits, _, _ = model.join(enc, enc_lengths, pred, pred_lengths)  # (B, T', U+1, V)
         losses = {"rnnt": self._rnnt_loss(logits, targets, enc_lengths.int(), target_lengths)}
         total = losses["rnnt"]
@@ -145,12 +146,12 @@ class RNNTModule(L.LightningModule):
                 reduction="mean", zero_infinity=True)
             total = (1 - self.ctc_weight) * total + self.ctc_weight * losses["ctc"]
         if self.teacher is not None and self.distill["weight"] > 0 and augment:
-            losses["distill"] = self._distill_loss(feats, lengths, enc, pred, targets, target_lengths)
+            losses["distill"] = self._distill_loss(feats, lengths, enc, pred, pred_in, target_lengths)
             total = total + self.distill["weight"] * losses["distill"]
         losses["loss"] = total
         return losses
 
-    def _distill_loss(self, feats, lengths, enc, pred, targets, target_lengths) -> torch.Tensor:
+    def _distill_loss(self, feats, lengths, enc, pred, pred_in, target_lengths) -> torch.Tensor:
         """The frozen teacher on the same (augmented) batch: KL on sampled joiner cells
         (``kind: joiner``) or MSE on encoder outputs (``kind: encoder``); training.distill."""
         teacher = self.teacher.model
@@ -158,10 +159,8 @@ class RNNTModule(L.LightningModule):
             t_enc, t_len = teacher.transcribe(feats, lengths)
         if self.distill["kind"] == "encoder":
             return encoder_mse(enc, t_enc, t_len)
-        blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
-                           device=targets.device)
         with torch.no_grad():
-            t_pred, _, _ = teacher.predict(torch.cat([blank, targets], dim=1), target_lengths + 1, None)
+            t_pred, _, _ = teacher.predict(pred_in, target_lengths + 1, None)
         cells = sample_cells(t_len, target_lengths, self.distill["positions"], frames=t_enc.shape[1])
         student = joint_at(self.recognizer.model, enc, pred, cells)
         return joiner_kl(student, teacher_joint_at(teacher, t_enc, t_pred, cells, self.distill["chunk"]),

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.registry import check_variant, requested_specs
+from emformer_variants.training.module import TRAIN_ONLY
 from emformer_variants.utils import paths  # noqa: F401 - registers the resolvers conf/ uses
 
 ACTIVATIONS = ("relu", "gelu", "silu")
@@ -211,8 +212,8 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.get("export", "last") not in ("best", "last"):
         raise UserError(f"export={cfg.get('export')!r}: choose best or last")
     train_only = _get(cfg, "module.train_only") or "all"
-    if train_only not in ("all", "surgery", "auto"):
-        raise UserError(f"module.train_only={train_only!r}: choose all, surgery or auto")
+    if train_only not in TRAIN_ONLY:
+        raise UserError(f"module.train_only={train_only!r}: choose one of {', '.join(TRAIN_ONLY)}")
     if train_only == "surgery" and not requested_specs(OmegaConf.to_container(cfg.variant, resolve=True)):
         raise UserError("module.train_only=surgery: the variant replaces no module (variant=dense has no "
                         "surgery), so nothing would train; use module.train_only=all")

@@ -328,3 +328,16 @@ def test_fused_exact_search_sorts_tied_scores_as_torch():
         a, b = fused.step(enc, a), loop.step(enc, b)
         assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
     assert fused.fused.impl.fallback_sort > 0
+
+
+def test_measured_flops_of_an_engine_decode_include_its_kernels(two_sentences):
+    """FlopCounterMode does not see the engine's C++ kernels; measure_flops adds their own count,
+    so the exact decoder's total is about the stock decoder's (same beams, fewer repeats)."""
+    from emformer_variants.evaluation.flops import measure_flops
+
+    require_kernel()
+    rec = make_tiny_rec(5)
+    wave = two_sentences[: rec.features.cfg.sample_rate * 2]
+    stock = measure_flops(rec, wave, beam=4, decoder="stock")["gflops_per_audio_s"]
+    exact = measure_flops(rec, wave, beam=4, decoder="exact")["gflops_per_audio_s"]
+    assert 0.5 * stock < exact < 1.5 * stock

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 import torch
 
+from emformer_variants.engine.packed import counting_flops
 from emformer_variants.engine.pipeline import Pipeline, StockEncoder, build_pipeline
 from emformer_variants.engine.stream import Stream, StreamHook, chunk_windows, stream_decode
 from emformer_variants.metrics.flops import measured_flops
@@ -45,12 +46,15 @@ class _NoSearch:
 
 
 def measure_flops(rec, wave: torch.Tensor, beam: int, decoder: str = "stock", **options) -> dict:
-    """FLOPs per audio second of the whole streaming decode with ``decoder``, and of the
-    encoder alone (torchaudio's transcriber, whatever the decoder: FlopCounterMode does not
-    see the engine's C++ kernels), with the analytic encoder count as a cross-check."""
+    """FLOPs per audio second of the whole streaming decode with ``decoder`` (FlopCounterMode's
+    count of ATen ops plus the engine's own count of its C++ kernels, which FlopCounterMode
+    does not see), and of the encoder alone (torchaudio's transcriber, whatever the decoder),
+    with the analytic encoder count as a cross-check."""
     pipe = build_pipeline(rec, decoder, beam, **options)
     audio_s = wave.numel() / rec.features.cfg.sample_rate
-    total, result = measured_flops(stream_decode, rec, wave, beam, pipe)
+    with counting_flops() as kernel_flops:
+        total, result = measured_flops(stream_decode, rec, wave, beam, pipe)
+    total += kernel_flops[0]
     num_chunks = len(result.encoder_s)
     encoder = _CountStage("encoder")
     stream = Stream(rec, Pipeline("encoder", StockEncoder(rec.model), _NoSearch()), hooks=(encoder,))

@@ -64,6 +64,21 @@ def test_upcycled_identical_experts_equal_dense_full_and_streaming():
     assert sum(v > 0 for v in loads) > 2
 
 
+@pytest.mark.parametrize("output_scale, expected", [(None, 2.0), (1.0, 1.0), (3.0, 3.0)])
+def test_upcycled_partial_experts_scale_their_second_layer(output_scale, expected):
+    """d_ff < F: each expert holds H of the F dense neurons, its second layer times
+    output_scale (default top_k, so the K chosen parts add up instead of averaging)."""
+    rec = tiny_rec()
+    ffn = rec.model.transcriber.transformer.emformer_layers[0].pos_ff
+    lin1, lin2 = ffn[1], ffn[4]
+    apply_surgery_(rec, {"name": "moe", "num_experts": 4, "top_k": 2, "d_ff": 16,
+                         "output_scale": output_scale})
+    moe = rec.model.transcriber.transformer.emformer_layers[0].pos_ff[1]
+    for e in range(4):  # the neurons of expert e: the rows of linear1 it copied
+        idx = [int((lin1.weight == row).all(dim=1).nonzero()[0]) for row in moe.w1[e].t()]
+        torch.testing.assert_close(moe.w2[e], lin2.weight[:, idx].t() * expected)
+
+
 def test_round_trip_rebuilds_variant_from_checkpoint(tmp_path):
     rec = tiny_rec()
     spec = {"name": "moe", "num_experts": 4, "top_k": 2, "d_ff_ratio": 0.25, "init": "partition",
@@ -93,6 +108,8 @@ def test_bad_settings_rejected_before_anything_changes():
                        calibration=calibration(1))
     with pytest.raises(UserError, match=r"needs calibration audio"):
         apply_surgery_(rec, {"name": "moe", "init": "partition"})
+    with pytest.raises(UserError, match=r"output_scale=0 must be null or a number > 0"):
+        apply_surgery_(rec, {"name": "moe", "output_scale": 0})
     with pytest.raises(UserError, match=r"variant.layers=\[0, 5\]: \[5\] out of range"):
         apply_surgery_(rec, {"name": "moe", "layers": [0, 5]})
     assert set(rec.state_dict()) == keys and rec.variants == []

@@ -33,6 +33,7 @@ from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
 from emformer_variants.engine.linear import fast_linear, fuse_linears, kernel_args, kernel_impl, plain_norm
+from emformer_variants.engine.moe import PackedMoE
 
 
 @dataclass
@@ -110,8 +111,8 @@ class _Layer:
             norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
             self.ffn = lambda x: lin2(act(lin1(norm(x))))
             self.ff_parts = (norm, lin1, act, lin2)
-        else:  # a replaced FFN (MoE, low-rank): run the module
-            self.ffn = ff
+        else:  # a replaced FFN: the MoE's packed form, else (low-rank) the module
+            self.ffn = PackedMoE.from_ffn(ff) or ff
 
     def stack_args(self) -> tuple[list[torch.Tensor], list[int], list[float], int, int] | None:
         """This layer's arguments for the fused C++ stack (``_Stack``): (22 tensors, 4 output

@@ -129,3 +129,17 @@ def test_from_ffn_only_takes_moe():
     ff = rec.model.transcriber.transformer.emformer_layers[0].pos_ff
     assert PackedMoE.from_ffn(ff) is None
     assert PackedMoE.from_ffn(torch.nn.Linear(4, 4)) is None
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_fused_experts_are_bit_for_bit_the_python_loop(precision):
+    from emformer_variants.surgery.moe import per_expert
+
+    require_kernel()
+    rec = moe_rec(2)
+    apply_precision_(rec, precision)
+    ffn = PackedMoE.from_ffn(rec.model.transcriber.transformer.emformer_layers[0].pos_ff)
+    grouped = torch.randn(11, 64, generator=torch.Generator().manual_seed(3))
+    sizes = [4, 0, 6, 1]
+    with torch.inference_mode():
+        assert torch.equal(ffn.run(grouped, sizes), per_expert(ffn.expert)(grouped, sizes))

@@ -8,10 +8,15 @@
 - ``PackedMoE``: the FFN ``Sequential(LayerNorm, MoE, Dropout)`` as a plain callable for the
   encoder: the norm, the router (the module's own fp32 ``F.linear``, so the same experts are
   picked), then ``combine`` with every expert's linears through ``engine.linear.fast_linear``
-  (the packed kernel at every precision). What it saves over calling the module: ``addmm`` on
-  fp32 weights becomes the packed few-row kernel, and fp16/bf16/int8 experts read half or a
-  quarter of the bytes. Router telemetry (``surgery.moe.RouterTelemetry``) is kept: when a
-  forward hook watches the module, its telemetry is set and the hooks are called.
+  (the packed kernel at every precision); when all of them are packed kernels, the experts run
+  in one C++ call (``kernels/moe_experts.cpp``), bit for bit the Python loop over experts.
+  Router telemetry (``surgery.moe.RouterTelemetry``) is kept: when a forward hook watches the
+  module, its telemetry is set and the hooks are called.
+
+A MoE FFN reads the weights of every expert that got a row: with 5 rows per stream and chunk
+(``emformer_base``) and top-2 of 8, about 6 experts per layer, so at one stream its
+bytes, and so its time, are above the dense FFN's; with many streams it does fewer
+multiply-adds than the dense FFN (``scripts/bench_moe.py``, docs/engine.md).
 
 Shapes: N rows, D model width, H expert width, E experts, K active experts per row.
 """
@@ -22,8 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from emformer_variants.engine.linear import fast_linear
-from emformer_variants.surgery.moe import RoutedFeedForward, combine
+from emformer_variants.engine import packed
+from emformer_variants.engine.linear import fast_linear, kernel_args, kernel_impl
+from emformer_variants.surgery.moe import RoutedFeedForward, combine, per_expert
 from emformer_variants.surgery.swap import swap_modules_
 from emformer_variants.surgery.weights import dense_bias, dense_weight
 
@@ -72,6 +78,28 @@ class PackedMoE:
         self.router_bias = None if bias is None else bias.detach().float()
         self.experts = [(fast_linear(u), fast_linear(d)) for u, d in moe.expert_linears()]
         self.activation = moe.activation
+        self.run = self._fused_run() or per_expert(self.expert)
+
+    def _fused_run(self):
+        """Every expert in one C++ call (``kernels/moe_experts.cpp``, the same kernels and
+        activation in the same order as ``per_expert(self.expert)``), or None unless every
+        expert linear is a packed kernel and the activation is ReLU, GELU or SiLU."""
+        from emformer_variants.engine.encoder import _activation_code
+
+        impls = [kernel_impl(lin) for pair in self.experts for lin in pair]
+        code = _activation_code(self.activation)
+        if None in impls or code is None:
+            return None
+        params = [t for impl in impls for t in kernel_args(impl)]
+        hidden = [impl.out_features for impl in impls[0::2]]
+        out_dim = impls[1].out_features
+        macs = [up.in_features * up.out_features + down.in_features * down.out_features
+                for up, down in zip(impls[0::2], impls[1::2], strict=True)]
+
+        def run(grouped: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+            packed.count_flops(2 * sum(n * m for n, m in zip(sizes, macs, strict=True)))
+            return packed.run("moe_experts", grouped, sizes, params, hidden, out_dim, code)
+        return run
 
     @classmethod
     def from_ffn(cls, ff: nn.Module) -> PackedMoE | None:
@@ -91,7 +119,7 @@ class PackedMoE:
         if h.shape[0] == 0:
             return x.new_zeros(shape)
         logits = F.linear(h, self.router_weight, self.router_bias)
-        out, probs, counts = combine(h, logits, self.top_k, self.expert)
+        out, probs, counts = combine(h, logits, self.top_k, self.run)
         moe = self.moe
         if moe._forward_hooks:  # someone watches the module (RouterTelemetry): as its forward would
             moe.record(probs, logits, counts)

@@ -154,24 +154,32 @@ def top_k_weights(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch
 
 
 def combine(x: torch.Tensor, logits: torch.Tensor, top_k: int,
-            expert) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MoE's routing and combination, for any expert storage (``RoutedFeedForward`` and
-    the engine's ``PackedMoE``): x (N, D), router logits (N, E) fp32, ``expert(e, rows)``
-    (n_e, D) -> (n_e, D) -> (out (N, D), probs (N, E), counts (E,) assignments per expert).
+    the engine's ``PackedMoE``): x (N, D), router logits (N, E) fp32, ``run(grouped, sizes)``
+    the experts on rows grouped by expert ((N*K, D), sizes[e] rows for expert e) -> (N*K, D)
+    -> (out (N, D), probs (N, E), counts (E,) assignments per expert).
 
     The N*K (token, expert) assignments are grouped by expert (stable sort + index_select),
-    each expert that got rows runs once on all of them, and the weighted outputs are summed
-    back per token with index_add (so FlopCounterMode counts only the K active experts)."""
+    each expert that got rows runs once on all of them (``per_expert``), and the weighted
+    outputs are summed back per token with index_add (so FlopCounterMode counts only the K
+    active experts)."""
     weights, experts, probs = top_k_weights(logits, top_k)
     flat = experts.reshape(-1)  # (N*K,) assignment j belongs to token j // K
     order = torch.argsort(flat, stable=True)
     token = order // top_k
     counts = torch.bincount(flat, minlength=logits.shape[1])
-    sizes = counts.tolist()
-    grouped = x.index_select(0, token)  # (N*K, D) grouped by expert
-    y = torch.cat([expert(e, xe) for e, xe in enumerate(grouped.split(sizes)) if sizes[e]])
+    y = run(x.index_select(0, token), counts.tolist())
     y = y * weights.reshape(-1)[order].to(y.dtype).unsqueeze(1)
     return y.new_zeros(x.shape[0], y.shape[1]).index_add_(0, token, y), probs, counts
+
+
+def per_expert(expert):
+    """``combine``'s ``run`` from ``expert(e, rows (n_e, D)) -> (n_e, D)``: each expert that got
+    rows, once, outputs in the grouped order."""
+    def run(grouped: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        return torch.cat([expert(e, xe) for e, xe in enumerate(grouped.split(sizes)) if sizes[e]])
+    return run
 
 
 class RoutedFeedForward(nn.Module):
@@ -266,7 +274,7 @@ class RoutedFeedForward(nn.Module):
             self.clear_telemetry()
             return x.new_zeros(shape)
         logits = self.router_logits(x)
-        out, probs, counts = combine(x, logits, self.top_k, self.expert)
+        out, probs, counts = combine(x, logits, self.top_k, per_expert(self.expert))
         self.record(probs, logits, counts)
         return out.reshape(shape)
 

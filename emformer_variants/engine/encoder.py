@@ -17,8 +17,10 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   ``emformer_base`` about 4 of the 6 ms per chunk outside the matmuls,
   ``scripts/bench_fused.py``).
 
-Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
-``StockEncoder`` (``supports`` says which applies).
+A MoE FFN (``variant=moe``) runs as ``engine.moe.PackedMoE`` (its experts' linears packed),
+a low-rank linear as its chain of packed linears, each layer in the Python loop. Layers other
+than torchaudio's own (e.g. the MLA surgery's) are not supported: use ``StockEncoder``
+(``supports`` says which applies).
 
 Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
 reduction), L left-context frames, D model width, Hd heads, F feature bins.

@@ -108,6 +108,22 @@ def test_bench_fused_script_compares_fused_and_loop():
     assert all(r[-1] == "yes |" and float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
 
 
+def test_bench_moe_script_times_dense_packed_moe_and_module():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_moe.py"), "--model", "tiny",
+                          "--precision", "fp32", "int8", "--streams", "1", "2", "--chunks", "2"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [line.strip("| ").split(" | ") for line in out.splitlines()
+            if line.startswith(("| fp32", "| int8"))]
+    assert [(r[0], r[1]) for r in rows] == [("fp32", "1"), ("fp32", "2"), ("int8", "1"), ("int8", "2")]
+    assert all(float(v) > 0 for r in rows for v in r[2:5])
+    assert all(float(r[7]) < 1e-3 for r in rows)  # the packed MoE computes what the module does
+
+
 def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys):
     out = tmp_path / "variants.json"
     assert main(["--model", "tiny", "--chunks", "4", "--beam", "3", "--variants", "dense", "lowrank", "mla",

@@ -17,8 +17,10 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
   ``emformer_base`` about 4 of the 6 ms per chunk outside the matmuls,
   ``scripts/bench_fused.py``).
 
-Layers other than torchaudio's own (e.g. the MLA surgery's) are not supported: use
-``StockEncoder`` (``supports`` says which applies).
+A MoE FFN (``variant=moe``) runs as ``engine.moe.PackedMoE`` (its experts' linears packed),
+a low-rank linear as its chain of packed linears, each layer in the Python loop. Layers other
+than torchaudio's own (e.g. the MLA surgery's) are not supported: use ``StockEncoder``
+(``supports`` says which applies).
 
 Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
 reduction), L left-context frames, D model width, Hd heads, F feature bins.
@@ -33,6 +35,7 @@ from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
 from emformer_variants.engine.linear import fast_linear, fuse_linears, kernel_args, kernel_impl, plain_norm
+from emformer_variants.engine.moe import PackedMoE
 
 
 @dataclass
@@ -110,8 +113,8 @@ class _Layer:
             norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
             self.ffn = lambda x: lin2(act(lin1(norm(x))))
             self.ff_parts = (norm, lin1, act, lin2)
-        else:  # a replaced FFN (MoE, low-rank): run the module
-            self.ffn = ff
+        else:  # a replaced FFN: the MoE's packed form, else (low-rank) the module
+            self.ffn = PackedMoE.from_ffn(ff) or ff
 
     def stack_args(self) -> tuple[list[torch.Tensor], list[int], list[float], int, int] | None:
         """This layer's arguments for the fused C++ stack (``_Stack``): (22 tensors, 4 output

@@ -21,7 +21,8 @@ torch and works here; its warnings are silenced. (An earlier bf16 mode cast acti
 bf16 too and ran torch's bf16 matmul: without AVX-512 BF16 / AMX that is a generic path,
 slower than fp32; fp16 used fbgemm's fp16 linear, 1.2-1.6x slower than the packed kernel in
 ``scripts/bench_linears.py``.)
-Embeddings and layer norms stay fp32.
+Embeddings and layer norms stay fp32. A MoE FFN's stacked experts are first split into
+``nn.Linear`` pairs (``engine.moe.split_experts_``), so they are converted like the rest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import warnings
 
 import torch
 
+from emformer_variants.engine.moe import split_experts_
 from emformer_variants.engine.packed import Int8Linear, PackedLinear, isa, kernel
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
@@ -98,6 +100,7 @@ def apply_precision_(rec, precision: str) -> dict:
     model = rec.model.eval()
     if precision == "fp32":
         return {"precision": "fp32", "replaced": 0}
+    split_experts_(model)  # stacked MoE experts -> nn.Linear pairs, converted below like every linear
     if precision in CAST_DTYPES:
         dtype = CAST_DTYPES[precision]
         replaced = _swap_linears_(model, lambda m: WeightCastLinear(m, dtype))

@@ -158,14 +158,48 @@ def check_fits_model(config: MoEConfig, ffn_dim: int) -> int:
 # ---------------------------------------------------------------- module
 
 
-class MoEFeedForward(nn.Module):
-    """Top-K MoE FFN: (..., D) -> (..., D).
+def top_k_weights(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (N, E) fp32 -> weights (N, K) summing to 1, experts (N, K) long, probs (N, E):
+    softmax, the K most probable experts, their probabilities renormalised (so identical
+    experts give the dense FFN exactly)."""
+    probs = logits.softmax(dim=-1)
+    top_p, experts = probs.topk(top_k, dim=-1)
+    return top_p / top_p.sum(dim=-1, keepdim=True), experts, probs
 
-    Parameters: ``router`` Linear(D, E); stacked experts ``w1`` (E, D, H), ``b1`` (E, H),
-    ``w2`` (E, H, D), ``b2`` (E, D). Dispatch groups the N*K (token, expert) assignments
-    by expert (stable sort + index_select), runs one matmul pair per expert that got
-    tokens, and scatters the weighted outputs back with index_add (so FlopCounterMode
-    counts only the K active experts).
+
+def combine(x: torch.Tensor, logits: torch.Tensor, top_k: int,
+            run) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MoE's routing and combination, for any expert storage (``RoutedFeedForward`` and
+    the engine's ``PackedMoE``): x (N, D), router logits (N, E) fp32, ``run(grouped, sizes)``
+    the experts on rows grouped by expert ((N*K, D), sizes[e] rows for expert e) -> (N*K, D)
+    -> (out (N, D), probs (N, E), counts (E,) assignments per expert).
+
+    The N*K (token, expert) assignments are grouped by expert (stable sort + index_select),
+    each expert that got rows runs once on all of them (``per_expert``), and the weighted
+    outputs are summed back per token with index_add (so FlopCounterMode counts only the K
+    active experts)."""
+    weights, experts, probs = top_k_weights(logits, top_k)
+    flat = experts.reshape(-1)  # (N*K,) assignment j belongs to token j // K
+    order = torch.argsort(flat, stable=True)
+    token = order // top_k
+    counts = torch.bincount(flat, minlength=logits.shape[1])
+    y = run(x.index_select(0, token), counts.tolist())
+    y = y * weights.reshape(-1)[order].to(y.dtype).unsqueeze(1)
+    return y.new_zeros(x.shape[0], y.shape[1]).index_add_(0, token, y), probs, counts
+
+
+def per_expert(expert):
+    """``combine``'s ``run`` from ``expert(e, rows (n_e, D)) -> (n_e, D)``: each expert that got
+    rows, once, outputs in the grouped order."""
+    def run(grouped: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        return torch.cat([expert(e, xe) for e, xe in enumerate(grouped.split(sizes)) if sizes[e]])
+    return run
+
+
+class RoutedFeedForward(nn.Module):
+    """What every top-K MoE FFN shares, whatever holds its experts: the router, ``combine``
+    and the telemetry. Subclasses define ``expert(e, x)``, ``expert_linears()`` and
+    ``expert_param_count()``. (..., D) -> (..., D).
 
     After each forward: ``last_aux_loss``, ``last_z_loss`` (tensors, in the graph when
     training), ``last_load`` (E,) fraction of assignments per expert, ``last_entropy``
@@ -183,36 +217,29 @@ class MoEFeedForward(nn.Module):
         self.aux_loss_weight, self.z_loss_weight = aux_loss_weight, z_loss_weight
         self.router_jitter = router_jitter
         self.router = nn.Linear(d_model, num_experts)
-        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
-        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff))
-        self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
-        self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
         self.activation = activation if activation is not None else nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.layer_index: int | None = None  # set by apply_moe_, names telemetry
-        self.reset_parameters()
         self.clear_telemetry()
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_ff={self.d_ff}, num_experts={self.num_experts}, "
                 f"top_k={self.top_k}")
 
-    @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Experts as nn.Linear's default (U(+-1/sqrt(fan_in))); router as Switch
-        (truncated normal, std sqrt(0.1 / D)), zero bias."""
-        def uniform_(t, fan_in):
-            bound = 1 / math.sqrt(fan_in)
-            t.copy_(torch.rand(t.shape, generator=generator) * 2 * bound - bound)
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` on its tokens: (n_e, D) -> (n_e, D)."""
+        raise NotImplementedError
 
-        uniform_(self.w1, self.d_model)
-        uniform_(self.b1, self.d_model)
-        uniform_(self.w2, self.d_ff)
-        uniform_(self.b2, self.d_ff)
-        self.reset_router(generator)
+    def expert_linears(self) -> list[tuple[nn.Module, nn.Module]]:
+        """Per expert its (first, second) linear as modules computing ``x @ W^T + b``."""
+        raise NotImplementedError
+
+    def expert_param_count(self) -> int:
+        raise NotImplementedError
 
     @torch.no_grad()
     def reset_router(self, generator: torch.Generator | None = None) -> None:
+        """Switch init: truncated normal, std sqrt(0.1 / D), zero bias."""
         std = math.sqrt(0.1 / self.d_model)
         w = torch.randn(self.router.weight.shape, generator=generator).clamp_(-2, 2) * std
         self.router.weight.copy_(w)
@@ -234,59 +261,97 @@ class MoEFeedForward(nn.Module):
 
     def active_param_count(self) -> int:
         """Parameters one token uses: the router plus K experts."""
-        per_expert = (self.w1[0].numel() + self.b1[0].numel() + self.w2[0].numel()
-                      + self.b2[0].numel())
-        return sum(p.numel() for p in self.router.parameters()) + self.top_k * per_expert
+        return sum(p.numel() for p in self.router.parameters()) + self.top_k * self.expert_param_count()
 
     # ---- forward
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (N, D) -> weights (N, K) fp32 summing to 1, experts (N, K) long,
         probs (N, E) fp32, logits (N, E) fp32."""
+        logits = self.router_logits(x)
+        return (*top_k_weights(logits, self.top_k), logits)
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, D) -> (N, E) fp32 (with the training-time jitter of the input)."""
         h = x
         if self.training and self.router_jitter > 0:
             h = h * torch.empty_like(h).uniform_(1 - self.router_jitter, 1 + self.router_jitter)
         # fp32 router even under autocast: softmax/top-k ties and z-loss need the range.
         with torch.autocast(device_type=x.device.type, enabled=False):
             bias = dense_bias(self.router)
-            logits = F.linear(h.float(), dense_weight(self.router).float(),
-                              None if bias is None else bias.float())
-        probs = logits.softmax(dim=-1)
-        top_p, experts = probs.topk(self.top_k, dim=-1)
-        weights = top_p / top_p.sum(dim=-1, keepdim=True)
-        return weights, experts, probs, logits
-
-    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on its tokens: (n_e, D) -> (n_e, D)."""
-        h = self.activation(torch.addmm(self.b1[e], x, self.w1[e]))
-        return torch.addmm(self.b2[e], self.dropout(h), self.w2[e])
+            return F.linear(h.float(), dense_weight(self.router).float(),
+                            None if bias is None else bias.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x = x.reshape(-1, self.d_model)
-        n = x.shape[0]
-        if n == 0:
+        if x.shape[0] == 0:
             self.clear_telemetry()
             return x.new_zeros(shape)
-        weights, experts, probs, logits = self.route(x)
-        flat = experts.reshape(-1)  # (N*K,) assignment j belongs to token j // K
-        order = torch.argsort(flat, stable=True)
-        token = order // self.top_k
-        counts = torch.bincount(flat, minlength=self.num_experts)
-        sizes = counts.tolist()
-        grouped = x.index_select(0, token)  # (N*K, D) grouped by expert
-        outs = [self.expert(e, xe) for e, xe in enumerate(grouped.split(sizes)) if sizes[e]]
-        y = torch.cat(outs)
-        y = y * weights.reshape(-1)[order].to(y.dtype).unsqueeze(1)
-        out = y.new_zeros(n, self.d_model).index_add_(0, token, y)
-        self._record(probs, logits, counts, n)
+        logits = self.router_logits(x)
+        out, probs, counts = combine(x, logits, self.top_k, per_expert(self.expert))
+        self.record(probs, logits, counts)
         return out.reshape(shape)
 
-    def _record(self, probs, logits, counts, n) -> None:
-        load = counts.to(probs.dtype) / (n * self.top_k)
+    def record(self, probs: torch.Tensor, logits: torch.Tensor, counts: torch.Tensor) -> None:
+        """Set the telemetry of one forward from its router probs/logits (N, E) and counts (E,)."""
+        load = counts.to(probs.dtype) / (probs.shape[0] * self.top_k)
         self.last_aux_loss = self.num_experts * (load * probs.mean(dim=0)).sum()
         self.last_z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
         self.last_load = load.detach()
         self.last_entropy = -torch.special.xlogy(probs, probs).sum(-1).mean().detach()
+
+
+class MoEFeedForward(RoutedFeedForward):
+    """Top-K MoE FFN for training: (..., D) -> (..., D).
+
+    Parameters: ``router`` Linear(D, E); stacked experts ``w1`` (E, D, H), ``b1`` (E, H),
+    ``w2`` (E, H, D), ``b2`` (E, D). ``combine`` runs one matmul pair per expert that got
+    tokens.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int,
+                 activation: nn.Module | None = None, dropout: float = 0.0,
+                 aux_loss_weight: float = 0.01, z_loss_weight: float = 1e-3,
+                 router_jitter: float = 0.0):
+        super().__init__(d_model, d_ff, num_experts, top_k, activation, dropout, aux_loss_weight,
+                         z_loss_weight, router_jitter)
+        self.w1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff))
+        self.b1 = nn.Parameter(torch.empty(num_experts, d_ff))
+        self.w2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model))
+        self.b2 = nn.Parameter(torch.empty(num_experts, d_model))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Experts as nn.Linear's default (U(+-1/sqrt(fan_in))); router as Switch."""
+        def uniform_(t, fan_in):
+            bound = 1 / math.sqrt(fan_in)
+            t.copy_(torch.rand(t.shape, generator=generator) * 2 * bound - bound)
+
+        uniform_(self.w1, self.d_model)
+        uniform_(self.b1, self.d_model)
+        uniform_(self.w2, self.d_ff)
+        uniform_(self.b2, self.d_ff)
+        self.reset_router(generator)
+
+    def expert_param_count(self) -> int:
+        return self.w1[0].numel() + self.b1[0].numel() + self.w2[0].numel() + self.b2[0].numel()
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        h = self.activation(torch.addmm(self.b1[e], x, self.w1[e]))
+        return torch.addmm(self.b2[e], self.dropout(h), self.w2[e])
+
+    @torch.no_grad()
+    def expert_linears(self) -> list[tuple[nn.Linear, nn.Linear]]:
+        """New ``nn.Linear`` pairs holding copies of each expert's slices of the stacked weights."""
+        def linear(w, b):  # w (in, out) as stacked
+            lin = nn.Linear(*w.shape, device=w.device, dtype=w.dtype)
+            lin.weight.copy_(w.t())
+            lin.bias.copy_(b)
+            return lin.train(self.training)
+
+        return [(linear(self.w1[e], self.b1[e]), linear(self.w2[e], self.b2[e]))
+                for e in range(self.num_experts)]
 
     # ---- conversion
     @torch.no_grad()
@@ -618,8 +683,9 @@ def analytic_encoder_flops_delta(arch: dict, config: MoEConfig, num_converted: i
 # ---------------------------------------------------------------- training hooks
 
 
-def moe_modules(model: nn.Module) -> list[MoEFeedForward]:
-    return [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+def moe_modules(model: nn.Module) -> list[RoutedFeedForward]:
+    """Every MoE FFN of ``model``, whatever holds its experts."""
+    return [m for m in model.modules() if isinstance(m, RoutedFeedForward)]
 
 
 def collect_moe_losses(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,6 +8,11 @@
 #include <map>
 #include <string>
 
+// The experts of a MoE FFN in one call (moe_experts.cpp).
+torch::Tensor moe_experts(torch::Tensor grouped, std::vector<int64_t> sizes,
+                          std::vector<torch::Tensor> params, std::vector<int64_t> hidden,
+                          int64_t out_dim, int64_t activation);
+
 namespace {
 
 Isa parse_isa(const std::string& name) {
@@ -37,6 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "use avx512 or avx2 from now on; False (no change) when this CPU or build cannot");
   m.def("stream_read", &stream_read, "read every byte of a tensor once, one thread (bandwidth floor)");
   m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");
+  m.def("moe_experts", &moe_experts, "each MoE expert's two packed linears on its grouped rows");
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");
   py::class_<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")
       .def(py::init<torch::Tensor, std::vector<torch::Tensor>, std::vector<double>, int64_t,

@@ -31,7 +31,7 @@ from emformer_variants.surgery.registry import (
     requested_specs,
     variant_specs,
 )
-from emformer_variants.utils.config_checks import check_evaluate_config, variant_config
+from emformer_variants.utils.config_checks import check_evaluate_config, surgery_args, variant_config
 from emformer_variants.utils.files import write_json_atomic, write_jsonl
 from emformer_variants.utils.hydra_run import check_overrides, pin_output_dir, report_hint
 from emformer_variants.utils.run_dir import claim_output_dir
@@ -42,7 +42,7 @@ log = logging.getLogger("evaluate")
 def apply_surgery(cfg: DictConfig, rec, dm, out_dir: Path) -> list[str]:
     """``surgery=NAME`` on ``rec`` in place (train.py's conversion and calibration); the result is
     written to ``surgery.pt`` so the other evaluation sets can score the very same weights."""
-    variant = variant_config(str(cfg.surgery), "surgery")
+    variant = variant_config(str(cfg.surgery), "surgery", surgery_args(cfg))
     reports = convert_variant_(rec, variant, dm, cfg.calibration_batches)
     for report in reports:
         log.info(report.summary())

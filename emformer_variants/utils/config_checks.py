@@ -175,13 +175,30 @@ def base_architecture(cfg) -> tuple[dict, list[dict]] | None:
 
 # ---------------------------------------------------------------- entry points
 
-def variant_config(name: str, key: str = "variant") -> dict:
-    """conf/variant/NAME.yaml as a checked plain dict; ``key`` names the setting in errors."""
+def surgery_args(cfg: DictConfig) -> dict:
+    """evaluate.py's ``surgery_args`` as a plain dict ({} when unset)."""
+    args = cfg.get("surgery_args")
+    if args is None:
+        return {}
+    if not isinstance(args, DictConfig):
+        raise UserError(f"surgery_args={args!r}: give a mapping, e.g. surgery_args=\"{{output_scale: 1}}\"")
+    return OmegaConf.to_container(args, resolve=True)
+
+
+def variant_config(name: str, key: str = "variant", args: dict | None = None) -> dict:
+    """conf/variant/NAME.yaml, with the fields of ``args`` replaced, as a checked plain dict;
+    ``key`` names the setting in errors."""
     path = paths.PROJECT_ROOT / "conf" / "variant" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise UserError(f"{key}={name}: no conf/variant/{name}.yaml; choose one of {known}")
     variant = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if args:
+        unknown = sorted(set(args) - set(variant))
+        if unknown:
+            raise UserError(f"{key}_args: {unknown} not in conf/variant/{name}.yaml; its fields: "
+                            f"{sorted(variant)}")
+        variant.update(args)
     check_variant(variant)
     return variant
 
@@ -288,7 +305,9 @@ def check_evaluate_config(cfg: DictConfig) -> None:
         raise UserError(f"ckpt={ckpt}: checkpoint not found; pass ckpt=PATH to an existing file or ckpt=base")
     int_at_least(cfg, "calibration_batches", 0, optional=True)
     if cfg.get("surgery") is not None:  # surgery=NAME: conf/variant/NAME.yaml, checked before loading
-        variant_config(str(cfg.surgery), "surgery")
+        variant_config(str(cfg.surgery), "surgery", surgery_args(cfg))
+    elif cfg.get("surgery_args"):
+        raise UserError("surgery_args: set only with surgery=NAME (the fields it replaces)")
     if cfg.get("variant") is not None:  # variant=NAME: the checkpoint must hold this variant
         check_variant(OmegaConf.to_container(cfg.variant, resolve=True))
     check_data(cfg)

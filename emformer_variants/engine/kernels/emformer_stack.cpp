@@ -22,15 +22,6 @@ torch::Tensor linear3(const torch::Tensor& x, const torch::Tensor* p, int64_t n)
   return kernel_linear(x.reshape({-1, x.size(-1)}), p, n).view({x.size(0), x.size(1), n});
 }
 
-torch::Tensor activate(const torch::Tensor& x, int64_t kind) {
-  switch (kind) {
-    case 0: return at::relu(x);
-    case 1: return at::gelu(x);
-    case 2: return at::gelu(x, "tanh");
-    default: return at::silu(x);
-  }
-}
-
 }  // namespace
 
 std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
@@ -74,7 +65,7 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
     auto att = at::bmm(at::softmax(w, -1), vh).view({n, heads, t, dh}).transpose(1, 2).reshape({n, t, d});
     auto y = linear3(att, p + 6, nd[1]) + x;
     auto h = at::layer_norm(y, {d}, p[10], p[11], e[1]);
-    y = linear3(activate(linear3(h, p + 12, nd[2]), activation), p + 16, nd[3]) + y;
+    y = linear3(ffn_activation(linear3(h, p + 12, nd[2]), activation), p + 16, nd[3]) + y;
     x = at::layer_norm(y, {d}, p[20], p[21], e[2]);
     // next left context: the last L rows of [old left context, this utterance]
     if (s >= lo) {

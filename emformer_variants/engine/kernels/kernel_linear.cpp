@@ -13,3 +13,12 @@ torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int6
   return p[3].numel() ? int8_linear(x, p[0], p[3], p[2], maybe(p[1]), n)
                       : packed_linear(x, p[0], maybe(p[1]), n);
 }
+
+torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind) {
+  switch (kind) {
+    case 0: return at::relu(x);
+    case 1: return at::gelu(x);
+    case 2: return at::gelu(x, "tanh");
+    default: return at::silu(x);
+  }
+}

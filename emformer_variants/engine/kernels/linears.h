@@ -20,6 +20,10 @@ int64_t stream_read(torch::Tensor buffer);
 // x: (M, K) fp32 -> (M, n) (kernel_linear.cpp).
 torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int64_t n);
 
+// The FFN activation by code (``engine.encoder._activation_code``): 0 relu, 1 gelu, 2 gelu
+// (tanh), 3 silu (kernel_linear.cpp).
+torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);
+
 // The encoder's layers for one chunk (emformer_stack.cpp).
 std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
                                           std::vector<torch::Tensor> keys,

@@ -3,20 +3,6 @@
 // activation and kernels, in the same order, as PackedMoE's Python loop over experts.
 #include "linears.h"
 
-namespace {
-
-// Codes as in emformer_stack.cpp (``engine.encoder._activation_code``).
-torch::Tensor expert_activation(const torch::Tensor& x, int64_t kind) {
-  switch (kind) {
-    case 0: return at::relu(x);
-    case 1: return at::gelu(x);
-    case 2: return at::gelu(x, "tanh");
-    default: return at::silu(x);
-  }
-}
-
-}  // namespace
-
 // grouped: (M, D) fp32 rows grouped by expert, sizes[e] rows for expert e (0 = skipped).
 // params: 8 tensors per expert, its two linears as ``kernel_args`` (4 each); hidden[e]: the
 // first linear's output features; out_dim: the second's. Returns (M, out_dim).
@@ -30,7 +16,7 @@ torch::Tensor moe_experts(torch::Tensor grouped, std::vector<int64_t> sizes,
   int64_t row = 0;
   for (size_t e = 0; e < sizes.size(); ++e) {
     if (sizes[e] == 0) continue;
-    auto h = expert_activation(kernel_linear(x.narrow(0, row, sizes[e]), &params[8 * e], hidden[e]),
+    auto h = ffn_activation(kernel_linear(x.narrow(0, row, sizes[e]), &params[8 * e], hidden[e]),
                                activation);
     y.narrow(0, row, sizes[e]).copy_(kernel_linear(h, &params[8 * e + 4], out_dim));
     row += sizes[e];

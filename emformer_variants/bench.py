@@ -25,8 +25,8 @@ thread's CPU time (what one core does when other jobs share it) and, on the trai
 Variants (``--variants``, configs in conf/variant/): each variant's stock and exact (fp32)
 pipelines, all interleaved chunk by chunk in one run, beside the variant's measured encoder
 FLOPs per steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
-variant's replaced layers as modules in its Python layer loop (MoE, low-rank) or falls back
-to torchaudio's encoder (MLA), so a FLOP cut need not show as a latency cut there.
+variant's low-rank chains and MLA's latent attention inside the fused C++ layer stack, and a
+MoE's FFN layers in its Python layer loop (experts in one C++ call per layer).
 
 For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
@@ -409,6 +409,7 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
             row = {"variant": name, "mode": decoder, "encoder_flops_chunk": flops[name],
                    "flops_vs_dense": flops[name] / ref,
                    "encoder": pipes[f"{name}/{decoder}"].encoder.name,
+                   "encoder_path": pipes[f"{name}/{decoder}"].encoder.path,
                    "chunk_ms_p50": statistics.median(t.wall_ms),
                    "chunk_ms_p90": percentiles(t.wall_ms)["p90"],
                    "cpu_ms_p50": cpu, "rtf": sum(t.wall_ms) / 1000 / audio_s, "speedup": stock_cpu / cpu}
@@ -419,7 +420,8 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
                 row["wer"] = error_rates(texts, hyps)["wer"]
             rows.append(row)
             lines.append(f"| {name} | {flops[name] / 1e9:.3f} | {flops[name] / ref:.2f}x "
-                         f"| {row['encoder']} | {decoder} | {row['chunk_ms_p50']:.1f} "
+                         f"| {row['encoder']} ({row['encoder_path']}) | {decoder} "
+                         f"| {row['chunk_ms_p50']:.1f} "
                          f"| {row['chunk_ms_p90']:.1f} | {cpu:.1f} | "
                          f"{row['rtf']:.3f} | {row['speedup']:.2f}x | "
                          + (f"{row['wer']:.4f}" if trained else "") + " |")

@@ -56,7 +56,7 @@ def matmuls_only(enc: StreamingEncoder, rows: int):
     calls = []
     for layer in enc.layers:
         _, lin1, _, lin2 = layer.ff_parts
-        for lin in (layer.qkv, layer.out_proj, lin1, lin2):
+        for lin in (*layer.attention.chains(), lin1, lin2):
             calls.append((lin, torch.randn(rows, lin.in_features)))
 
     def run():
@@ -221,7 +221,7 @@ def bench_isas(args, gen: torch.Generator) -> int:
         t_in = (enc.segment + enc.right) * enc.stride + (enc.stride - 1)
         mm = matmuls_only(enc, enc.segment + enc.right)
         nbytes = sum(kernel_impl(lin).packed.nbytes for layer in enc.layers
-                     for lin in (layer.qkv, layer.out_proj, layer.ff_parts[1], layer.ff_parts[3]))
+                     for lin in (*layer.attention.chains(), layer.ff_parts[1], layer.ff_parts[3]))
         weights = torch.ones(-(-nbytes // 128) * 128, dtype=torch.int8)
         states, beams = {i: enc.init(1) for i in isas}, {i: [None] for i in isas}
         parts = ("enc", "mm", "search")

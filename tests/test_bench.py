@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from emformer_variants.bench import SENTENCES, Mode, main
+from emformer_variants.engine.packed import kernel
 from tests.conftest import corpus_wer_of
 
 
@@ -132,7 +133,9 @@ def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys
     assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in ("stock", "exact")}
     assert rows[("dense", "exact")]["flops_vs_dense"] == 1.0
     assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.6
-    assert rows[("mla", "exact")]["encoder"] == "stock"  # the engine falls back for MLA attention
+    assert rows[("mla", "exact")]["encoder"] == "engine"  # the latent cache in the engine (engine/mla.py)
+    if kernel() is not None:  # low-rank chains and latent attention run in the fused C++ stack
+        assert {rows[(v, "exact")]["encoder_path"] for v in ("dense", "lowrank", "mla")} == {"fused stack"}
     for v in ("dense", "lowrank", "mla"):  # exact search: the stock transcript on every variant
         assert rows[(v, "exact")]["wer"] == rows[(v, "stock")]["wer"]
     assert "| lowrank |" in capsys.readouterr().out

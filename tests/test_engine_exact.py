@@ -141,15 +141,24 @@ def test_engine_encoder_is_torchaudio_transcriber(base_rec, packed, monkeypatch)
             torch.testing.assert_close(es.values[layer][0], state[2][:, 0], atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
-def test_fused_layer_stack_is_bit_for_bit_the_python_loop(precision):
+@pytest.mark.parametrize("variant,precision", [
+    *[("dense", p) for p in ("fp32", "fp16", "bf16", "int8")],
+    *[(v, p) for v in ("lowrank", "mla", "mla_lowrank") for p in ("fp32", "int8")]])
+def test_fused_layer_stack_is_bit_for_bit_the_python_loop(variant, precision):
     """The C++ stack runs the same ATen ops as ``_Layer``: identical outputs and caches, over
     the first chunks (history shorter than the left context), and for two streams with
-    different histories (the masked path)."""
+    different histories (the masked path); also with low-rank chains of linears and MLA's
+    latent attention in the layers."""
+    import yaml
+
     from emformer_variants.engine.precision import apply_precision_
+    from emformer_variants.surgery.registry import apply_variant_
 
     require_kernel()
     rec = make_tiny_rec(2)
+    if variant != "dense":
+        apply_variant_(rec, yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text()),
+                       init="convert")
     apply_precision_(rec, precision)
     fused, loop = StreamingEncoder(rec.model), StreamingEncoder(rec.model, fused=False)
     assert fused.stack is not None and loop.stack is None
@@ -167,15 +176,15 @@ def test_fused_layer_stack_is_bit_for_bit_the_python_loop(precision):
             assert all(torch.equal(u, v) for u, v in zip(a.keys + a.values, b.keys + b.values, strict=True))
 
 
-def test_fused_stack_only_for_packed_torchaudio_layers(monkeypatch):
-    """Surgery (a low-rank linear) or no kernel: the encoder falls back to the Python loop."""
+def test_fused_stack_only_for_packed_layers(monkeypatch):
+    """A MoE FFN or no kernel: the encoder falls back to the Python loop."""
     import yaml
 
     from emformer_variants.surgery.registry import apply_surgery_
 
     rec = make_tiny_rec(4)
-    spec = yaml.safe_load((ROOT / "conf" / "variant" / "lowrank.yaml").read_text())
-    apply_surgery_(rec, spec, init="convert")
+    spec = yaml.safe_load((ROOT / "conf" / "variant" / "moe.yaml").read_text())
+    apply_surgery_(rec, {**spec, "d_ff": 32}, init="convert")
     assert StreamingEncoder(rec.model).stack is None
     monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
     monkeypatch.setattr("emformer_variants.engine.packed.kernel", lambda: None)

@@ -11,16 +11,18 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
 - the query and key/value projections run as one matmul (``engine.linear.fuse_linears``);
   fp32 linears use the packed kernel (``engine.linear.fast_linear``), other layers run as they are;
 - when every linear of every layer runs in a packed kernel (fp32, fp16 or bf16 weights, or
-  the int8 kernel; no surgery) and the FFN activation is ReLU, GELU or SiLU, the whole layer
-  stack runs in one C++ call (``emformer_stack`` in ``kernels/emformer_stack.cpp``): the same
-  ATen ops in the same order, bit for bit, without the interpreter's per-op cost (on
-  ``emformer_base`` about 4 of the 6 ms per chunk outside the matmuls,
-  ``scripts/bench_fused.py``).
+  the int8 kernel), a low-rank linear as its chain of packed linears, and the FFN activation
+  is ReLU, GELU or SiLU, the whole layer stack runs in one C++ call (``emformer_stack`` in
+  ``kernels/emformer_stack.cpp``): the same ATen ops in the same order, bit for bit, without
+  the interpreter's per-op cost (on ``emformer_base`` about 4 of the 6 ms per chunk outside
+  the matmuls, ``scripts/bench_fused.py``).
 
-A MoE FFN (``variant=moe``) runs as ``engine.moe.PackedMoE`` (its experts' linears packed),
-a low-rank linear as its chain of packed linears, each layer in the Python loop. Layers other
-than torchaudio's own (e.g. the MLA surgery's) are not supported: use ``StockEncoder``
-(``supports`` says which applies).
+The MLA surgery's attention runs as ``engine.mla.LatentAttention``: the cache holds each
+frame's latent (r floats) instead of its key and value, and the key/value up-projections are
+absorbed into the query and output projections; it runs in the fused stack too. A MoE FFN
+(``variant=moe``) runs as ``engine.moe.PackedMoE`` (its experts' linears packed, all experts
+of a layer in one C++ call), each layer in the Python loop. Emformer memory is not
+supported: use ``StockEncoder`` (``supports`` says which applies).
 
 Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
 reduction), L left-context frames, D model width, Hd heads, F feature bins.
@@ -34,8 +36,17 @@ import torch
 from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.linear import fast_linear, fuse_linears, kernel_args, kernel_impl, plain_norm
+from emformer_variants.engine.linear import (
+    LinearChain,
+    fast_linear,
+    fuse_linears,
+    kernel_args,
+    kernel_impl,
+    plain_norm,
+)
+from emformer_variants.engine.mla import LatentAttention
 from emformer_variants.engine.moe import PackedMoE
+from emformer_variants.surgery.mla import MLAAttention, MLAEmformerLayer
 
 
 @dataclass
@@ -52,7 +63,8 @@ class EncoderState:
 def supports(model: torch.nn.Module) -> bool:
     em = model.transcriber.transformer
     return em.max_memory_size == 0 and all(
-        type(layer) is _EmformerLayer and type(layer.attention) is _EmformerAttention
+        (type(layer) is _EmformerLayer and type(layer.attention) is _EmformerAttention)
+        or (type(layer) is MLAEmformerLayer and type(layer.attention) is MLAAttention)
         for layer in em.emformer_layers)
 
 
@@ -64,16 +76,36 @@ def _activation_code(act: torch.nn.Module) -> int | None:
     return 3 if type(act) is torch.nn.SiLU else None
 
 
+def _kernel_chain(f) -> list | None:
+    """The packed kernels that compute ``f`` one after the other (one for a packed linear, the
+    links of a low-rank ``LinearChain``), or None when some part is not a packed kernel."""
+    impls = [kernel_impl(link) for link in (f.links if isinstance(f, LinearChain) else [f])]
+    return None if None in impls else impls
+
+
+@dataclass
+class StackArgs:
+    """One layer's arguments for ``emformer_stack`` (kernels/emformer_stack.cpp says the layout)."""
+
+    tensors: list[torch.Tensor]  # 3 norms' weight and bias, then 4 per link of every chain
+    plan: list[int]  # attention kind, latent size, links of query, key_value, out, ff1, ff2
+    dims: list[int]  # output features per link
+    eps: list[float]  # the 3 norms'
+    activation: int
+    macs_per_row: int  # multiply-adds of the linears per query row
+
+
 class _Stack:
     """Every layer in one C++ call (``emformer_stack``); same results as ``_Layer`` in a loop."""
 
-    def __init__(self, layers: list[_Layer], args: list[tuple]):
-        self.params = [t for a in args for t in a[0]]
-        self.dims = [n for a in args for n in a[1]]
-        self.eps = [e for a in args for e in a[2]]
-        self.activation = args[0][3]
+    def __init__(self, layers: list[_Layer], args: list[StackArgs]):
+        self.params = [t for a in args for t in a.tensors]
+        self.plan = [n for a in args for n in a.plan]
+        self.dims = [n for a in args for n in a.dims]
+        self.eps = [e for a in args for e in a.eps]
+        self.activation = args[0].activation
         self.heads, self.scaling = layers[0].heads, layers[0].scaling
-        self.flops_per_row = 2 * sum(a[4] for a in args)
+        self.flops_per_row = 2 * sum(a.macs_per_row for a in args)
 
     @classmethod
     def build(cls, layers: list[_Layer]) -> _Stack | None:
@@ -81,14 +113,14 @@ class _Stack:
         and scaling."""
         args = [layer.stack_args() for layer in layers]
         if any(a is None for a in args) or len({(la.heads, la.scaling) for la in layers}) != 1 \
-                or len({a[3] for a in args}) != 1:
+                or len({a.activation for a in args}) != 1:
             return None
         return cls(layers, args)
 
     def __call__(self, x: torch.Tensor, r: int, lo: int, s: int, keys: list[torch.Tensor],
                  values: list[torch.Tensor], mask: torch.Tensor | None):
         """-> (output (N, R + S, D), next keys, next values) as ``StreamingEncoder.step``'s loop."""
-        args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.dims, self.eps,
+        args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.plan, self.dims, self.eps,
                 self.heads, self.scaling, self.activation)
         packed.count_flops(x.shape[0] * x.shape[1] * self.flops_per_row)
         out = packed.run("emformer_stack", *args)
@@ -96,51 +128,37 @@ class _Stack:
         return out[0], out[1:1 + n], out[1 + n:]
 
 
-class _Layer:
-    def __init__(self, layer: _EmformerLayer):
-        att = layer.attention
-        self.ln_in, self.ln_out = layer.layer_norm_input, layer.layer_norm_output
-        self.qkv = fuse_linears([att.emb_to_query, att.emb_to_key_value])
-        if self.qkv is None:
-            query, key_value = fast_linear(att.emb_to_query), fast_linear(att.emb_to_key_value)
-            self.qkv = lambda x: torch.cat([query(x), key_value(x)], dim=-1)
+class _Attention:
+    """torchaudio's ``_EmformerAttention``: ``(ln (N, T, D), r, keys, values (N, L', D), mask)
+    -> (attention output (N, T, D), all keys, all values (N, R + L' + S, D))``.
+    Query and key/value run as one matmul when they can be fused (``fuse_linears``), else as
+    two callables (e.g. low-rank chains)."""
+
+    kind = 0  # emformer_stack's attention kind
+
+    def __init__(self, att: _EmformerAttention):
+        self.query = fuse_linears([att.emb_to_query, att.emb_to_key_value])
+        self.key_value = None  # None: ``query`` gives q, k and v at once
+        if self.query is None:
+            self.query, self.key_value = fast_linear(att.emb_to_query), fast_linear(att.emb_to_key_value)
         self.out_proj = fast_linear(att.out_proj)
         self.heads, self.scaling = att.num_heads, att.scaling
-        ff = layer.pos_ff
-        self.ff_parts = None
-        # torchaudio's FFN: norm, linear, activation, dropout, linear, dropout
-        if isinstance(ff, torch.nn.Sequential) and len(ff) == 6:
-            norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
-            self.ffn = lambda x: lin2(act(lin1(norm(x))))
-            self.ff_parts = (norm, lin1, act, lin2)
-        else:  # a replaced FFN: the MoE's packed form, else (low-rank) the module
-            self.ffn = PackedMoE.from_ffn(ff) or ff
+        self.cache_widths = (att.input_dim, att.input_dim)
+        self.rank = 0
 
-    def stack_args(self) -> tuple[list[torch.Tensor], list[int], list[float], int, int] | None:
-        """This layer's arguments for the fused C++ stack (``_Stack``): (22 tensors, 4 output
-        widths, 3 norm eps, activation code, multiply-adds per row), or None when a part of it is not a packed
-        linear, an affine LayerNorm over the last dim or a ReLU/GELU/SiLU."""
-        if self.ff_parts is None:
-            return None
-        norm, lin1, act, lin2 = self.ff_parts
-        linears = [kernel_impl(m) for m in (self.qkv, self.out_proj, lin1, lin2)]
-        norms = [self.ln_in, norm, self.ln_out]
-        code = _activation_code(act)
-        if None in linears or code is None or not all(plain_norm(m) for m in norms):
-            return None
-        ln_in, ln_ff, ln_out = ([m.weight.detach(), m.bias.detach()] for m in norms)
-        qkv, out, ff1, ff2 = (kernel_args(m) for m in linears)
-        return ([*ln_in, *qkv, *out, *ln_ff, *ff1, *ff2, *ln_out], [m.out_features for m in linears],
-                [float(m.eps) for m in norms], code, sum(m.in_features * m.out_features for m in linears))
+    def chains(self) -> list:
+        """The linears in emformer_stack's order: query (or q/k/v), key_value (if apart), out."""
+        return [self.query, *([] if self.key_value is None else [self.key_value]), self.out_proj]
 
-    def __call__(self, x: torch.Tensor, r: int, keys: torch.Tensor, values: torch.Tensor,
+    def __call__(self, ln: torch.Tensor, r: int, keys: torch.Tensor, values: torch.Tensor,
                  mask: torch.Tensor | None):
-        """x (N, R + S, D) rows [right context, utterance]; keys/values (N, L', D) left
-        context -> (output (N, R + S, D), all keys, all values (N, R + L' + S, D))."""
-        n, t, d = x.shape
+        n, t, d = ln.shape
         hd = self.heads
-        ln = self.ln_in(x)
-        q, k, v = self.qkv(ln).split(d, dim=2)
+        if self.key_value is None:
+            q, k, v = self.query(ln).split(d, dim=2)
+        else:
+            q = self.query(ln)
+            k, v = self.key_value(ln).split(d, dim=2)
         k = torch.cat([k[:, :r], keys, k[:, r:]], dim=1)
         v = torch.cat([v[:, :r], values, v[:, r:]], dim=1)
         kt = k.shape[1]
@@ -153,7 +171,63 @@ class _Layer:
             weights = weights.view(n * hd, t, kt)
         probs = torch.softmax(weights.float(), dim=-1).type_as(weights)
         att = torch.bmm(probs, vh).view(n, hd, t, d // hd).transpose(1, 2).reshape(n, t, d)
-        y = self.out_proj(att) + x
+        return self.out_proj(att), k, v
+
+
+class _Layer:
+    def __init__(self, layer: _EmformerLayer):
+        self.ln_in, self.ln_out = layer.layer_norm_input, layer.layer_norm_output
+        if isinstance(layer.attention, MLAAttention):
+            self.attention = LatentAttention(layer.attention)
+        else:
+            self.attention = _Attention(layer.attention)
+        self.cache_widths = self.attention.cache_widths
+        ff = layer.pos_ff
+        self.ff_parts = None
+        # torchaudio's FFN: norm, linear, activation, dropout, linear, dropout
+        if isinstance(ff, torch.nn.Sequential) and len(ff) == 6:
+            norm, lin1, act, lin2 = ff[0], fast_linear(ff[1]), ff[2], fast_linear(ff[4])
+            self.ffn = lambda x: lin2(act(lin1(norm(x))))
+            self.ff_parts = (norm, lin1, act, lin2)
+        else:  # a replaced FFN: the MoE's packed form, else (low-rank) the module
+            self.ffn = PackedMoE.from_ffn(ff) or ff
+
+    def stack_args(self) -> StackArgs | None:
+        """This layer's arguments for the fused C++ stack (``_Stack``), or None when a part of
+        it is not a packed linear (or a chain of them), an affine LayerNorm over the last dim or
+        a ReLU/GELU/SiLU (a MoE FFN, a precision without kernel)."""
+        if self.ff_parts is None:
+            return None
+        norm, lin1, act, lin2 = self.ff_parts
+        chains = [_kernel_chain(f) for f in (*self.attention.chains(), lin1, lin2)]
+        norms = [self.ln_in, norm, self.ln_out]
+        code = _activation_code(act)
+        if None in chains or code is None or not all(plain_norm(m) for m in norms):
+            return None
+        att_chains = len(chains) - 2
+        links = [len(c) for c in chains]
+        if att_chains == 2:  # q/k/v in one chain: no key_value chain
+            links.insert(1, 0)
+        tensors = [t.detach() for m in norms for t in (m.weight, m.bias)]
+        tensors += [t for c in chains for impl in c for t in kernel_args(impl)]
+        return StackArgs(tensors, [self.attention.kind, self.attention.rank, *links],
+                         [impl.out_features for c in chains for impl in c], [float(m.eps) for m in norms],
+                         code, sum(impl.in_features * impl.out_features for c in chains for impl in c))
+
+    @property
+    def heads(self) -> int:
+        return self.attention.heads
+
+    @property
+    def scaling(self) -> float:
+        return self.attention.scaling
+
+    def __call__(self, x: torch.Tensor, r: int, keys: torch.Tensor, values: torch.Tensor,
+                 mask: torch.Tensor | None):
+        """x (N, R + S, D) rows [right context, utterance]; keys/values (N, L', ·) left-context
+        cache -> (output (N, R + S, D), all keys, all values (N, R + L' + S, ·))."""
+        att, k, v = self.attention(self.ln_in(x), r, keys, values, mask)
+        y = att + x
         y = self.ffn(y) + y
         return self.ln_out(y), k, v
 
@@ -179,8 +253,9 @@ class StreamingEncoder:
         self.out_norm = tr.layer_norm
 
     def init(self, n: int) -> EncoderState:
-        z = [torch.zeros(n, self.left, self.width) for _ in self.layers]
-        return EncoderState(z, [t.clone() for t in z], [0] * n)
+        keys = [torch.zeros(n, self.left, layer.cache_widths[0]) for layer in self.layers]
+        values = [torch.zeros(n, self.left, layer.cache_widths[1]) for layer in self.layers]
+        return EncoderState(keys, values, [0] * n)
 
     def reset(self, state: EncoderState, stream: int) -> None:
         """Start a new utterance in ``stream`` (its old history is masked from now on)."""

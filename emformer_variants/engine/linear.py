@@ -68,11 +68,11 @@ def fast_linear(module: torch.nn.Module):
         return OneDNNLinear(module) if big and onednn_available() else PlainLinear(module)
     chain = getattr(module, "linear_chain", None)
     if chain is not None:
-        return _Chain([fast_linear(m) for m in chain()])
+        return LinearChain([fast_linear(m) for m in chain()])
     return module
 
 
-class _Chain:
+class LinearChain:
     """Linears applied one after the other."""
 
     def __init__(self, links: list):

@@ -7,8 +7,9 @@
 | modified | engine ``StreamingEncoder`` | ``ModifiedBeamSearch``: one symbol per frame |
 | greedy | engine ``StreamingEncoder`` | ``GreedySearch`` |
 
-The engine encoder needs torchaudio's own Emformer layers; a model with replaced attention
-(the MLA surgery) falls back to torchaudio's encoder, with all streams in step.
+The engine encoder takes torchaudio's Emformer layers and the surgeries' replacements (MLA's
+latent attention, MoE FFNs, low-rank linears); a model with Emformer memory falls back to
+torchaudio's encoder, with all streams in step.
 
 Interface: ``encoder.init(n)``, ``encoder.step(features (N, T, F), state) -> (enc, state)``;
 ``search.init_state()``, ``search.step(enc (N, T', D), states) -> states``,
@@ -32,6 +33,7 @@ class StockEncoder:
     """torchaudio's streaming transcriber; N > 1 streams must start together."""
 
     name = "stock"
+    path = "torchaudio"
     supports_reset = False
 
     def __init__(self, model: torch.nn.Module):
@@ -61,6 +63,7 @@ class EngineEncoder:
 
         self.impl = StreamingEncoder(model)
         self.init, self.step, self.reset = self.impl.init, self.impl.step, self.impl.reset
+        self.path = "layer loop" if self.impl.stack is None else "fused stack"
 
     def state_bytes(self, state) -> int:
         """K/V cache + the int32 history length per layer, as torchaudio's state holds."""

@@ -1,25 +1,38 @@
 #include "linears.h"
 
 
-// One streaming chunk through a stack of torchaudio Emformer layers (``_EmformerLayer`` with
-// ``_EmformerAttention``, no memory bank, eval mode), with every linear packed. The same ATen
-// ops, in the same order, as ``engine.encoder._Layer`` in Python; only the interpreter's
-// per-op cost (about two thirds of the non-matmul time of a layer) is gone.
+// One streaming chunk through a stack of Emformer layers (torchaudio's ``_EmformerLayer``, no
+// memory bank, eval mode), with every linear packed. The same ATen ops, in the same order, as
+// ``engine.encoder._Layer`` in Python; only the interpreter's per-op cost (about two thirds of
+// the non-matmul time of a layer) is gone.
 //
-// x: (N, R + S, D) rows [right context, utterance]. keys[i], values[i]: (N, L, D), layer i's
-// left context; the first ``lo`` slots are unused by every stream and skipped. mask: (N, K)
-// bool, True = masked key, or None. params: 22 per layer, in order: input norm weight, bias;
-// the fused query/key/value linear; the output projection; FFN norm weight, bias; the FFN's
-// first and second linears; output norm weight, bias. A linear is 4 tensors: packed weight,
-// bias, and for int8 (``int8_linear``) the weight scales and column sums, else two empty
-// tensors (an empty bias = no bias). dims: 4 per layer, the linears' output features.
-// eps: 3 per layer. activation: 0 relu, 1 gelu, 2 gelu (tanh), 3 silu.
+// Each "linear" of a layer is a chain of packed linears applied in order: one link for a dense
+// linear, two (down, up) for a low-rank one. Attention is torchaudio's multi-head attention
+// (kind 0) or the MLA surgery's latent attention with absorbed projections (kind 1,
+// ``engine/mla.py``): its first chain gives [per-head query latents (H*r), the frame's latent
+// (r)], its cache holds the latent and no values, its output chain takes the heads' latent
+// contexts (H*r).
+//
+// x: (N, R + S, D) rows [right context, utterance]. keys[i], values[i]: (N, L, ·), layer i's
+// left-context cache; the first ``lo`` slots are unused by every stream and skipped. mask:
+// (N, K) bool, True = masked key, or None.
+// plan: 7 per layer: attention kind, latent size r (0 for kind 0), then the links of the
+// chains query, key_value, out, ff1, ff2 (key_value has 0 links when query gives q, k and v at
+// once, and always for kind 1).
+// params per layer: input norm weight, bias; FFN norm weight, bias; output norm weight, bias;
+// then 4 tensors per link of those chains in order: packed weight, bias, and for int8
+// (``int8_linear``) the weight scales and column sums, else two empty tensors (an empty bias =
+// no bias). dims: each link's output features. eps: 3 per layer. activation: 0 relu, 1 gelu,
+// 2 gelu (tanh), 3 silu.
 // Returns [y (N, R + S, D), next keys of each layer..., next values of each layer...]; next
-// keys are the last L rows of [old left context, this chunk's utterance keys].
+// keys are the last L rows of [old left context, this chunk's keys].
 namespace {
 
-torch::Tensor linear3(const torch::Tensor& x, const torch::Tensor* p, int64_t n) {
-  return kernel_linear(x.reshape({-1, x.size(-1)}), p, n).view({x.size(0), x.size(1), n});
+// x (N, T, K) through ``links`` packed linears; advances p (4 tensors per link) and nd.
+torch::Tensor chain(const torch::Tensor& x, const torch::Tensor*& p, const int64_t*& nd, int64_t links) {
+  auto y = x.reshape({-1, x.size(-1)});
+  for (int64_t j = 0; j < links; ++j, p += 4, ++nd) y = kernel_linear(y, p, *nd);
+  return y.view({x.size(0), x.size(1), y.size(1)});
 }
 
 }  // namespace
@@ -28,46 +41,82 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
-                                          std::vector<torch::Tensor> params, std::vector<int64_t> dims,
-                                          std::vector<double> eps, int64_t heads, double scaling,
-                                          int64_t activation) {
+                                          std::vector<torch::Tensor> params, std::vector<int64_t> plan,
+                                          std::vector<int64_t> dims, std::vector<double> eps,
+                                          int64_t heads, double scaling, int64_t activation) {
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat, "emformer_stack: x must be (N, T, D) fp32");
   TORCH_CHECK(static_cast<int64_t>(values.size()) == layers &&
-                  static_cast<int64_t>(params.size()) == 22 * layers &&
-                  static_cast<int64_t>(dims.size()) == 4 * layers &&
+                  static_cast<int64_t>(plan.size()) == 7 * layers &&
                   static_cast<int64_t>(eps.size()) == 3 * layers,
               "emformer_stack: per-layer lists of different lengths");
+  int64_t links = 0;
+  for (int64_t i = 0; i < layers; ++i) {
+    const int64_t* pl = plan.data() + 7 * i;
+    TORCH_CHECK(pl[0] == 0 || (pl[0] == 1 && pl[1] > 0 && pl[3] == 0), "emformer_stack: bad attention plan");
+    TORCH_CHECK(pl[2] > 0 && pl[3] >= 0 && pl[4] > 0 && pl[5] > 0 && pl[6] > 0, "emformer_stack: empty chain");
+    links += pl[2] + pl[3] + pl[4] + pl[5] + pl[6];
+  }
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == 6 * layers + 4 * links &&
+                  static_cast<int64_t>(dims.size()) == links,
+              "emformer_stack: params/dims do not match the plan");
   TORCH_CHECK(activation >= 0 && activation <= 3, "emformer_stack: unknown activation");
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads;
   TORCH_CHECK(dh * heads == d, "emformer_stack: width not divisible by heads");
   const bool has_mask = mask.has_value() && mask->defined();
   std::vector<torch::Tensor> out(1 + 2 * layers);
+  const torch::Tensor* p = params.data();
+  const int64_t* nd = dims.data();
   for (int64_t i = 0; i < layers; ++i) {
-    const torch::Tensor* p = params.data() + 22 * i;
-    const int64_t* nd = dims.data() + 4 * i;
+    const int64_t* pl = plan.data() + 7 * i;
+    const torch::Tensor* norm = p;
+    p += 6;
     const double* e = eps.data() + 3 * i;
     const torch::Tensor& k_old = keys[i];
     const torch::Tensor& v_old = values[i];
     const int64_t left = k_old.size(1);
-    auto ln = at::layer_norm(x, {d}, p[0], p[1], e[0]);
-    auto qkv = linear3(ln, p + 2, nd[0]);
-    auto q = qkv.narrow(2, 0, d), k = qkv.narrow(2, d, d), v = qkv.narrow(2, 2 * d, d);
-    k = at::cat({k.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), k.narrow(1, r, t - r)}, 1);
-    v = at::cat({v.narrow(1, 0, r), v_old.narrow(1, lo, left - lo), v.narrow(1, r, t - r)}, 1);
-    const int64_t kt = k.size(1);
-    auto qh = q.view({n, t, heads, dh}).transpose(1, 2).reshape({n * heads, t, dh});
-    auto kh = k.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
-    auto vh = v.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
-    auto w = at::bmm(qh * scaling, kh.transpose(1, 2));
-    if (has_mask)
-      w = w.view({n, heads, t, kt}).masked_fill(mask->view({n, 1, 1, kt}), -1e8).view({n * heads, t, kt});
-    auto att = at::bmm(at::softmax(w, -1), vh).view({n, heads, t, dh}).transpose(1, 2).reshape({n, t, d});
-    auto y = linear3(att, p + 6, nd[1]) + x;
-    auto h = at::layer_norm(y, {d}, p[10], p[11], e[1]);
-    y = linear3(ffn_activation(linear3(h, p + 12, nd[2]), activation), p + 16, nd[3]) + y;
-    x = at::layer_norm(y, {d}, p[20], p[21], e[2]);
+    auto ln = at::layer_norm(x, {d}, norm[0], norm[1], e[0]);
+    torch::Tensor k, v, att;
+    if (pl[0] == 0) {
+      auto qx = chain(ln, p, nd, pl[2]);
+      torch::Tensor q = qx.narrow(2, 0, d);
+      if (pl[3] == 0) {
+        k = qx.narrow(2, d, d);
+        v = qx.narrow(2, 2 * d, d);
+      } else {
+        q = qx;
+        auto kv = chain(ln, p, nd, pl[3]);
+        k = kv.narrow(2, 0, d);
+        v = kv.narrow(2, d, d);
+      }
+      k = at::cat({k.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), k.narrow(1, r, t - r)}, 1);
+      v = at::cat({v.narrow(1, 0, r), v_old.narrow(1, lo, left - lo), v.narrow(1, r, t - r)}, 1);
+      const int64_t kt = k.size(1);
+      auto qh = q.view({n, t, heads, dh}).transpose(1, 2).reshape({n * heads, t, dh});
+      auto kh = k.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
+      auto vh = v.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
+      auto w = at::bmm(qh * scaling, kh.transpose(1, 2));
+      if (has_mask)
+        w = w.view({n, heads, t, kt}).masked_fill(mask->view({n, 1, 1, kt}), -1e8).view({n * heads, t, kt});
+      att = at::bmm(at::softmax(w, -1), vh).view({n, heads, t, dh}).transpose(1, 2).reshape({n, t, d});
+    } else {
+      const int64_t rank = pl[1];
+      auto qc = chain(ln, p, nd, pl[2]);  // (N, T, H*r + r)
+      auto c = qc.narrow(2, heads * rank, rank);
+      k = at::cat({c.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), c.narrow(1, r, t - r)}, 1);
+      const int64_t kt = k.size(1);
+      auto w = at::bmm(qc.narrow(2, 0, heads * rank).reshape({n, t * heads, rank}), k.transpose(1, 2));
+      if (has_mask) w = w.masked_fill(mask->view({n, 1, kt}), -1e8);
+      att = at::bmm(at::softmax(w, -1), k).view({n, t, heads * rank});
+      v = at::zeros({n, kt, 0}, x.options());
+    }
+    auto y = chain(att, p, nd, pl[4]) + x;
+    auto h = at::layer_norm(y, {d}, norm[2], norm[3], e[1]);
+    auto hidden = ffn_activation(chain(h, p, nd, pl[5]), activation);
+    y = chain(hidden, p, nd, pl[6]) + y;
+    x = at::layer_norm(y, {d}, norm[4], norm[5], e[2]);
     // next left context: the last L rows of [old left context, this utterance]
+    const int64_t kt = k.size(1);
     if (s >= lo) {
       out[1 + i] = k.narrow(1, kt - left, left);
       out[1 + layers + i] = v.narrow(1, kt - left, left);

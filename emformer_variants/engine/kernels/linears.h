@@ -29,9 +29,9 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
-                                          std::vector<torch::Tensor> params, std::vector<int64_t> dims,
-                                          std::vector<double> eps, int64_t heads, double scaling,
-                                          int64_t activation);
+                                          std::vector<torch::Tensor> params, std::vector<int64_t> plan,
+                                          std::vector<int64_t> dims, std::vector<double> eps,
+                                          int64_t heads, double scaling, int64_t activation);
 
 // One token step of the predictor (predictor_step.cpp).
 std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pgates, torch::Tensor c,

@@ -22,9 +22,10 @@ aggregate throughput (audio seconds per wall second), the per-stream chunk laten
 thread's CPU time (what one core does when other jobs share it) and, on the trained
 ``tiny``, the WER of the utterances decoded that way; ``--plot`` draws the curve.
 
-Variants (``--variants``, configs in conf/variant/): each variant's stock and exact (fp32)
-pipelines, all interleaved chunk by chunk in one run, beside the variant's measured encoder
-FLOPs per steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
+Variants (``--variants``, configs in conf/variant/): each variant's stock pipeline and
+engine modes (``--variant-modes``, default ``exact``; e.g. ``exact exact@int8``), all
+interleaved chunk by chunk in one run, beside the variant's measured encoder FLOPs per
+steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
 variant's low-rank chains and MLA's latent attention inside the fused C++ layer stack, and a
 MoE's FFN layers in its Python layer loop (experts in one C++ call per layer).
 
@@ -363,20 +364,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", default=None, help="write a torch.profiler table per mode into DIR")
     p.add_argument("--json", default=None, help="also write the results as JSON")
     p.add_argument("--plot", default=None, help="with --streams: write the throughput/latency curve (PNG)")
+    p.add_argument("--variant-modes", nargs="+", default=["exact"],
+                   help="with --variants: the engine modes run on every variant (e.g. exact exact@int8)")
     p.add_argument("--variants", nargs="*", default=None,
-                   help="names in conf/variant/: stock and exact (fp32) on each, interleaved in one run, "
+                   help="names in conf/variant/: stock and --variant-modes on each, interleaved in one run, "
                         "beside each variant's encoder FLOPs per chunk vs dense")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
+def _short(mode: Mode) -> str:
+    """``exact`` for exact@fp32, else the mode's label."""
+    return mode.decoder if mode.precision == "fp32" and not mode.symbols else mode.label
+
+
 def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
-    """``--variants``: each variant's stock and exact pipelines interleaved chunk by chunk in
-    one run, with the variant's measured encoder FLOPs per steady-state chunk vs dense."""
+    """``--variants``: each variant's stock pipeline and engine modes (``--variant-modes``)
+    interleaved chunk by chunk in one run, with the variant's measured encoder FLOPs per
+    steady-state chunk vs dense."""
     from emformer_variants.arch_report import load_variant, measure
     from emformer_variants.surgery.registry import apply_variant_
 
     names = args.variants or ["dense", "moe", "mla", "lowrank"]
+    engine_modes = [Mode.parse(m) for m in args.variant_modes]
+    if any(m.decoder == "stock" for m in engine_modes):
+        raise UserError("--variant-modes: engine modes only (each variant's stock pipeline always runs)")
     calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32)) for _ in range(2)]
     recs, flops = {}, {}
     for name in names:
@@ -386,10 +398,15 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
         flops[name] = measure(recs[name])["encoder_flops_chunk"]
     pipes, rec_for = {}, {}
     for name in names:
-        for decoder in ("stock", "exact"):
-            label = f"{name}/{decoder}"
-            pipes[label] = build_pipeline(recs[name], decoder, args.beam)
-            rec_for[label] = recs[name]
+        pipes[f"{name}/stock"] = build_pipeline(recs[name], "stock", args.beam)
+        rec_for[f"{name}/stock"] = recs[name]
+        for mode in engine_modes:
+            r = recs[name]
+            if mode.precision != "fp32":
+                r = copy.deepcopy(r)
+                apply_precision_(r, mode.precision)
+            pipes[f"{name}/{_short(mode)}"] = mode.build(r, args.beam)
+            rec_for[f"{name}/{_short(mode)}"] = r
     interleaved(rec_for, pipes, [waves[0][: rec.features.cfg.segment_samples * 3]])  # warm-up
     results = interleaved(rec_for, pipes, waves)
     trained = args.model == "tiny"
@@ -403,7 +420,7 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
     rows = []
     for name in names:
         stock_cpu = statistics.median(results[f"{name}/stock"].cpu_ms)
-        for decoder in ("stock", "exact"):
+        for decoder in ("stock", *(_short(m) for m in engine_modes)):
             t = results[f"{name}/{decoder}"]
             cpu = statistics.median(t.cpu_ms)
             row = {"variant": name, "mode": decoder, "encoder_flops_chunk": flops[name],

@@ -128,9 +128,10 @@ def test_bench_moe_script_times_dense_packed_moe_and_module():
 def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys):
     out = tmp_path / "variants.json"
     assert main(["--model", "tiny", "--chunks", "4", "--beam", "3", "--variants", "dense", "lowrank", "mla",
-                 "--json", str(out)]) == 0
+                 "--variant-modes", "exact", "exact@int8", "--json", str(out)]) == 0
     rows = {(r["variant"], r["mode"]): r for r in json.loads(out.read_text())["variants"]}
-    assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in ("stock", "exact")}
+    modes = ("stock", "exact", "exact@int8")
+    assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in modes}
     assert rows[("dense", "exact")]["flops_vs_dense"] == 1.0
     assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.6
     assert rows[("mla", "exact")]["encoder"] == "engine"  # the latent cache in the engine (engine/mla.py)

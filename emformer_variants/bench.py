@@ -26,8 +26,8 @@ Variants (``--variants``, configs in conf/variant/): each variant's stock pipeli
 engine modes (``--variant-modes``, default ``exact``; e.g. ``exact exact@int8``), all
 interleaved chunk by chunk in one run, beside the variant's measured encoder FLOPs per
 steady-state chunk (``arch_report.measure``) relative to dense. The engine runs a
-variant's low-rank chains and MLA's latent attention inside the fused C++ layer stack, and a
-MoE's FFN layers in its Python layer loop (experts in one C++ call per layer).
+variant's low-rank chains, MLA's latent attention and MoE FFNs (routing included) inside the
+fused C++ layer stack.
 
 For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones

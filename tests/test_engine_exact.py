@@ -143,12 +143,12 @@ def test_engine_encoder_is_torchaudio_transcriber(base_rec, packed, monkeypatch)
 
 @pytest.mark.parametrize("variant,precision", [
     *[("dense", p) for p in ("fp32", "fp16", "bf16", "int8")],
-    *[(v, p) for v in ("lowrank", "mla", "mla_lowrank") for p in ("fp32", "int8")]])
+    *[(v, p) for v in ("lowrank", "mla", "mla_lowrank", "moe", "mla_moe") for p in ("fp32", "int8")]])
 def test_fused_layer_stack_is_bit_for_bit_the_python_loop(variant, precision):
     """The C++ stack runs the same ATen ops as ``_Layer``: identical outputs and caches, over
     the first chunks (history shorter than the left context), and for two streams with
-    different histories (the masked path); also with low-rank chains of linears and MLA's
-    latent attention in the layers."""
+    different histories (the masked path); also with low-rank chains of linears, MLA's
+    latent attention and MoE FFNs in the layers."""
     import yaml
 
     from emformer_variants.engine.precision import apply_precision_
@@ -177,15 +177,25 @@ def test_fused_layer_stack_is_bit_for_bit_the_python_loop(variant, precision):
 
 
 def test_fused_stack_only_for_packed_layers(monkeypatch):
-    """A MoE FFN or no kernel: the encoder falls back to the Python loop."""
+    """A module the stack does not know (a low-rank FFN kept as a module), a watched MoE
+    (router telemetry) or no kernel: the encoder runs the Python loop."""
     import yaml
 
+    from emformer_variants.surgery.moe import RouterTelemetry
     from emformer_variants.surgery.registry import apply_surgery_
 
     rec = make_tiny_rec(4)
+    rec.model.transcriber.transformer.emformer_layers[0].pos_ff[2] = torch.nn.Tanh()
+    assert StreamingEncoder(rec.model).stack is None  # an activation the kernels do not have
+    rec = make_tiny_rec(4)
     spec = yaml.safe_load((ROOT / "conf" / "variant" / "moe.yaml").read_text())
-    apply_surgery_(rec, {**spec, "d_ff": 32}, init="convert")
-    assert StreamingEncoder(rec.model).stack is None
+    apply_surgery_(rec, spec, init="convert")
+    enc = StreamingEncoder(rec.model)
+    assert enc.stack is not None and not enc.stack.watched()
+    telemetry = RouterTelemetry(rec.model)
+    assert enc.stack.watched()
+    telemetry.close()
+    assert not enc.stack.watched()
     monkeypatch.setattr("emformer_variants.engine.linear.kernel", lambda: None)
     monkeypatch.setattr("emformer_variants.engine.packed.kernel", lambda: None)
     assert StreamingEncoder(make_tiny_rec(4).model).stack is None

@@ -19,10 +19,11 @@ Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infe
 
 The MLA surgery's attention runs as ``engine.mla.LatentAttention``: the cache holds each
 frame's latent (r floats) instead of its key and value, and the key/value up-projections are
-absorbed into the query and output projections; it runs in the fused stack too. A MoE FFN
-(``variant=moe``) runs as ``engine.moe.PackedMoE`` (its experts' linears packed, all experts
-of a layer in one C++ call), each layer in the Python loop. Emformer memory is not
-supported: use ``StockEncoder`` (``supports`` says which applies).
+absorbed into the query and output projections. A MoE FFN (``variant=moe``) runs as
+``engine.moe.PackedMoE`` (its experts' linears packed, all experts of a layer in one C++
+call). Both run in the fused stack too (the MoE's routing in C++, ``moe_ffn``), except while
+a forward hook watches a MoE (router telemetry): then the Python loop runs, which calls it.
+Emformer memory is not supported: use ``StockEncoder`` (``supports`` says which applies).
 
 Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
 reduction), L left-context frames, D model width, Hd heads, F feature bins.
@@ -37,6 +38,7 @@ from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
 from emformer_variants.engine import packed
 from emformer_variants.engine.linear import (
+    NO_TENSOR,
     LinearChain,
     fast_linear,
     fuse_linears,
@@ -83,12 +85,18 @@ def _kernel_chain(f) -> list | None:
     return None if None in impls else impls
 
 
+def _macs(impls: list) -> int:
+    """Multiply-adds per row of packed kernels applied one after the other."""
+    return sum(impl.in_features * impl.out_features for impl in impls)
+
+
 @dataclass
 class StackArgs:
     """One layer's arguments for ``emformer_stack`` (kernels/emformer_stack.cpp says the layout)."""
 
     tensors: list[torch.Tensor]  # 3 norms' weight and bias, then 4 per link of every chain
-    plan: list[int]  # attention kind, latent size, links of query, key_value, out, ff1, ff2
+    plan: list[int]  # attention kind, latent size, links of query, key_value, out, ff1, ff2,
+    # FFN kind, experts, top-k
     dims: list[int]  # output features per link
     eps: list[float]  # the 3 norms'
     activation: int
@@ -106,6 +114,10 @@ class _Stack:
         self.activation = args[0].activation
         self.heads, self.scaling = layers[0].heads, layers[0].scaling
         self.flops_per_row = 2 * sum(a.macs_per_row for a in args)
+        self.layers = layers
+
+    def watched(self) -> bool:
+        return any(layer.watched() for layer in self.layers)
 
     @classmethod
     def build(cls, layers: list[_Layer]) -> _Stack | None:
@@ -195,24 +207,46 @@ class _Layer:
     def stack_args(self) -> StackArgs | None:
         """This layer's arguments for the fused C++ stack (``_Stack``), or None when a part of
         it is not a packed linear (or a chain of them), an affine LayerNorm over the last dim or
-        a ReLU/GELU/SiLU (a MoE FFN, a precision without kernel)."""
-        if self.ff_parts is None:
+        a ReLU/GELU/SiLU (e.g. a precision without kernel, a low-rank FFN run as a module)."""
+        att_chains = [_kernel_chain(f) for f in self.attention.chains()]
+        if self.ff_parts is not None:  # torchaudio's FFN
+            norm, lin1, act, lin2 = self.ff_parts
+            ffn_chains = [_kernel_chain(lin1), _kernel_chain(lin2)]
+            ffn_plan, router = [0, 0, 0], []
+        elif isinstance(self.ffn, PackedMoE):  # router and experts: kernels/moe_experts.cpp
+            moe = self.ffn
+            norm, act = moe.norm, moe.activation
+            experts = [kernel_impl(lin) for pair in moe.experts for lin in pair]
+            ffn_chains = [None if None in experts else experts]
+            ffn_plan = [1, len(moe.experts), moe.top_k]
+            bias = NO_TENSOR if moe.router_bias is None else moe.router_bias
+            router = [moe.router_weight, bias]
+        else:
             return None
-        norm, lin1, act, lin2 = self.ff_parts
-        chains = [_kernel_chain(f) for f in (*self.attention.chains(), lin1, lin2)]
+        chains = att_chains + ffn_chains
         norms = [self.ln_in, norm, self.ln_out]
         code = _activation_code(act)
         if None in chains or code is None or not all(plain_norm(m) for m in norms):
             return None
-        att_chains = len(chains) - 2
-        links = [len(c) for c in chains]
-        if att_chains == 2:  # q/k/v in one chain: no key_value chain
+        links = [len(c) for c in att_chains]
+        if len(att_chains) == 2:  # q/k/v in one chain: no key_value chain
             links.insert(1, 0)
+        links += [len(c) for c in ffn_chains] if ffn_plan[0] == 0 else [0, 0]
         tensors = [t.detach() for m in norms for t in (m.weight, m.bias)]
-        tensors += [t for c in chains for impl in c for t in kernel_args(impl)]
-        return StackArgs(tensors, [self.attention.kind, self.attention.rank, *links],
+        tensors += [t for c in att_chains for impl in c for t in kernel_args(impl)]
+        tensors += router + [t for c in ffn_chains for impl in c for t in kernel_args(impl)]
+        macs_per_row = sum(_macs(c) for c in att_chains)
+        if ffn_plan[0] == 0:
+            macs_per_row += sum(_macs(c) for c in ffn_chains)
+        else:  # the router, and top-k experts (all of one size) per row
+            macs_per_row += router[0].numel() + ffn_plan[2] * _macs(ffn_chains[0][:2])
+        return StackArgs(tensors, [self.attention.kind, self.attention.rank, *links, *ffn_plan],
                          [impl.out_features for c in chains for impl in c], [float(m.eps) for m in norms],
-                         code, sum(impl.in_features * impl.out_features for c in chains for impl in c))
+                         code, macs_per_row)
+
+    def watched(self) -> bool:
+        """A forward hook on this layer's MoE (router telemetry) needs the Python path."""
+        return isinstance(self.ffn, PackedMoE) and bool(self.ffn.moe._forward_hooks)
 
     @property
     def heads(self) -> int:
@@ -290,7 +324,7 @@ class StreamingEncoder:
             cols = torch.arange(r + left - lo + s)
             start = torch.tensor([r + (left - v) - lo for v in valid])
             mask = (cols[None, :] >= r) & (cols[None, :] < start[:, None])
-        run = self._loop if self.stack is None else self.stack
+        run = self._loop if self.stack is None or self.stack.watched() else self.stack
         x, keys, values = run(x, r, lo, s, state.keys, state.values, mask)
         out = self.out_norm(self.output_linear(x[:, r:]))
         return out, EncoderState(keys, values, [p + s for p in state.past])

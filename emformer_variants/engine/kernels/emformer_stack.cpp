@@ -11,19 +11,23 @@
 // (kind 0) or the MLA surgery's latent attention with absorbed projections (kind 1,
 // ``engine/mla.py``): its first chain gives [per-head query latents (H*r), the frame's latent
 // (r)], its cache holds the latent and no values, its output chain takes the heads' latent
-// contexts (H*r).
+// contexts (H*r). The FFN is torchaudio's (kind 0: norm, linear chain, activation, linear
+// chain) or a MoE's (kind 1, ``engine/moe.py``: norm, then ``moe_ffn``).
 //
 // x: (N, R + S, D) rows [right context, utterance]. keys[i], values[i]: (N, L, ·), layer i's
 // left-context cache; the first ``lo`` slots are unused by every stream and skipped. mask:
 // (N, K) bool, True = masked key, or None.
-// plan: 7 per layer: attention kind, latent size r (0 for kind 0), then the links of the
-// chains query, key_value, out, ff1, ff2 (key_value has 0 links when query gives q, k and v at
-// once, and always for kind 1).
+// plan: 10 per layer: attention kind, latent size r (0 for kind 0), the links of the chains
+// query, key_value, out, ff1, ff2 (key_value has 0 links when query gives q, k and v at once,
+// and always for attention kind 1; ff1 and ff2 have 0 for FFN kind 1), FFN kind, experts E and
+// top-k (0, 0 for FFN kind 0).
 // params per layer: input norm weight, bias; FFN norm weight, bias; output norm weight, bias;
 // then 4 tensors per link of those chains in order: packed weight, bias, and for int8
 // (``int8_linear``) the weight scales and column sums, else two empty tensors (an empty bias =
-// no bias). dims: each link's output features. eps: 3 per layer. activation: 0 relu, 1 gelu,
-// 2 gelu (tanh), 3 silu.
+// no bias); for FFN kind 1 then the router's weight and bias (fp32, empty = none) and each
+// expert's two linears (4 tensors each). dims: each link's output features (a MoE expert's
+// two linears count as two links). eps: 3 per layer. activation: 0 relu, 1 gelu, 2 gelu
+// (tanh), 3 silu.
 // Returns [y (N, R + S, D), next keys of each layer..., next values of each layer...]; next
 // keys are the last L rows of [old left context, this chunk's keys].
 namespace {
@@ -47,17 +51,21 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat, "emformer_stack: x must be (N, T, D) fp32");
   TORCH_CHECK(static_cast<int64_t>(values.size()) == layers &&
-                  static_cast<int64_t>(plan.size()) == 7 * layers &&
+                  static_cast<int64_t>(plan.size()) == 10 * layers &&
                   static_cast<int64_t>(eps.size()) == 3 * layers,
               "emformer_stack: per-layer lists of different lengths");
-  int64_t links = 0;
+  int64_t links = 0, routers = 0;
   for (int64_t i = 0; i < layers; ++i) {
-    const int64_t* pl = plan.data() + 7 * i;
+    const int64_t* pl = plan.data() + 10 * i;
     TORCH_CHECK(pl[0] == 0 || (pl[0] == 1 && pl[1] > 0 && pl[3] == 0), "emformer_stack: bad attention plan");
-    TORCH_CHECK(pl[2] > 0 && pl[3] >= 0 && pl[4] > 0 && pl[5] > 0 && pl[6] > 0, "emformer_stack: empty chain");
-    links += pl[2] + pl[3] + pl[4] + pl[5] + pl[6];
+    TORCH_CHECK((pl[7] == 0 && pl[5] > 0 && pl[6] > 0) ||
+                    (pl[7] == 1 && pl[5] == 0 && pl[6] == 0 && pl[8] > 0 && pl[9] > 0 && pl[9] <= pl[8]),
+                "emformer_stack: bad FFN plan");
+    TORCH_CHECK(pl[2] > 0 && pl[3] >= 0 && pl[4] > 0, "emformer_stack: empty chain");
+    links += pl[2] + pl[3] + pl[4] + pl[5] + pl[6] + 2 * pl[8];
+    routers += pl[7];
   }
-  TORCH_CHECK(static_cast<int64_t>(params.size()) == 6 * layers + 4 * links &&
+  TORCH_CHECK(static_cast<int64_t>(params.size()) == 6 * layers + 4 * links + 2 * routers &&
                   static_cast<int64_t>(dims.size()) == links,
               "emformer_stack: params/dims do not match the plan");
   TORCH_CHECK(activation >= 0 && activation <= 3, "emformer_stack: unknown activation");
@@ -68,7 +76,7 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
   const torch::Tensor* p = params.data();
   const int64_t* nd = dims.data();
   for (int64_t i = 0; i < layers; ++i) {
-    const int64_t* pl = plan.data() + 7 * i;
+    const int64_t* pl = plan.data() + 10 * i;
     const torch::Tensor* norm = p;
     p += 6;
     const double* e = eps.data() + 3 * i;
@@ -112,8 +120,18 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
     }
     auto y = chain(att, p, nd, pl[4]) + x;
     auto h = at::layer_norm(y, {d}, norm[2], norm[3], e[1]);
-    auto hidden = ffn_activation(chain(h, p, nd, pl[5]), activation);
-    y = chain(hidden, p, nd, pl[6]) + y;
+    if (pl[7] == 0) {
+      auto hidden = ffn_activation(chain(h, p, nd, pl[5]), activation);
+      y = chain(hidden, p, nd, pl[6]) + y;
+    } else {  // MoE: dims hold [hidden_e, out] per expert
+      const int64_t experts = pl[8];
+      std::vector<int64_t> widths(experts);
+      for (int64_t j = 0; j < experts; ++j) widths[j] = nd[2 * j];
+      auto moe = moe_ffn(h.reshape({-1, d}), p, experts, pl[9], p + 2, widths.data(), nd[1], activation);
+      y = moe.view({n, t, nd[1]}) + y;
+      p += 2 + 8 * experts;
+      nd += 2 * experts;
+    }
     x = at::layer_norm(y, {d}, norm[4], norm[5], e[2]);
     // next left context: the last L rows of [old left context, this utterance]
     const int64_t kt = k.size(1);

@@ -24,6 +24,11 @@ torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int6
 // (tanh), 3 silu (kernel_linear.cpp).
 torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);
 
+// The routed FFN of a MoE layer on normalised rows (moe_experts.cpp).
+torch::Tensor moe_ffn(const torch::Tensor& x, const torch::Tensor* router, int64_t experts, int64_t top_k,
+                      const torch::Tensor* params, const int64_t* hidden, int64_t out_dim,
+                      int64_t activation);
+
 // The encoder's layers for one chunk (emformer_stack.cpp).
 std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
                                           std::vector<torch::Tensor> keys,

@@ -360,3 +360,28 @@ def test_measured_flops_of_an_engine_decode_include_its_kernels(two_sentences):
     stock = measure_flops(rec, wave, beam=4, decoder="stock")["gflops_per_audio_s"]
     exact = measure_flops(rec, wave, beam=4, decoder="exact")["gflops_per_audio_s"]
     assert 0.5 * stock < exact < 1.5 * stock
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_one_pass_attention_equals_torchaudios_bmm_softmax(masked):
+    """kernels/attention.cpp against the reshaped bmm / softmax / bmm it replaces, with a query
+    that is a strided slice of the fused q/k/v output, as the encoder passes it."""
+    from emformer_variants.engine import packed
+
+    require_kernel()
+    g = torch.Generator().manual_seed(8)
+    n, t, kt, d, heads = 3, 5, 17, 64, 4
+    qkv = torch.randn(n, t, 3 * d, generator=g)
+    q = qkv[:, :, :d]
+    k, v = torch.randn(n, kt, d, generator=g), torch.randn(n, kt, d, generator=g)
+    mask = torch.zeros(n, kt, dtype=torch.bool)
+    if masked:
+        mask[1, 2:6] = True
+        mask[2, 2:9] = True
+    scaling = (d // heads) ** -0.5
+    got = packed.run("stream_attention", q, k, v, mask if masked else None, heads, scaling)
+    qh, kh, vh = (x.reshape(n, -1, heads, d // heads).transpose(1, 2) for x in (q, k, v))
+    w = (qh * scaling) @ kh.transpose(-1, -2)
+    w = w.masked_fill(mask[:, None, None, :], -1e8)
+    want = (w.softmax(-1) @ vh).transpose(1, 2).reshape(n, t, d)
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=1e-5)

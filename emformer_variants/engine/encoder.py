@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torchaudio.models.emformer import _EmformerAttention, _EmformerLayer
 
-from emformer_variants.engine import packed
+from emformer_variants.engine import linear, packed
 from emformer_variants.engine.linear import (
     NO_TENSOR,
     LinearChain,
@@ -114,6 +114,9 @@ class _Stack:
         self.activation = args[0].activation
         self.heads, self.scaling = layers[0].heads, layers[0].scaling
         self.flops_per_row = 2 * sum(a.macs_per_row for a in args)
+        # attention scores and weighted values per (query row, key): 4 x the width they run at
+        self.flops_per_row_key = sum(4 * (la.attention.heads * la.attention.rank if la.attention.kind
+                                          else la.attention.cache_widths[0]) for la in layers)
         self.layers = layers
 
     def watched(self) -> bool:
@@ -134,7 +137,9 @@ class _Stack:
         """-> (output (N, R + S, D), next keys, next values) as ``StreamingEncoder.step``'s loop."""
         args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.plan, self.dims, self.eps,
                 self.heads, self.scaling, self.activation)
-        packed.count_flops(x.shape[0] * x.shape[1] * self.flops_per_row)
+        keys_seen = r + keys[0].shape[1] - lo + s
+        per_row = self.flops_per_row + keys_seen * self.flops_per_row_key
+        packed.count_flops(x.shape[0] * x.shape[1] * per_row)
         out = packed.run("emformer_stack", *args)
         n = len(keys)
         return out[0], out[1:1 + n], out[1 + n:]
@@ -144,7 +149,8 @@ class _Attention:
     """torchaudio's ``_EmformerAttention``: ``(ln (N, T, D), r, keys, values (N, L', D), mask)
     -> (attention output (N, T, D), all keys, all values (N, R + L' + S, D))``.
     Query and key/value run as one matmul when they can be fused (``fuse_linears``), else as
-    two callables (e.g. low-rank chains)."""
+    two callables (e.g. low-rank chains). Scores, softmax and values run in one pass
+    (``kernels/attention.cpp``) where the kernels load, else as torchaudio's reshaped ``bmm``s."""
 
     kind = 0  # emformer_stack's attention kind
 
@@ -157,6 +163,8 @@ class _Attention:
         self.heads, self.scaling = att.num_heads, att.scaling
         self.cache_widths = (att.input_dim, att.input_dim)
         self.rank = 0
+        # the one-pass attention kernel where the kernels load (emformer_stack uses it too)
+        self.one_pass = linear.kernel() is not None
 
     def chains(self) -> list:
         """The linears in emformer_stack's order: query (or q/k/v), key_value (if apart), out."""
@@ -174,6 +182,10 @@ class _Attention:
         k = torch.cat([k[:, :r], keys, k[:, r:]], dim=1)
         v = torch.cat([v[:, :r], values, v[:, r:]], dim=1)
         kt = k.shape[1]
+        if self.one_pass:  # kernels/attention.cpp: no head reshapes
+            packed.count_flops(4 * n * t * kt * d)
+            att = packed.run("stream_attention", q, k, v, mask, hd, self.scaling)
+            return self.out_proj(att), k, v
         qh = q.view(n, t, hd, d // hd).transpose(1, 2).reshape(n * hd, t, d // hd)
         kh = k.view(n, kt, hd, d // hd).transpose(1, 2).reshape(n * hd, kt, d // hd)
         vh = v.view(n, kt, hd, d // hd).transpose(1, 2).reshape(n * hd, kt, d // hd)

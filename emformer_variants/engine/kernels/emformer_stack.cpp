@@ -99,14 +99,7 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
       }
       k = at::cat({k.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), k.narrow(1, r, t - r)}, 1);
       v = at::cat({v.narrow(1, 0, r), v_old.narrow(1, lo, left - lo), v.narrow(1, r, t - r)}, 1);
-      const int64_t kt = k.size(1);
-      auto qh = q.view({n, t, heads, dh}).transpose(1, 2).reshape({n * heads, t, dh});
-      auto kh = k.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
-      auto vh = v.view({n, kt, heads, dh}).transpose(1, 2).reshape({n * heads, kt, dh});
-      auto w = at::bmm(qh * scaling, kh.transpose(1, 2));
-      if (has_mask)
-        w = w.view({n, heads, t, kt}).masked_fill(mask->view({n, 1, 1, kt}), -1e8).view({n * heads, t, kt});
-      att = at::bmm(at::softmax(w, -1), vh).view({n, heads, t, dh}).transpose(1, 2).reshape({n, t, d});
+      att = stream_attention(q, k, v, mask, heads, scaling);
     } else {
       const int64_t rank = pl[1];
       auto qc = chain(ln, p, nd, pl[2]);  // (N, T, H*r + r)

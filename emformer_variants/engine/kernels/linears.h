@@ -24,6 +24,11 @@ torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int6
 // (tanh), 3 silu (kernel_linear.cpp).
 torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);
 
+// Multi-head attention of a streaming chunk in one pass: q (N, T, D), k and v (N, K, D), mask
+// (N, K) True = masked key (attention.cpp).
+torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling);
+
 // The routed FFN of a MoE layer on normalised rows (moe_experts.cpp).
 torch::Tensor moe_ffn(const torch::Tensor& x, const torch::Tensor* router, int64_t experts, int64_t top_k,
                       const torch::Tensor* params, const int64_t* hidden, int64_t out_dim,

@@ -42,6 +42,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "use avx512 or avx2 from now on; False (no change) when this CPU or build cannot");
   m.def("stream_read", &stream_read, "read every byte of a tensor once, one thread (bandwidth floor)");
   m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");
+  m.def("stream_attention", &stream_attention, "a chunk's multi-head attention in one pass over (N, K, D) keys");
   m.def("moe_experts", &moe_experts, "each MoE expert's two packed linears on its grouped rows");
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");
   py::class_<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")

@@ -17,7 +17,8 @@ each run's ``hyps.jsonl``); a difference whose interval excludes 0 is marked ``*
 A step whose ``metrics.json`` already exists is not run again, so an interrupted run picks up
 where it stopped. Writes ``results.md``, ``results.json`` and the Pareto PNGs (WER on test
 against encoder GFLOPs per audio second, chunk latency and K/V-cache bytes) into ``--out``.
-Smaller runs: ``--rows``, ``--sets``, ``--max-utterances``, ``--steps``.
+Smaller runs: ``--rows``, ``--sets``, ``--max-utterances``, ``--steps``; ``--no-run`` writes the
+tables from the steps already done, running nothing.
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ def has_surgery(row: str) -> bool:
     return row not in ("base", "dense")
 
 
-def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
-    """Run one CLI step unless its metrics.json exists; a failed step's folder is removed."""
+def _run(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True) -> dict | None:
+    """Run one CLI step unless its metrics.json exists; a failed step's folder is removed.
+    With ``run=False`` nothing runs: the metrics when they exist, else None."""
     metrics = out_dir / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
+    if not run:
+        return None
     if out_dir.exists():  # an interrupted earlier attempt: start it again
         shutil.rmtree(out_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +85,9 @@ def _run(cmd: list[str], out_dir: Path, log_path: Path) -> dict:
 
 
 def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_extra: list[str],
-            stages: tuple[str, ...] = STAGES) -> dict:
-    """Evaluate one row at its stages; returns {"stages": {stage: {set: eval dir}}, "commands"}."""
+            stages: tuple[str, ...] = STAGES, run: bool = True) -> dict:
+    """Evaluate one row at its stages; returns {"stages": {stage: {set: eval dir}}, "commands"}.
+    ``run=False``: only the steps already done (the table from what exists)."""
     py = sys.executable
     log = out / row / "commands.log"
     commands: list[str] = []
@@ -93,8 +98,8 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         cmd = [py, "evaluate.py", *ckpt_args, *EVAL_SETS[name], flops, *eval_extra]
         commands.append("python " + " ".join(cmd[1:]).replace(str(out / row), "<row>"))
         ev_dir = out / row / f"{stage}-{name}"
-        _run([*cmd, f"paths.output_dir={ev_dir}"], ev_dir, log)
-        result["stages"].setdefault(stage, {})[name] = str(ev_dir)
+        if _run([*cmd, f"paths.output_dir={ev_dir}"], ev_dir, log, run) is not None:
+            result["stages"].setdefault(stage, {})[name] = str(ev_dir)
 
     if row == "base":
         if "base" in stages:
@@ -103,7 +108,7 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         return result
     if has_surgery(row) and "surgery" in stages:
         first = out / row / f"surgery-{sets[0]}"
-        if not (first / "metrics.json").is_file() and not (VARIANTS / f"{row}.yaml").is_file():
+        if run and not (first / "metrics.json").is_file() and not (VARIANTS / f"{row}.yaml").is_file():
             raise UserError(f"row {row}: no conf/variant/{row}.yaml for its after-surgery stage")
         evaluate("surgery", sets[0], ["ckpt=base", f"surgery={row}"])
         for name in sets[1:]:  # the very weights the first set scored
@@ -112,9 +117,9 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         train_dir = out / row / "train"
         cmd = [py, "train.py", f"experiment=finetune/{row}", *train_extra]
         commands.append("python " + " ".join(cmd[1:]))
-        _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log)
-        for name in sets:
-            evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])
+        if _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log, run) is not None:
+            for name in sets:
+                evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])
     return result
 
 
@@ -273,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every recipe (validated at the end)")
     p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates")
+    p.add_argument("--no-run", action="store_true",
+                   help="run nothing: the tables and plots from the steps already done ('-' for the rest)")
     p.add_argument("--train", nargs="*", default=[], help="extra overrides for every train.py run")
     p.add_argument("--eval", nargs="*", default=[], help="extra overrides for every evaluate.py run")
     args = p.parse_args(argv)
@@ -292,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     order = ["base", *[r for r in args.rows if r != "base"]] if "base" in args.rows else args.rows
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {r: pool.submit(run_row, r, out, args.sets, train, evaluate, tuple(args.stages))
-                   for r in order}
+        futures = {r: pool.submit(run_row, r, out, args.sets, train, evaluate, tuple(args.stages),
+                                  not args.no_run) for r in order}
         results = {r: f.result() for r, f in futures.items()}
     scored = gather(results, args.replicates, seed=0)
     md = markdown(scored, args.sets)

@@ -66,6 +66,12 @@ def test_surgery_rows_without_training(mini_corpus, tiny_base_ckpt, tmp_path, ca
     assert mla["delta_vs_base"]["num_utterances"] == 2
     assert not (tmp_path / "mla" / "train").exists()
     assert (tmp_path / "pareto_wer_vs_encoder_gflops.png").read_bytes()[:4] == b"\x89PNG"
+    # --no-run: the same table from what exists; the missing final stage and set run nothing
+    (tmp_path / "results.json").unlink()
+    assert _run(mini_corpus, tiny_base_ckpt, tmp_path, "--no-run", "--sets", "test", "test_voice") == 0
+    again = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert again["mla"]["surgery"]["test"]["wer"] == mla["wer"] and "final" not in again["mla"]
+    assert "test_voice" not in again["mla"]["surgery"] and not (tmp_path / "mla" / "train").exists()
 
 
 @pytest.mark.slow

@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_utterances is not None:
         evaluate.append(f"max_utterances={args.max_utterances}")
     out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
     order = ["base", *[r for r in args.rows if r != "base"]] if "base" in args.rows else args.rows
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {r: pool.submit(run_row, r, out, args.sets, train, evaluate, tuple(args.stages),

@@ -57,6 +57,17 @@ def test_evaluate_project_checkpoints(trained, mini_corpus, tmp_path, which):
     assert 1 <= ratio < 1.01
     assert (tmp_path / "hyps.jsonl").is_file()
     assert "wer_by_speaker" not in metrics  # one speaker: nothing to break down
+    # the data fingerprint: the test split's samples and references, in order
+    import hashlib
+
+    from emformer_variants.data.audio import load_audio
+
+    h = hashlib.sha1()
+    for line in (mini_corpus / "test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        h.update(load_audio(str(mini_corpus / row["audio"])).numpy().tobytes())
+        h.update(row["text"].encode() + b"\0")
+    assert metrics["data_sha1"] == h.hexdigest()
 
 
 def test_evaluate_breaks_wer_down_by_speaker(trained, mini_corpus, tmp_path):

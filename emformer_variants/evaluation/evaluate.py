@@ -9,6 +9,7 @@ the previous chunk is done; TTFT is when the chunk that emits the first token fi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -73,6 +74,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     state_bytes, compute_s, audio_s, skipped = 0, 0.0, 0.0, []
     warmed = False
     telemetry = EvaluationTelemetry(rec.model)  # each variant's own counters (e.g. MoE router load)
+    data_hash = hashlib.sha1()  # the samples and references scored: same value, same data
     t_start = time.perf_counter()
     for i, utt in enumerate(utts):
         try:
@@ -87,6 +89,8 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
             stream_decode(rec, wave[: cfg.window_samples * 2], beam, pipe)
             warmed = True
         res = stream_decode(rec, wave, beam, pipe, endpoint=endpoint)
+        data_hash.update(wave.numpy().tobytes())
+        data_hash.update(utt.text.encode() + b"\0")
         refs.append(utt.text)
         hyps.append(res.text)
         chunks = res.chunk_s
@@ -131,6 +135,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
         "beam": beam, "decoder": decoder, "endpoint": endpoint is not None,
         "threads": torch.get_num_threads(),
         "ref_words": rates["ref_words"],
+        "data_sha1": data_hash.hexdigest(),
     }
     speakers = [r["speaker"] for r in rows]
     if len(set(speakers)) > 1:  # corpus WER within each speaker (voice), in metrics.json only

@@ -182,8 +182,8 @@ class _Attention:
         k = torch.cat([k[:, :r], keys, k[:, r:]], dim=1)
         v = torch.cat([v[:, :r], values, v[:, r:]], dim=1)
         kt = k.shape[1]
-        if self.one_pass:  # kernels/attention.cpp: no head reshapes
-            packed.count_flops(4 * n * t * kt * d)
+        if self.one_pass:  # kernels/attention.cpp: no head reshapes (its work is counted by
+            # _Stack only: in this loop the linears may be kernels that count nothing, e.g. fbgemm)
             att = packed.run("stream_attention", q, k, v, mask, hd, self.scaling)
             return self.out_proj(att), k, v
         qh = q.view(n, t, hd, d // hd).transpose(1, 2).reshape(n * hd, t, d // hd)

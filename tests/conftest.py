@@ -167,6 +167,26 @@ TEXTS = ["it is a truth universally acknowledged", "she was the youngest of two 
 SEG, RC = 16, 4  # feature frames per streaming chunk (before time reduction)
 
 
+def feature_chunks(n: int = 5, streams: int = 1, seed: int = 7) -> list:
+    """``n`` random streaming chunks of features (streams, SEG + RC, 80), fixed seed."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(streams, SEG + RC, 80, generator=g) for _ in range(n)]
+
+
+def run_encoder(encoder, feats: list):
+    """An engine/stock encoder over ``feats`` chunk by chunk, state carried: (N, frames, D)."""
+    import torch
+
+    state = encoder.init(feats[0].shape[0])
+    outs = []
+    for x in feats:
+        out, state = encoder.step(x, state)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
 def tiny_arch(**kw) -> dict:
     """emformer_rnnt_model kwargs for a test-size model: D = 16 x 4 = 64, FFN 64, 2 layers."""
     from emformer_variants.metrics.flops import emformer_base_arch

@@ -14,7 +14,7 @@ from emformer_variants.engine.mla import LatentAttention
 from emformer_variants.engine.pipeline import EngineEncoder, StockEncoder, build_pipeline
 from emformer_variants.engine.precision import Int8DynamicLinear, apply_precision_
 from emformer_variants.surgery.registry import apply_surgery_
-from tests.conftest import RC, SEG, make_tiny_rec
+from tests.conftest import feature_chunks, make_tiny_rec, run_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,28 +25,15 @@ def mla_rec(kv_rank: int, absorb: bool = True, seed: int = 3):
     return rec.eval()
 
 
-def chunks(n: int = 5, streams: int = 1, seed: int = 7) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(streams, SEG + RC, 80, generator=g) for _ in range(n)]
-
-
-def run(encoder, feats: list[torch.Tensor]) -> torch.Tensor:
-    state = encoder.init(feats[0].shape[0])
-    outs = []
-    for x in feats:
-        out, state = encoder.step(x, state)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
-
-
 @pytest.mark.parametrize("absorb", [True, False])
 def test_latent_engine_equals_the_module_streaming(absorb):
     """Over more chunks than the left context holds, so the cache wraps."""
     rec = mla_rec(kv_rank=16, absorb=absorb)
     engine = StreamingEncoder(rec.model)
     assert all(isinstance(layer.attention, LatentAttention) for layer in engine.layers)
-    feats = chunks(12)
-    torch.testing.assert_close(run(engine, feats), run(StockEncoder(rec.model), feats), atol=2e-5, rtol=1e-4)
+    feats = feature_chunks(12)
+    torch.testing.assert_close(run_encoder(engine, feats), run_encoder(StockEncoder(rec.model), feats),
+                               atol=2e-5, rtol=1e-4)
 
 
 def test_the_cache_holds_the_latent_only():
@@ -58,7 +45,7 @@ def test_the_cache_holds_the_latent_only():
     left = engine.left
     assert state.nbytes() == len(engine.layers) * 2 * left * 16 * 4
     assert dense.init(2).nbytes() == state.nbytes() * (2 * d // 16)
-    _, state = engine.step(chunks(1, streams=2)[0], state)
+    _, state = engine.step(feature_chunks(1, streams=2)[0], state)
     assert [tuple(k.shape) for k in state.keys] == [(2, left, 16)] * len(engine.layers)
     assert all(v.numel() == 0 for v in state.values)
 
@@ -67,9 +54,9 @@ def test_full_rank_latent_engine_equals_dense_engine():
     """kv_rank = D: the MLA conversion is exact, so the engine's output is the base's."""
     base = make_tiny_rec(3).eval()
     d = base.model.transcriber.transformer.emformer_layers[0].input_dim
-    feats = chunks(6)
-    dense = run(StreamingEncoder(base.model), feats)
-    torch.testing.assert_close(run(StreamingEncoder(mla_rec(kv_rank=d).model), feats), dense,
+    feats = feature_chunks(6)
+    dense = run_encoder(StreamingEncoder(base.model), feats)
+    torch.testing.assert_close(run_encoder(StreamingEncoder(mla_rec(kv_rank=d).model), feats), dense,
                                atol=5e-5, rtol=1e-4)
 
 
@@ -77,7 +64,7 @@ def test_streams_with_different_histories_equal_each_stream_alone():
     """Stream 1 starts two chunks after stream 0: its unused cache slots are masked."""
     rec = mla_rec(kv_rank=8)
     engine = StreamingEncoder(rec.model)
-    feats = chunks(6, streams=2)
+    feats = feature_chunks(6, streams=2)
     state = engine.init(2)
     outs = []
     for i, x in enumerate(feats):
@@ -86,21 +73,21 @@ def test_streams_with_different_histories_equal_each_stream_alone():
         out, state = engine.step(x, state)
         outs.append(out)
     together = torch.stack(outs)  # (chunks, 2, S, D)
-    alone0 = run(engine, [x[:1] for x in feats])
-    alone1 = run(engine, [x[1:] for x in feats[2:]])
+    alone0 = run_encoder(engine, [x[:1] for x in feats])
+    alone1 = run_encoder(engine, [x[1:] for x in feats[2:]])
     torch.testing.assert_close(torch.cat(list(together[:, 0]), dim=0), alone0[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(list(together[2:, 1]), dim=0), alone1[0], atol=1e-5, rtol=1e-5)
 
 
 def test_int8_latent_engine_stays_close_and_quantises_the_absorbed_linears():
     rec = mla_rec(kv_rank=16)
-    feats = chunks(5)
-    ref = run(StreamingEncoder(rec.model), feats)
+    feats = feature_chunks(5)
+    ref = run_encoder(StreamingEncoder(rec.model), feats)
     apply_precision_(rec, "int8")
     engine = StreamingEncoder(rec.model)
     att = engine.layers[0].attention
     assert isinstance(att.project_in, Int8DynamicLinear) and isinstance(att.project_out, Int8DynamicLinear)
-    out = run(engine, feats)
+    out = run_encoder(engine, feats)
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
 
 

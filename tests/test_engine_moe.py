@@ -18,11 +18,9 @@ from emformer_variants.engine.pipeline import StockEncoder
 from emformer_variants.engine.precision import Int8DynamicLinear, apply_precision_
 from emformer_variants.surgery.moe import MoEFeedForward, RouterTelemetry, moe_modules
 from emformer_variants.surgery.registry import apply_surgery_
-from tests.conftest import RC, SEG, make_tiny_rec, require_kernel
+from tests.conftest import feature_chunks, make_tiny_rec, require_kernel, run_encoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-CHUNKS = 5
 
 
 def moe_rec(top_k: int, d_ff: int = 24, init: str = "random", seed: int = 4):
@@ -30,20 +28,6 @@ def moe_rec(top_k: int, d_ff: int = 24, init: str = "random", seed: int = 4):
     torch.manual_seed(seed)
     apply_surgery_(rec, {"name": "moe", "num_experts": 4, "top_k": top_k, "d_ff": d_ff, "init": init})
     return rec.eval()
-
-
-def chunks(n: int = CHUNKS, streams: int = 1) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    return [torch.randn(streams, SEG + RC, 80, generator=g) for _ in range(n)]
-
-
-def run(encoder, feats: list[torch.Tensor]) -> torch.Tensor:
-    state = encoder.init(feats[0].shape[0])
-    outs = []
-    for x in feats:
-        out, state = encoder.step(x, state)
-        outs.append(out)
-    return torch.cat(outs, dim=1)
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -54,8 +38,9 @@ def test_packed_moe_equals_the_module_streaming_fp32(top_k):
     assert all(isinstance(layer.ffn, PackedMoE) for layer in engine.layers)
     assert all(kernel_impl(lin) is not None for layer in engine.layers
                for pair in layer.ffn.experts for lin in pair)
-    feats = chunks()
-    torch.testing.assert_close(run(engine, feats), run(StockEncoder(rec.model), feats), atol=1e-5, rtol=1e-5)
+    feats = feature_chunks()
+    torch.testing.assert_close(run_encoder(engine, feats), run_encoder(StockEncoder(rec.model), feats),
+                               atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -67,16 +52,16 @@ def test_packed_moe_equals_the_int8_module_streaming(top_k):
     engine = StreamingEncoder(rec.model)
     assert all(type(lin) is Int8DynamicLinear for m in moe_modules(rec.model)
                for pair in m.expert_linears() for lin in pair)
-    feats = chunks()
-    got, want = run(engine, feats), run(StockEncoder(rec.model), feats)
+    feats = feature_chunks()
+    got, want = run_encoder(engine, feats), run_encoder(StockEncoder(rec.model), feats)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 def test_int8_moe_stays_close_to_fp32():
     rec = moe_rec(2)
-    fp32 = run(StreamingEncoder(rec.model), chunks())
+    fp32 = run_encoder(StreamingEncoder(rec.model), feature_chunks())
     apply_precision_(rec, "int8")
-    int8 = run(StreamingEncoder(rec.model), chunks())
+    int8 = run_encoder(StreamingEncoder(rec.model), feature_chunks())
     assert float((int8 - fp32).norm() / fp32.norm()) < 0.05
 
 
@@ -86,9 +71,9 @@ def test_identical_experts_equal_dense_in_the_engine():
     dense = make_tiny_rec(4)
     rec = copy.deepcopy(dense)
     apply_surgery_(rec, {"name": "moe", "num_experts": 4, "top_k": 2, "d_ff": 64, "init": "upcycle"})
-    feats = chunks(streams=2)
-    torch.testing.assert_close(run(StreamingEncoder(rec.model), feats),
-                               run(StreamingEncoder(dense.model), feats), atol=1e-5, rtol=1e-5)
+    feats = feature_chunks(streams=2)
+    torch.testing.assert_close(run_encoder(StreamingEncoder(rec.model), feats),
+                               run_encoder(StreamingEncoder(dense.model), feats), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int8-fbgemm"])
@@ -117,7 +102,7 @@ def test_split_experts_compute_the_same_function():
 def test_router_telemetry_sees_the_engine():
     rec = moe_rec(2)
     telemetry = RouterTelemetry(rec.model)
-    run(StreamingEncoder(rec.model), chunks(3))
+    run_encoder(StreamingEncoder(rec.model), feature_chunks(3))
     summary = telemetry.summary()
     telemetry.close()
     assert telemetry.calls == 3 and len(summary["moe_load_per_layer"]) == 2

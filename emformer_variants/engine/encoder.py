@@ -205,7 +205,6 @@ class _Layer:
             self.attention = LatentAttention(layer.attention)
         else:
             self.attention = _Attention(layer.attention)
-        self.cache_widths = self.attention.cache_widths
         ff = layer.pos_ff
         self.ff_parts = None
         # torchaudio's FFN: norm, linear, activation, dropout, linear, dropout
@@ -294,13 +293,13 @@ class StreamingEncoder:
         self.left = em.left_context_length
         self.layers = [_Layer(layer) for layer in em.emformer_layers]
         self.stack = _Stack.build(self.layers) if fused else None  # None: a Python loop over layers
-        self.width = em.emformer_layers[0].input_dim
         self.output_linear = fast_linear(tr.output_linear)
         self.out_norm = tr.layer_norm
 
     def init(self, n: int) -> EncoderState:
-        keys = [torch.zeros(n, self.left, layer.cache_widths[0]) for layer in self.layers]
-        values = [torch.zeros(n, self.left, layer.cache_widths[1]) for layer in self.layers]
+        widths = [layer.attention.cache_widths for layer in self.layers]
+        keys = [torch.zeros(n, self.left, wk) for wk, _ in widths]
+        values = [torch.zeros(n, self.left, wv) for _, wv in widths]
         return EncoderState(keys, values, [0] * n)
 
     def reset(self, state: EncoderState, stream: int) -> None:

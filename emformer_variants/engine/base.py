@@ -32,6 +32,16 @@ class CachedSearch:
         self.cache = PrefixCache(self.predictor)
         self.keep_chunks = keep_chunks
         self.joiner_rows = 0  # statistics
+        self.fused = None  # engine.fused.FusedSearch: each chunk in one C++ call
+
+    def _fuse(self, kind: str, limit: int, fused: bool) -> None:
+        """Run each chunk in C++ (``engine.fused``, ``kind`` with ``limit`` symbols per frame)
+        when ``fused`` and the kernels allow; the prefix cache is then the C++ one."""
+        from emformer_variants.engine.fused import FusedSearch
+
+        self.fused = FusedSearch.build(self, kind, limit) if fused else None
+        if self.fused is not None:
+            self.cache = self.fused  # what tests and statistics read: slot_of, free, computed
 
     def init_state(self):
         return None
@@ -56,6 +66,8 @@ class CachedSearch:
     def step(self, enc: torch.Tensor, beams: list) -> list[list[Hyp]]:
         if len(beams) != enc.shape[0]:
             raise ValueError(f"{len(beams)} beams for {enc.shape[0]} streams")
+        if self.fused is not None:
+            return self.fused.step(enc, beams, self.keep_chunks)
         beams = [[Hyp((self.blank,), self.cache.root(self.blank), 0.0)] if b is None else b
                  for b in beams]
         slot_of = self.cache.slot_of

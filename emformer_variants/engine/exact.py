@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from emformer_variants.engine import packed
-from emformer_variants.engine.base import STALE, CachedSearch
+from emformer_variants.engine.base import CachedSearch
 from emformer_variants.engine.hyp import Hyp, sort_key
-from emformer_variants.engine.linear import kernel_args, kernel_impl
 
 
 class ExactBeamSearch(CachedSearch):
@@ -37,15 +35,7 @@ class ExactBeamSearch(CachedSearch):
                  fused: bool = True, **kw):
         super().__init__(model, blank, beam, **kw)
         self.step_max_tokens = step_max_tokens
-        self.fused = _FusedSearch.build(self) if fused else None  # None: the Python loop
-        if self.fused is not None:
-            self.cache = self.fused  # what tests and statistics read: slot_of, free, computed
-
-    @torch.inference_mode()
-    def step(self, enc: torch.Tensor, beams: list) -> list[list[Hyp]]:
-        if self.fused is None or len(beams) != enc.shape[0]:
-            return super().step(enc, beams)  # the Python loop (which rejects a beam count mismatch)
-        return self.fused.step(enc, beams, self.keep_chunks)
+        self._fuse("ExactSearch", step_max_tokens, fused)  # fused=False: the Python loop
 
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
         n, beam = len(beams), self.beam
@@ -115,69 +105,3 @@ class ExactBeamSearch(CachedSearch):
             key_to_b[h_a.tokens] = h_new
         _, order = torch.tensor([h.score for h in b]).sort()
         return [b[i] for i in order.tolist()]
-
-
-class _FusedSearch:
-    """``ExactBeamSearch.step`` in one C++ call per chunk. Its prefix cache lives in C++; a
-    ``Hyp.slot`` here is the prefix's handle, a number never reused, so a stale beam is
-    rejected. ``slot_of``, ``free``, ``capacity``, ``computed`` and ``hits`` read the cache
-    as ``PrefixCache``'s attributes do."""
-
-    def __init__(self, impl, blank: int, flops: tuple[int, int, int]):
-        self.impl, self.blank = impl, blank
-        self.flops = flops  # per joiner row, predictor row, recurrent-gate row (one layer)
-
-    @classmethod
-    def build(cls, search: ExactBeamSearch) -> _FusedSearch | None:
-        """None unless the joiner, predictor step and recurrent gates all run in kernels and
-        the joiner's activation is ReLU or tanh."""
-        pred = search.predictor
-        gates = [kernel_impl(m) for m in pred.p2g]
-        joiner = kernel_impl(search.joiner.linear)
-        act = {torch.nn.ReLU: 0, torch.nn.Tanh: 1}.get(type(search.joiner.activation))
-        if pred.fused is None or None in gates or joiner is None or act is None:
-            return None
-        params, eps, macs = pred.fused
-        impl = packed.kernel().ExactSearch(
-            pred.table0, params, eps, pred.out_dim, [t for g in gates for t in kernel_args(g)],
-            kernel_args(joiner), joiner.out_features, act, float(search.joiner.temperature),
-            search.blank, search.beam, search.step_max_tokens, 256)
-        flops = (2 * joiner.in_features * joiner.out_features, 2 * macs,
-                 2 * gates[0].in_features * gates[0].out_features)
-        return cls(impl, search.blank, flops)
-
-    def step(self, enc: torch.Tensor, beams: list, keep: int) -> list[list[Hyp]]:
-        rows = self._rows()
-        beams = [[Hyp((self.blank,), self.impl.root(), 0.0)] if b is None else b for b in beams]
-        flat = [h for b in beams for h in b]
-        handles = [h.slot for h in flat]
-        if not self.impl.live(handles):
-            raise ValueError(STALE)
-        out = packed.call(self.impl.step, enc, handles, [h.score for h in flat], [len(b) for b in beams],
-                          keep, label="exact_search")
-        packed.count_flops(sum(f * (b - a) for f, a, b in zip(self.flops, rows, self._rows(), strict=True)))
-        return [[Hyp(flat[origin].tokens + tuple(added), handle, score)
-                 for origin, handle, score, added in stream] for stream in out]
-
-    def _rows(self) -> tuple[int, int, int]:
-        return self.impl.joiner_rows, self.impl.predictor_rows, self.impl.gate_rows
-
-    @property
-    def slot_of(self) -> dict[tuple, int]:
-        return {tuple(tokens): handle for tokens, handle in self.impl.prefixes()}
-
-    @property
-    def free(self) -> list[int]:
-        return self.impl.free_slots()
-
-    @property
-    def capacity(self) -> int:
-        return self.impl.capacity()
-
-    @property
-    def computed(self) -> int:
-        return self.impl.computed
-
-    @property
-    def hits(self) -> int:
-        return self.impl.hits

@@ -4,6 +4,9 @@ At most ``max_symbols`` symbols per frame per stream (icefall's ``max_sym_per_fr
 after a symbol, the same frame is joined again with the new predictor output. One joiner
 call and at most one predictor call per round serve all streams.
 
+When the joiner and predictor run in the packed kernels, the chunk runs in C++ as modified
+beam search with beam 1 (``kernels/modified_search.cpp``); ``fused=False`` keeps this loop.
+
 Shapes: N streams, D joiner width, V symbols.
 """
 
@@ -19,9 +22,13 @@ class GreedySearch(CachedSearch):
     name = "greedy"
 
     def __init__(self, model: torch.nn.Module, blank: int, beam: int = 1, max_symbols: int = 3,
-                 **kw):
+                 fused: bool = True, **kw):
         super().__init__(model, blank, 1, **kw)
         self.max_symbols = max_symbols
+        # Modified beam search with beam 1 is this search (the best pair each round; a symbol
+        # joins the frame again, blank ends it): its C++ loop runs the chunk. Its scores add
+        # fp32 log-probs to the fp32-rounded score, where this loop adds in double.
+        self._fuse("ModifiedSearch", max_symbols, fused)
 
     def _frame(self, enc_t: torch.Tensor, beams: list[list[Hyp]]) -> list[list[Hyp]]:
         hyps = [b[0] for b in beams]

@@ -11,6 +11,10 @@ serves all streams, so a frame costs at most K joiner and K predictor calls, whe
 torchaudio's search runs a data-dependent number of rounds over a growing candidate set.
 Output ranking: torchaudio's score / (tokens + 1).
 
+When the joiner and predictor run in the packed kernels, each chunk runs in one C++ call
+(``kernels/modified_search.cpp``, the same beams bit for bit except where the candidates
+tie); ``fused=False`` keeps the Python loop below.
+
 The selection is batched over streams (``_select``): each row's ``beam`` best symbols, then
 each stream's ``beam`` best of its rows' candidates, two top-k calls per round for all
 streams instead of one top-k over ``beam x V`` values per stream (a stream's best ``beam``
@@ -49,12 +53,13 @@ class ModifiedBeamSearch(CachedSearch):
     name = "modified"
 
     def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1,
-                 batched: bool = True, **kw):
+                 batched: bool = True, fused: bool = True, **kw):
         super().__init__(model, blank, beam, **kw)
         self.batched = batched  # False: one top-k per stream
         if max_symbols < 1:
             raise ValueError(f"max_symbols={max_symbols}: must be at least 1")
         self.max_symbols = max_symbols
+        self._fuse("ModifiedSearch", max_symbols, fused and batched)  # fused=False: the Python loop
 
     def _select(self, cand: torch.Tensor, counts: list[int]) -> list[tuple[list, list, list]]:
         """Each stream's ``beam`` best (hypothesis, symbol) pairs, best first, from ``cand``

@@ -71,10 +71,14 @@ def resolve_checkpoint(ckpt: str, model_cfg: DictConfig) -> Recognizer:
 
 
 class _VocabOnly:
-    """Stands in for a tokenizer of ``vocab_size`` pieces: only the joiner's size uses it."""
+    """Stands in for a tokenizer of ``vocab_size`` pieces: the joiner's size uses it, and
+    ``decode`` spells piece ids as ``<id>`` (random weights have no text to show)."""
 
     def __init__(self, vocab_size: int):
         self.vocab_size, self.blank, self.num_symbols = vocab_size, vocab_size, vocab_size + 1
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(f"<{i}>" for i in ids)
 
 
 def build_random(model: str, seed: int = 0) -> Recognizer:

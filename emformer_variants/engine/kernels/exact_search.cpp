@@ -34,14 +34,8 @@ torch::Tensor index(const std::vector<int64_t>& v) {
   return torch::tensor(v, torch::kInt64);
 }
 
-using Scored = std::pair<float, int64_t>;  // (value, flat index)
+}  // namespace
 
-// The k largest of score[r] + logp[r, v] over ``count`` rows (row stride ld) and v < width,
-// flat index r * width + v, into ``top`` in descending order: one pass keeping the k + 1
-// largest, 8 values per compare. The fp32 sums are the bits ``scores.unsqueeze(1) + logp``
-// gives. Returns false, leaving the work to ``at::topk``, when its answer would depend on how
-// ties break: a NaN, or two equal values among the k + 1 largest. Otherwise the answer is
-// unique, so it is at::topk's.
 bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
                     int64_t k, std::vector<Scored>& top) {
   const int64_t keep = std::min(k + 1, count * width);
@@ -90,7 +84,6 @@ bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t 
   return true;
 }
 
-}  // namespace
 
 // b by score, ascending, as ``torch.tensor(scores).sort()`` orders it: std::sort when the
 // order is unique (no two equal scores, no NaN), else ATen's sort, so ties break as torch's do.
@@ -316,20 +309,14 @@ void ExactSearch::release_stale(int64_t keep) {
 }
 
 torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
-                                const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows) {
-  std::vector<int64_t> slots;
-  slots.reserve(rows);
-  for (int64_t s : active)
-    for (const auto& h : a[s]) slots.push_back(h.slot);
+                                const std::vector<int64_t>& counts, const std::vector<int64_t>& slots,
+                                int64_t n) {
+  const int64_t rows = static_cast<int64_t>(slots.size());
   auto pred = out_.index_select(0, index(slots));
   torch::Tensor enc = enc_t;
   if (n > 1) {
     enc = enc_t.index_select(0, index(active));
-    if (active.size() > 1) {
-      std::vector<int64_t> counts;
-      for (int64_t s : active) counts.push_back(static_cast<int64_t>(a[s].size()));
-      enc = enc.repeat_interleave(index(counts), 0);
-    }
+    if (active.size() > 1) enc = enc.repeat_interleave(index(counts), 0);
   }
   RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
   auto x = enc + pred;
@@ -350,8 +337,12 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
     std::vector<float> flat;
     for (int64_t s : active)
       for (const auto& h : a[s]) flat.push_back(h.score);
-    const int64_t rows = static_cast<int64_t>(flat.size());
-    auto logp = join(enc_t, active, a, n, rows);  // (R, V)
+    std::vector<int64_t> counts, slots;
+    for (int64_t s : active) {
+      counts.push_back(static_cast<int64_t>(a[s].size()));
+      for (const auto& h : a[s]) slots.push_back(h.slot);
+    }
+    auto logp = join(enc_t, active, counts, slots, n);  // (R, V)
     const float* lp = logp.data_ptr<float>();
     const int64_t width = symbols_ - 1;  // the blank is the last column
     std::vector<Scored> top;
@@ -432,6 +423,24 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
   return out;
 }
 
+std::vector<int64_t> ExactSearch::input_slots(const std::vector<int64_t>& handles, const char* who) {
+  std::vector<int64_t> slots;
+  slots.reserve(handles.size());
+  for (int64_t h : handles) {
+    auto it = slot_of_handle_.find(h);
+    TORCH_CHECK(it != slot_of_handle_.end(), who, ": stale handle ", h);
+    slots.push_back(it->second);
+    touch(it->second);
+  }
+  return slots;
+}
+
+ExactSearch::Out ExactSearch::output(int64_t slot, double score, int64_t origin, size_t origin_len) {
+  touch(slot);
+  const auto& t = tokens_[slot];
+  return {origin, handle_[slot], score, std::vector<int64_t>(t.begin() + static_cast<int64_t>(origin_len), t.end())};
+}
+
 std::vector<std::vector<ExactSearch::Out>> ExactSearch::step(torch::Tensor enc,
                                                              const std::vector<int64_t>& handles,
                                                              const std::vector<double>& scores,
@@ -440,27 +449,17 @@ std::vector<std::vector<ExactSearch::Out>> ExactSearch::step(torch::Tensor enc,
   const int64_t n = enc.size(0);
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == n && handles.size() == scores.size(),
               "ExactSearch.step: ", counts.size(), " beams for ", n, " streams");
+  const auto slots = input_slots(handles, "ExactSearch.step");
   std::vector<std::vector<Hyp>> beams(n);
-  std::vector<size_t> origin_len;
   int64_t i = 0;
   for (int64_t s = 0; s < n; ++s)
-    for (int64_t j = 0; j < counts[s]; ++j, ++i) {
-      auto it = slot_of_handle_.find(handles[i]);
-      TORCH_CHECK(it != slot_of_handle_.end(), "ExactSearch.step: stale handle ", handles[i]);
-      beams[s].push_back({it->second, static_cast<float>(scores[i]), i});
-      origin_len.push_back(tokens_[it->second].size());
-      touch(it->second);
-    }
+    for (int64_t j = 0; j < counts[s]; ++j, ++i) beams[s].push_back({slots[i], static_cast<float>(scores[i]), i});
   enc = enc.to(torch::kFloat32);
   for (int64_t t = 0; t < enc.size(1); ++t) beams = frame(enc.select(1, t), std::move(beams));
   std::vector<std::vector<Out>> result(n);
   for (int64_t s = 0; s < n; ++s)
-    for (const auto& h : beams[s]) {
-      touch(h.slot);
-      const auto& t = tokens_[h.slot];
-      result[s].emplace_back(h.origin, handle_[h.slot], static_cast<double>(h.score),
-                             std::vector<int64_t>(t.begin() + static_cast<int64_t>(origin_len[h.origin]), t.end()));
-    }
+    for (const auto& h : beams[s])
+      result[s].push_back(output(h.slot, static_cast<double>(h.score), h.origin, tokens_[slots[h.origin]].size()));
   release_stale(keep);
   return result;
 }

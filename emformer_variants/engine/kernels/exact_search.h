@@ -8,7 +8,19 @@
 #include <cstdint>
 #include <tuple>
 #include <unordered_map>
+#include <utility>
 #include <vector>
+
+using Scored = std::pair<float, int64_t>;  // (value, flat index)
+
+// The k largest of score[r] + logp[r, v] over ``count`` rows (row stride ld) and v < width,
+// flat index r * width + v, into ``top`` in descending order: one pass keeping the k + 1
+// largest, 8 values per compare. The fp32 sums are the bits ``scores.unsqueeze(1) + logp``
+// gives. Returns false, leaving the work to ``at::topk``, when its answer would depend on how
+// ties break: a NaN, or two equal values among the k + 1 largest. Otherwise the answer is
+// unique, so it is at::topk's.
+bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
+                    int64_t k, std::vector<Scored>& top);
 
 class ExactSearch {
  public:
@@ -46,7 +58,9 @@ class ExactSearch {
   // Sorts of the blank-ended set left to at::sort for the same reason.
   int64_t fallback_sort = 0;
 
- private:
+ protected:
+  // What ModifiedSearch (modified_search.h) shares: the prefix cache, the joiner, the slots of
+  // input handles.
   struct Hyp {
     int64_t slot;
     float score;
@@ -55,8 +69,13 @@ class ExactSearch {
 
   void sort_ascending(std::vector<Hyp>& b);
   std::vector<std::vector<Hyp>> frame(const torch::Tensor& enc_t, std::vector<std::vector<Hyp>> a);
+  // Log-probs (rows, V) of the hypotheses' slots against their stream's frame.
   torch::Tensor join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
-                     const std::vector<std::vector<Hyp>>& a, int64_t n, int64_t rows);
+                     const std::vector<int64_t>& counts, const std::vector<int64_t>& slots, int64_t n);
+  // The slot of each input handle (touched), checked live.
+  std::vector<int64_t> input_slots(const std::vector<int64_t>& handles, const char* who);
+  // (origin, handle, score, tokens added since origin) of a hypothesis in slot.
+  Out output(int64_t slot, double score, int64_t origin, size_t origin_len);
   // Slots of parent + token for each request, computing the missing ones in one batch.
   std::vector<int64_t> extend(const std::vector<int64_t>& parents, const std::vector<int64_t>& tokens);
   // Slot of parent's prefix + token, or -1; parent -1 is the empty prefix.

@@ -1,6 +1,7 @@
 // The Python module of the engine's kernels (``engine.packed.kernel()``).
 #include "exact_search.h"
 #include "isa.h"
+#include "modified_search.h"
 #include "linears.h"
 
 #include <torch/extension.h>
@@ -62,4 +63,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("gate_rows", &ExactSearch::gate_rows)
       .def_readonly("fallback_topk", &ExactSearch::fallback_topk)
       .def_readonly("fallback_sort", &ExactSearch::fallback_sort);
+  py::class_<ModifiedSearch>(m, "ModifiedSearch",
+                             "modified beam search (greedy: beam 1) on exact mode's prefix cache (modified_search.cpp)")
+      .def(py::init<torch::Tensor, std::vector<torch::Tensor>, std::vector<double>, int64_t,
+                    std::vector<torch::Tensor>, std::vector<torch::Tensor>, int64_t, int64_t, double, int64_t,
+                    int64_t, int64_t, int64_t>())
+      .def("root", &ModifiedSearch::root)
+      .def("live", &ModifiedSearch::live)
+      .def("step", &ModifiedSearch::step)
+      .def("prefixes", &ModifiedSearch::prefixes)
+      .def("free_slots", &ModifiedSearch::free_slots)
+      .def("capacity", &ModifiedSearch::capacity)
+      .def_readonly("computed", &ModifiedSearch::computed)
+      .def_readonly("hits", &ModifiedSearch::hits)
+      .def_readonly("joiner_rows", &ModifiedSearch::joiner_rows)
+      .def_readonly("predictor_rows", &ModifiedSearch::predictor_rows)
+      .def_readonly("gate_rows", &ModifiedSearch::gate_rows)
+      .def_readonly("fallback_select", &ModifiedSearch::fallback_select);
 }

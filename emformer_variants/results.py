@@ -15,7 +15,10 @@ interval of its difference to the base on the same utterances (``metrics.bootstr
 each run's ``hyps.jsonl``); a difference whose interval excludes 0 is marked ``*``.
 
 A step whose ``metrics.json`` already exists is not run again, so an interrupted run picks up
-where it stopped. Writes ``results.md``, ``results.json`` and the Pareto PNGs (WER on test
+where it stopped. The results folder belongs to one base: the default ``--out`` is
+``outputs/results/base-<sha>`` (the first 10 hex digits of the base checkpoint's SHA-256), so a
+new base starts a new table, and a folder made with another base is refused (``base.json``).
+Writes ``results.md``, ``results.json`` and the Pareto PNGs (WER on test
 against encoder GFLOPs per audio second, chunk latency and K/V-cache bytes) into ``--out``.
 Smaller runs: ``--rows``, ``--sets``, ``--max-utterances``, ``--steps``; ``--no-run`` writes the
 tables from the steps already done, running nothing.
@@ -24,6 +27,7 @@ tables from the steps already done, running nothing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -49,6 +53,39 @@ PARETO = {
     "pareto_wer_vs_latency": ("chunk_ms_p50", "compute latency per chunk, p50 (ms)", "chunk latency"),
     "pareto_wer_vs_kv_bytes": ("kv_cache_bytes", "K/V cache bytes per stream", "K/V cache bytes"),
 }
+
+
+def base_identity(eval_extra: list[str]) -> dict:
+    """The base the rows start from: ``model.ckpt=`` among the evaluate overrides, else the
+    shipped checkpoint; its SHA-256 (file bytes). With ``model=`` and no ``model.ckpt=``, the
+    override itself names the base."""
+    ckpt = next((o.split("=", 1)[1] for o in reversed(eval_extra) if o.startswith("model.ckpt=")), None)
+    model = next((o for o in reversed(eval_extra) if o.startswith("model=")), None)
+    if ckpt is None and model is not None:
+        return {"base": model, "sha256": hashlib.sha256(model.encode()).hexdigest()}
+    path = Path(ckpt) if ckpt else PROJECT_ROOT / "checkpoints" / "tiny_base.pt"
+    if not path.is_file():
+        raise UserError(f"base checkpoint {path}: not found; pass --eval model.ckpt=PATH "
+                        "(and --train the same)")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"base": str(path), "sha256": digest.hexdigest()}
+
+
+def claim_out(out: Path, base: dict) -> None:
+    """Record ``base`` in ``out/base.json``, or refuse a folder made with another base."""
+    record = out / "base.json"
+    if record.is_file():
+        made = json.loads(record.read_text())
+        if made.get("sha256") != base["sha256"]:
+            raise UserError(f"--out {out}: holds results of another base ({made.get('base')}, sha256 "
+                            f"{str(made.get('sha256'))[:10]}); this base is {base['base']} "
+                            f"({base['sha256'][:10]}): choose another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, base)
 
 
 def rows() -> list[str]:
@@ -268,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     known = rows()
     p.add_argument("--rows", nargs="+", default=known, help=f"rows to run (default: all of {known})")
-    p.add_argument("--out", type=Path, default=PROJECT_ROOT / "outputs" / "results")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results folder (default: outputs/results/base-<first 10 of the base's sha256>)")
     p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
     p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=list(EVAL_SETS),
                    help="evaluation sets (default: all); the first carries FLOPs and the cost table")
@@ -296,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         train += [f"trainer.max_steps={args.steps}", f"trainer.val_check_interval={args.steps}"]
     if args.max_utterances is not None:
         evaluate.append(f"max_utterances={args.max_utterances}")
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    base = base_identity(evaluate)
+    out = (args.out or PROJECT_ROOT / "outputs" / "results" / f"base-{base['sha256'][:10]}").resolve()
+    claim_out(out, base)
     order = ["base", *[r for r in args.rows if r != "base"]] if "base" in args.rows else args.rows
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         futures = {r: pool.submit(run_row, r, out, args.sets, train, evaluate, tuple(args.stages),

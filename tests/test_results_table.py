@@ -3,6 +3,7 @@ set and per held-out voice; and results.py end to end on tiny sizes through the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -87,3 +88,24 @@ def test_results_end_to_end_with_recovery(mini_corpus, tiny_base_ckpt, tmp_path,
     assert "### test" in md and "Costs of the final models" in md and "train.py experiment=finetune/mla" in md
     for stem in ("encoder_gflops", "latency", "kv_bytes"):
         assert (tmp_path / f"pareto_wer_vs_{stem}.png").is_file()
+
+
+def test_a_results_folder_belongs_to_one_base(tmp_path):
+    """The default folder is named by the base's SHA-256; a folder made with another base is
+    refused with a one-line error instead of mixing two bases' numbers in one table."""
+    from emformer_variants.errors import UserError
+    from emformer_variants.results import base_identity, claim_out
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"base a")
+    b.write_bytes(b"base b")
+    ida, idb = base_identity([f"model.ckpt={a}"]), base_identity(["beam=2", f"model.ckpt={b}"])
+    assert ida["sha256"] == hashlib.sha256(b"base a").hexdigest() != idb["sha256"]
+    assert base_identity([])["base"].endswith("checkpoints/tiny_base.pt")
+    out = tmp_path / "results"
+    claim_out(out, ida)
+    claim_out(out, ida)  # the same base again: fine (a resumed run)
+    with pytest.raises(UserError, match="another base"):
+        claim_out(out, idb)
+    with pytest.raises(UserError, match="not found"):
+        base_identity([f"model.ckpt={tmp_path / 'missing.pt'}"])

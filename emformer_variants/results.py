@@ -15,9 +15,10 @@ interval of its difference to the base on the same utterances (``metrics.bootstr
 each run's ``hyps.jsonl``); a difference whose interval excludes 0 is marked ``*``.
 
 A step whose ``metrics.json`` already exists is not run again, so an interrupted run picks up
-where it stopped. The results folder belongs to one base: the default ``--out`` is
-``outputs/results/base-<sha>`` (the first 10 hex digits of the base checkpoint's SHA-256), so a
-new base starts a new table, and a folder made with another base is refused (``base.json``).
+where it stopped; an interrupted training run goes on from its ``last.ckpt``. The results
+folder belongs to one base: the default ``--out`` is ``outputs/results/base-<sha>`` (the first
+10 hex digits of the base checkpoint's SHA-256), so a new base starts a new table, and a folder
+made with another base is refused (``base.json``).
 Writes ``results.md``, ``results.json`` and the Pareto PNGs (WER on test
 against encoder GFLOPs per audio second, chunk latency and K/V-cache bytes) into ``--out``.
 Smaller runs: ``--rows``, ``--sets``, ``--max-utterances``, ``--steps``; ``--no-run`` writes the
@@ -40,6 +41,7 @@ from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.metrics.bootstrap import paired_delta_interval, utterance_errors, wer_interval
 from emformer_variants.utils.files import write_json_atomic
 from emformer_variants.utils.paths import PROJECT_ROOT
+from emformer_variants.utils.run_dir import release_ended_claim
 
 RECIPES = PROJECT_ROOT / "conf" / "experiment" / "finetune"
 VARIANTS = PROJECT_ROOT / "conf" / "variant"
@@ -98,15 +100,17 @@ def has_surgery(row: str) -> bool:
     return row not in ("base", "dense")
 
 
-def _run(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True) -> dict | None:
+def _run(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True,
+         keep: bool = False) -> dict | None:
     """Run one CLI step unless its metrics.json exists; a failed step's folder is removed.
-    With ``run=False`` nothing runs: the metrics when they exist, else None."""
+    With ``run=False`` nothing runs: the metrics when they exist, else None. ``keep``: the
+    folder holds an interrupted run that ``cmd`` resumes (not removed)."""
     metrics = out_dir / "metrics.json"
     if metrics.is_file():
         return json.loads(metrics.read_text())
     if not run:
         return None
-    if out_dir.exists():  # an interrupted earlier attempt: start it again
+    if out_dir.exists() and not keep:  # an interrupted earlier attempt: start it again
         shutil.rmtree(out_dir)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -119,6 +123,16 @@ def _run(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True) -> dic
     print(f"[results] {out_dir.relative_to(out_dir.parents[1])} done in {time.perf_counter() - start:.0f} s",
           flush=True)
     return json.loads(metrics.read_text())
+
+
+def _resume_args(train_dir: Path) -> list[str]:
+    """``ckpt_path=<last.ckpt>`` when ``train_dir`` holds an interrupted training run (a
+    last.ckpt, no metrics.json), so an interrupted recipe goes on from its last checkpoint."""
+    last = train_dir / "checkpoints" / "last.ckpt"
+    if (train_dir / "metrics.json").is_file() or not last.is_file():
+        return []
+    release_ended_claim(train_dir)
+    return [f"ckpt_path={last}"]
 
 
 def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_extra: list[str],
@@ -154,7 +168,9 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         train_dir = out / row / "train"
         cmd = [py, "train.py", f"experiment=finetune/{row}", *train_extra]
         commands.append("python " + " ".join(cmd[1:]))
-        if _run([*cmd, f"paths.output_dir={train_dir}"], train_dir, log, run) is not None:
+        resume = _resume_args(train_dir) if run else []
+        if _run([*cmd, *resume, f"paths.output_dir={train_dir}"], train_dir, log, run,
+                keep=bool(resume)) is not None:
             for name in sets:
                 evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])
     return result

@@ -109,3 +109,27 @@ def test_a_results_folder_belongs_to_one_base(tmp_path):
         claim_out(out, idb)
     with pytest.raises(UserError, match="not found"):
         base_identity([f"model.ckpt={tmp_path / 'missing.pt'}"])
+
+
+def test_an_interrupted_recipe_resumes_from_its_last_checkpoint(tmp_path):
+    """A train folder with last.ckpt and no metrics.json is resumed (ckpt_path=, its ended
+    run's claim released); a run still going is not touched; a finished one runs nothing."""
+    import os
+    import socket
+
+    from emformer_variants.errors import UserError
+    from emformer_variants.results import _resume_args
+
+    train = tmp_path / "train"
+    assert _resume_args(train) == []
+    (train / "checkpoints").mkdir(parents=True)
+    (train / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    claim = train / ".run.json"
+    claim.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(UserError, match="still going"):
+        _resume_args(train)
+    claim.write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))  # no such process
+    assert _resume_args(train) == [f"ckpt_path={train / 'checkpoints' / 'last.ckpt'}"]
+    assert not claim.exists()
+    (train / "metrics.json").write_text("{}")
+    assert _resume_args(train) == []

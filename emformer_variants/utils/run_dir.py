@@ -42,6 +42,21 @@ def claim_output_dir(out_dir: str | Path) -> Path:
     return out_dir
 
 
+def release_ended_claim(out_dir: str | Path) -> None:
+    """Remove ``out_dir``'s claim when the run that made it has ended on this host, so a
+    resumed run (``ckpt_path=``) can claim the folder again; UserError while it still runs."""
+    marker = Path(out_dir) / CLAIM
+    if not marker.is_file():
+        return
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("host") != socket.gethostname() or pid_alive(info.get("pid")):
+        raise UserError(f"{out_dir}: its run is still going ({_read(marker)}); wait for it or stop it")
+    marker.unlink()
+
+
 def _read(marker: Path) -> str:
     try:
         info = json.loads(marker.read_text())

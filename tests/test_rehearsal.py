@@ -1,4 +1,4 @@
-"""The researcher's real path, rehearsed (issue 26): torchaudio's ``emformer_rnnt_base`` from
+"""The researcher's real path, rehearsed: torchaudio's ``emformer_rnnt_base`` from
 torchaudio's own bundle cache, LibriSpeech from a folder in LibriSpeech's own layout, and the
 real CLIs in subprocesses, as docs/real_model.md tells a GPU user to type them.
 
@@ -40,7 +40,7 @@ SHRINK = [  # sizes only: every stage of the path still runs
 # variant -> its train.py call. moe is docs/real_model.md's recovery recipe (experiment=finetune/moe:
 # distillation from the frozen base) and takes the whole path: the base and the variant
 # evaluated before fine-tuning, calibration, validation, best/last checkpoints. mla and lowrank
-# are the issue's plain `variant=` form; lowrank runs conf/trainer/gpu.yaml (bf16-mixed
+# run in the plain `variant=` form; lowrank runs conf/trainer/gpu.yaml (bf16-mixed
 # autocast) on the CPU. Stages that do not depend on the variant run once, for moe: each costs
 # time (a 160M-parameter MoE checkpoint with AdamW is 1.9 GB).
 NO_VALIDATION = "trainer.val_check_interval=1000"

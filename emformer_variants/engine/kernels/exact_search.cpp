@@ -446,22 +446,10 @@ std::vector<std::vector<ExactSearch::Out>> ExactSearch::step(torch::Tensor enc,
                                                              const std::vector<double>& scores,
                                                              const std::vector<int64_t>& counts,
                                                              int64_t keep) {
-  const int64_t n = enc.size(0);
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == n && handles.size() == scores.size(),
-              "ExactSearch.step: ", counts.size(), " beams for ", n, " streams");
-  const auto slots = input_slots(handles, "ExactSearch.step");
-  std::vector<std::vector<Hyp>> beams(n);
-  int64_t i = 0;
-  for (int64_t s = 0; s < n; ++s)
-    for (int64_t j = 0; j < counts[s]; ++j, ++i) beams[s].push_back({slots[i], static_cast<float>(scores[i]), i});
-  enc = enc.to(torch::kFloat32);
-  for (int64_t t = 0; t < enc.size(1); ++t) beams = frame(enc.select(1, t), std::move(beams));
-  std::vector<std::vector<Out>> result(n);
-  for (int64_t s = 0; s < n; ++s)
-    for (const auto& h : beams[s])
-      result[s].push_back(output(h.slot, static_cast<double>(h.score), h.origin, tokens_[slots[h.origin]].size()));
-  release_stale(keep);
-  return result;
+  return run_chunk<Hyp>(
+      "ExactSearch.step", std::move(enc), handles, scores, counts, keep,
+      [](int64_t slot, double score, int64_t i) { return Hyp{slot, static_cast<float>(score), i}; },
+      [this](const torch::Tensor& enc_t, std::vector<std::vector<Hyp>> a) { return frame(enc_t, std::move(a)); });
 }
 
 std::vector<std::tuple<std::vector<int64_t>, int64_t>> ExactSearch::prefixes() const {

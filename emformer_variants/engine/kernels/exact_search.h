@@ -76,6 +76,31 @@ class ExactSearch {
   std::vector<int64_t> input_slots(const std::vector<int64_t>& handles, const char* who);
   // (origin, handle, score, tokens added since origin) of a hypothesis in slot.
   Out output(int64_t slot, double score, int64_t origin, size_t origin_len);
+
+  // One chunk, as step() documents it, for a search whose hypotheses H have slot, score and
+  // origin: each stream's input beam as make(slot, score, input index), then
+  // frame(enc_t, beams) per encoder frame, the beams as Out, and the stale prefixes freed.
+  template <class H, class Make, class Frame>
+  std::vector<std::vector<Out>> run_chunk(const char* who, torch::Tensor enc, const std::vector<int64_t>& handles,
+                                          const std::vector<double>& scores, const std::vector<int64_t>& counts,
+                                          int64_t keep, Make make, Frame frame) {
+    const int64_t n = enc.size(0);
+    TORCH_CHECK(static_cast<int64_t>(counts.size()) == n && handles.size() == scores.size(), who, ": ",
+                counts.size(), " beams for ", n, " streams");
+    const auto slots = input_slots(handles, who);
+    std::vector<std::vector<H>> beams(n);
+    int64_t i = 0;
+    for (int64_t s = 0; s < n; ++s)
+      for (int64_t j = 0; j < counts[s]; ++j, ++i) beams[s].push_back(make(slots[i], scores[i], i));
+    enc = enc.to(torch::kFloat32);
+    for (int64_t t = 0; t < enc.size(1); ++t) beams = frame(enc.select(1, t), std::move(beams));
+    std::vector<std::vector<Out>> result(n);
+    for (int64_t s = 0; s < n; ++s)
+      for (const auto& h : beams[s])
+        result[s].push_back(output(h.slot, static_cast<double>(h.score), h.origin, tokens_[slots[h.origin]].size()));
+    release_stale(keep);
+    return result;
+  }
   // Slots of parent + token for each request, computing the missing ones in one batch.
   std::vector<int64_t> extend(const std::vector<int64_t>& parents, const std::vector<int64_t>& tokens);
   // Slot of parent's prefix + token, or -1; parent -1 is the empty prefix.

@@ -9,7 +9,6 @@
 #include "modified_search.h"
 
 #include <ATen/ATen.h>
-#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -44,19 +43,20 @@ int64_t ModifiedSearch::Table::find(int64_t slot, int64_t parent, int64_t token)
   return -1;
 }
 
-void ModifiedSearch::select(const float* cand, const torch::Tensor& cand_t, int64_t offset, int64_t count,
+void ModifiedSearch::select(const torch::Tensor& logp, std::vector<float>& scores, int64_t offset, int64_t count,
                             int64_t width, std::vector<std::tuple<float, int64_t, int64_t>>& out) {
   const int64_t vocab = symbols_, k = std::min<int64_t>(beam_, count * vocab);
   out.clear();
   std::vector<Scored> top;
-  std::vector<float> zeros(count, 0.f);  // cand already holds score + logp
-  if (top_k_distinct(cand + offset * vocab, vocab, zeros.data(), count, vocab, k, top)) {
+  if (top_k_distinct(logp.data_ptr<float>() + offset * vocab, vocab, scores.data() + offset, count, vocab, k, top)) {
     for (const auto& [value, idx] : top) out.emplace_back(value, offset + idx / vocab, idx % vocab);
     return;
   }
   fallback_select += 1;  // _select: each row's best, then the best of those (padded to width rows)
   const int64_t kr = std::min<int64_t>(beam_, vocab);
-  auto [row_best, row_tok] = cand_t.narrow(0, offset, count).topk(kr, 1);
+  // the candidates score + logp of this stream's rows: the same fp32 sums top_k_distinct forms
+  auto cand = torch::from_blob(scores.data() + offset, {count, 1}, torch::kFloat32) + logp.narrow(0, offset, count);
+  auto [row_best, row_tok] = cand.topk(kr, 1);
   row_tok = row_tok.contiguous();
   torch::Tensor best, idx;
   if (width == 1) {  // every stream has one row: its best are the pick
@@ -101,9 +101,6 @@ std::vector<std::vector<ModifiedSearch::Cand>> ModifiedSearch::frame(const torch
     }
     if (flat.empty()) break;
     auto logp = join(enc_t, keep, counts, slots, n);  // (R, V)
-    const int64_t rows = static_cast<int64_t>(flat.size());
-    auto cand_t = torch::from_blob(scores.data(), {rows, 1}, torch::kFloat32) + logp;  // (R, V)
-    const float* cand = cand_t.data_ptr<float>();
     const int64_t width = *std::max_element(counts.begin(), counts.end());  // rows of the largest beam
 
     std::vector<Table> extended(n);
@@ -113,7 +110,7 @@ std::vector<std::vector<ModifiedSearch::Cand>> ModifiedSearch::frame(const torch
     int64_t offset = 0;
     for (size_t q = 0; q < keep.size(); ++q) {
       const int64_t s = keep[q];
-      select(cand, cand_t, offset, counts[q], width, picks);
+      select(logp, scores, offset, counts[q], width, picks);
       offset += counts[q];
       double floor = -std::numeric_limits<double>::infinity();
       auto& done = ended[s].items;
@@ -172,22 +169,8 @@ std::vector<std::vector<ExactSearch::Out>> ModifiedSearch::step(torch::Tensor en
                                                                 const std::vector<double>& scores,
                                                                 const std::vector<int64_t>& counts,
                                                                 int64_t keep) {
-  const int64_t n = enc.size(0);
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == n && handles.size() == scores.size(),
-              "ModifiedSearch.step: ", counts.size(), " beams for ", n, " streams");
-  const auto slots = input_slots(handles, "ModifiedSearch.step");
-  std::vector<std::vector<Cand>> beams(n);
-  int64_t i = 0;
-  for (int64_t s = 0; s < n; ++s)
-    for (int64_t j = 0; j < counts[s]; ++j, ++i) beams[s].push_back({slots[i], slots[i], -1, scores[i], i});
-  enc = enc.to(torch::kFloat32);
-  for (int64_t t = 0; t < enc.size(1); ++t) {
-    RECORD_FUNCTION("modified_search:frame", std::vector<c10::IValue>());
-    beams = frame(enc.select(1, t), std::move(beams));
-  }
-  std::vector<std::vector<Out>> result(n);
-  for (int64_t s = 0; s < n; ++s)
-    for (const auto& h : beams[s]) result[s].push_back(output(h.slot, h.score, h.origin, tokens_[slots[h.origin]].size()));
-  release_stale(keep);
-  return result;
+  return run_chunk<Cand>(
+      "ModifiedSearch.step", std::move(enc), handles, scores, counts, keep,
+      [](int64_t slot, double score, int64_t i) { return Cand{slot, slot, -1, score, i}; },
+      [this](const torch::Tensor& enc_t, std::vector<std::vector<Cand>> a) { return frame(enc_t, std::move(a)); });
 }

@@ -37,10 +37,10 @@ class ModifiedSearch : public ExactSearch {
   };
 
   std::vector<std::vector<Cand>> frame(const torch::Tensor& enc_t, std::vector<std::vector<Cand>> beams);
-  // One stream's beam best (score, row, token) of cand (R, V), its rows offset.. offset +
-  // count, best first, as ModifiedBeamSearch._select picks them (width: the most rows of any
-  // stream this round, which pads _select's block).
-  void select(const float* cand, const torch::Tensor& cand_t, int64_t offset, int64_t count, int64_t width,
+  // One stream's beam best (score, row, token) of the candidates scores[r] + logp[r, v] (fp32)
+  // over its rows offset .. offset + count, best first, as ModifiedBeamSearch._select picks
+  // them (width: the most rows of any stream this round, which pads _select's block).
+  void select(const torch::Tensor& logp, std::vector<float>& scores, int64_t offset, int64_t count, int64_t width,
               std::vector<std::tuple<float, int64_t, int64_t>>& out);
 
   int64_t max_symbols_;

@@ -30,6 +30,27 @@ std::map<std::string, bool> flags() {
           {"avx512_vnni", f.avx512vnni}, {"avx512_bf16", f.avx512bf16}};
 }
 
+// A search on the prefix cache of exact_search.h (ExactSearch or a search derived from it):
+// its constructor, chunk step, cache inspection and statistics.
+template <class T>
+py::class_<T> bind_search(py::module& m, const char* name, const char* doc) {
+  return py::class_<T>(m, name, doc)
+      .def(py::init<torch::Tensor, std::vector<torch::Tensor>, std::vector<double>, int64_t,
+                    std::vector<torch::Tensor>, std::vector<torch::Tensor>, int64_t, int64_t, double, int64_t,
+                    int64_t, int64_t, int64_t>())
+      .def("root", &T::root)
+      .def("live", &T::live)
+      .def("step", &T::step)
+      .def("prefixes", &T::prefixes)
+      .def("free_slots", &T::free_slots)
+      .def("capacity", &T::capacity)
+      .def_readonly("computed", &T::computed)
+      .def_readonly("hits", &T::hits)
+      .def_readonly("joiner_rows", &T::joiner_rows)
+      .def_readonly("predictor_rows", &T::predictor_rows)
+      .def_readonly("gate_rows", &T::gate_rows);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -46,38 +67,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stream_attention", &stream_attention, "a chunk's multi-head attention in one pass over (N, K, D) keys");
   m.def("moe_experts", &moe_experts, "each MoE expert's two packed linears on its grouped rows");
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");
-  py::class_<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")
-      .def(py::init<torch::Tensor, std::vector<torch::Tensor>, std::vector<double>, int64_t,
-                    std::vector<torch::Tensor>, std::vector<torch::Tensor>, int64_t, int64_t, double, int64_t,
-                    int64_t, int64_t, int64_t>())
-      .def("root", &ExactSearch::root)
-      .def("live", &ExactSearch::live)
-      .def("step", &ExactSearch::step)
-      .def("prefixes", &ExactSearch::prefixes)
-      .def("free_slots", &ExactSearch::free_slots)
-      .def("capacity", &ExactSearch::capacity)
-      .def_readonly("computed", &ExactSearch::computed)
-      .def_readonly("hits", &ExactSearch::hits)
-      .def_readonly("joiner_rows", &ExactSearch::joiner_rows)
-      .def_readonly("predictor_rows", &ExactSearch::predictor_rows)
-      .def_readonly("gate_rows", &ExactSearch::gate_rows)
+  bind_search<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")
       .def_readonly("fallback_topk", &ExactSearch::fallback_topk)
       .def_readonly("fallback_sort", &ExactSearch::fallback_sort);
-  py::class_<ModifiedSearch>(m, "ModifiedSearch",
-                             "modified beam search (greedy: beam 1) on exact mode's prefix cache (modified_search.cpp)")
-      .def(py::init<torch::Tensor, std::vector<torch::Tensor>, std::vector<double>, int64_t,
-                    std::vector<torch::Tensor>, std::vector<torch::Tensor>, int64_t, int64_t, double, int64_t,
-                    int64_t, int64_t, int64_t>())
-      .def("root", &ModifiedSearch::root)
-      .def("live", &ModifiedSearch::live)
-      .def("step", &ModifiedSearch::step)
-      .def("prefixes", &ModifiedSearch::prefixes)
-      .def("free_slots", &ModifiedSearch::free_slots)
-      .def("capacity", &ModifiedSearch::capacity)
-      .def_readonly("computed", &ModifiedSearch::computed)
-      .def_readonly("hits", &ModifiedSearch::hits)
-      .def_readonly("joiner_rows", &ModifiedSearch::joiner_rows)
-      .def_readonly("predictor_rows", &ModifiedSearch::predictor_rows)
-      .def_readonly("gate_rows", &ModifiedSearch::gate_rows)
+  bind_search<ModifiedSearch>(m, "ModifiedSearch",
+                              "modified beam search (greedy: beam 1) on exact mode's prefix cache (modified_search.cpp)")
       .def_readonly("fallback_select", &ModifiedSearch::fallback_select);
 }

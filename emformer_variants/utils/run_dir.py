@@ -48,26 +48,32 @@ def release_ended_claim(out_dir: str | Path) -> None:
     marker = Path(out_dir) / CLAIM
     if not marker.is_file():
         return
-    try:
-        info = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        info = {}
-    if info.get("host") != socket.gethostname() or pid_alive(info.get("pid")):
+    if not _ended(_claim(marker) or {}):
         raise UserError(f"{out_dir}: its run is still going ({_read(marker)}); wait for it or stop it")
     marker.unlink()
 
 
-def _read(marker: Path) -> str:
+def _claim(marker: Path) -> dict | None:
+    """The claim's record, or None when it cannot be read."""
     try:
-        info = json.loads(marker.read_text())
+        return json.loads(marker.read_text())
     except (OSError, ValueError):
+        return None
+
+
+def _ended(info: dict) -> bool:
+    """Whether the claiming run is known to have ended: it ran on this host and its pid is gone."""
+    return info.get("host") == socket.gethostname() and not pid_alive(info.get("pid"))
+
+
+def _read(marker: Path) -> str:
+    info = _claim(marker)
+    if info is None:
         return f"see {marker}"
     command = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(info.get("argv", [])))
     if len(command) > 80:
         command = command[:79] + "…"
-    ended = ""
-    if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
-        ended = ", ended; its files stay"
+    ended = ", ended; its files stay" if _ended(info) else ""
     return f"`{command}`, pid {info.get('pid')} on {info.get('host')}{ended}"
 
 

@@ -21,6 +21,7 @@ from emformer_variants.engine.packed import isa, kernel
 from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.errors import one_line_errors
 from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utterances
+from emformer_variants.lm.build import load_lm
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.models.checkpoints import diff_variants, mismatch_error
 from emformer_variants.models.recognizer import save_recognizer
@@ -77,12 +78,19 @@ def run(cfg: DictConfig) -> dict:
     subset = cfg.get("subset", "first")
     utts = pick_utterances(dm.utterances(cfg.split), cfg.max_utterances, subset, cfg.seed)
     options = {"max_symbols": cfg.max_symbols} if cfg.max_symbols else {}
+    lm_info = {}
+    if cfg.get("lm") is not None:
+        options["lm"], lm_info = load_lm(str(cfg.lm), rec.tokenizer, cfg.paths.cache_dir)
+        options["lm_weight"], options["lm_bonus"] = float(cfg.lm_weight), float(cfg.get("lm_bonus", 0.0))
+        lm_info.update(lm_weight=options["lm_weight"], lm_bonus=options["lm_bonus"])
     endpoint = EndpointConfig() if cfg.get("endpoint", False) else None
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
                                         decoder=cfg.decoder, decoder_options=options, endpoint=endpoint)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
-                    "precision": cfg.precision, **options,
+                    "precision": cfg.precision,
+                    **{k: v for k, v in options.items() if not k.startswith("lm")},
+                    **({"lm": lm_info} if lm_info else {}),
                     # which code computed the linears: the engine's packed kernel or torch's fallback
                     "linear_kernel": f"packed-{isa()}" if kernel() is not None else "torch"})
     if cfg.get("surgery"):

@@ -21,6 +21,11 @@ streams instead of one top-k over ``beam x V`` values per stream (a stream's bes
 pairs are among its rows' best ``beam``, so the pick is the same; ``batched=False`` keeps
 the per-stream calls).
 
+Shallow fusion (``lm=``, an ``lm.ngram.NgramLM`` over the same symbols, and ``lm_weight``):
+each symbol's candidate score adds ``lm_weight * log P_LM(symbol | hypothesis) + lm_bonus``;
+blank adds nothing (the bonus per symbol offsets the LM's pull towards shorter transcripts).
+Fusion runs in the Python loop (the fused C++ search has no LM).
+
 Shapes: N streams, D joiner width, V symbols, R rows (hypotheses of all streams).
 """
 
@@ -53,13 +58,18 @@ class ModifiedBeamSearch(CachedSearch):
     name = "modified"
 
     def __init__(self, model: torch.nn.Module, blank: int, beam: int, max_symbols: int = 1,
-                 batched: bool = True, fused: bool = True, **kw):
+                 batched: bool = True, fused: bool = True, lm=None, lm_weight: float = 0.0,
+                 lm_bonus: float = 0.0, **kw):
         super().__init__(model, blank, beam, **kw)
         self.batched = batched  # False: one top-k per stream
         if max_symbols < 1:
             raise ValueError(f"max_symbols={max_symbols}: must be at least 1")
         self.max_symbols = max_symbols
-        self._fuse("ModifiedSearch", max_symbols, fused and batched)  # fused=False: the Python loop
+        self.lm = lm if lm is not None and lm_weight else None
+        self.lm_weight = float(lm_weight)
+        self.lm_bonus = float(lm_bonus)  # added per symbol with the LM: offsets its pull towards deletions
+        # fused=False, or an LM: the Python loop
+        self._fuse("ModifiedSearch", max_symbols, fused and batched and self.lm is None)
 
     def _select(self, cand: torch.Tensor, counts: list[int]) -> list[tuple[list, list, list]]:
         """Each stream's ``beam`` best (hypothesis, symbol) pairs, best first, from ``cand``
@@ -106,6 +116,11 @@ class ModifiedBeamSearch(CachedSearch):
             logp = self.join(enc_t if n == 1 else enc_t[keep], [counts[s] for s in keep],
                              [h.slot for h in flat])  # (R, V)
             cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
+            if self.lm is not None:
+                fusion = self.lm_weight * self.lm.log_probs([h.tokens for h in flat], self.blank)
+                if self.lm_bonus:
+                    fusion[:, [c for c in range(fusion.shape[1]) if c != self.blank]] += self.lm_bonus
+                cand += fusion
             nxt: list[list[Hyp]] = [[] for _ in range(n)]
             parents, tokens, pending = [], [], []
             picks = self._select(cand, [counts[s] for s in keep])

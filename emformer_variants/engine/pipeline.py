@@ -133,9 +133,12 @@ DECODERS: dict[str, Callable[..., Pipeline]] = {
 }
 
 
-def check_decoder(decoder: str, beam: int, max_symbols: int | None = None) -> None:
+def check_decoder(decoder: str, beam: int, max_symbols: int | None = None, lm: bool = False) -> None:
     if decoder not in DECODERS:
         raise UserError(f"decoder={decoder}: unknown; choose one of {', '.join(DECODERS)}")
+    if lm and decoder != "modified":
+        raise UserError(f"lm= with decoder={decoder}: shallow fusion runs in the modified beam search; "
+                        "pass decoder=modified")
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
     if max_symbols is not None and (decoder not in ("modified", "greedy") or max_symbols < 1):
@@ -144,6 +147,11 @@ def check_decoder(decoder: str, beam: int, max_symbols: int | None = None) -> No
 
 def build_pipeline(rec, decoder: str = "stock", beam: int = 10, **opts) -> Pipeline:
     """The named decoder for ``rec`` (build it after any precision change: it reads weights)."""
-    check_decoder(decoder, beam, opts.get("max_symbols"))
+    check_decoder(decoder, beam, opts.get("max_symbols"), opts.get("lm") is not None)
+    lm = opts.get("lm")
+    if lm is not None and lm.vocab != rec.tokenizer.vocab_size:
+        raise UserError(f"lm: built for {lm.vocab} symbols, this model has {rec.tokenizer.vocab_size}; "
+                        "build it with this model's tokenizer "
+                        "(python -m emformer_variants.lm.build --ckpt CKPT)")
     rec.eval()
     return DECODERS[decoder](rec, beam, **opts)

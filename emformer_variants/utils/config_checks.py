@@ -293,7 +293,17 @@ def check_evaluate_config(cfg: DictConfig) -> None:
     from emformer_variants.engine.precision import check_precision
     from emformer_variants.evaluation.evaluate import check_subset
 
-    check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"))
+    lm = cfg.get("lm")
+    check_decoder(cfg.get("decoder", "stock"), cfg.beam, cfg.get("max_symbols"), lm is not None)
+    if lm is not None and str(lm) != "english" and not Path(str(lm)).is_file():
+        raise UserError(f"lm={lm}: no such file; pass lm=english (built on first use) or the path of a "
+                        "model from python -m emformer_variants.lm.build")
+    weight = cfg.get("lm_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise UserError(f"lm_weight={weight}: must be a number >= 0 (the LM's scale in shallow fusion)")
+    bonus = cfg.get("lm_bonus", 0.0)
+    if isinstance(bonus, bool) or not isinstance(bonus, int | float) or not math.isfinite(bonus):
+        raise UserError(f"lm_bonus={bonus}: must be a finite number (added per symbol with lm=)")
     check_precision(cfg.get("precision", "fp32"))
     check_subset(cfg.get("subset", "first"))
     if not isinstance(cfg.get("endpoint", False), bool):

@@ -1,0 +1,1 @@
+"""Token n-gram language models for shallow fusion in the modified beam search."""

@@ -1,0 +1,89 @@
+"""Compare two evaluations of the same utterances: WER of each, and the paired difference.
+
+python -m emformer_variants.compare RUN_A RUN_B [--replicates 2000]
+
+RUN_A and RUN_B are evaluate.py run folders (or their hyps.jsonl). Prints each WER with its 95%
+bootstrap interval over utterances, B - A in points with the paired interval (the same
+resampled utterances for both; ``*`` when the interval excludes 0), and both WERs per speaker
+when there are 2 to ``--speakers`` of them (default 12: held-out voices, not a corpus's hundreds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.metrics.bootstrap import (
+    DEFAULT_REPLICATES,
+    paired_delta_interval,
+    utterance_errors,
+    wer_interval,
+)
+
+
+def read_hyps(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "hyps.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: not found; pass an evaluate.py run folder or its hyps.jsonl")
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for row in rows:
+            row["ref"], row["hyp"], row["audio"]  # noqa: B018 - the fields compare reads
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not an evaluate.py hyps.jsonl ({type(e).__name__}: {e})") from None
+    return rows
+
+
+def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) -> dict:
+    """WER of each and the paired B - A difference, overall and per speaker (fractions)."""
+    if [r["audio"] for r in a] != [r["audio"] for r in b]:
+        raise UserError("the two evaluations decoded different utterances (or in another order); "
+                        "compare runs of the same data, split and max_utterances")
+    refs = [r["ref"] for r in a]
+    ea, words = utterance_errors(refs, [r["hyp"] for r in a])
+    eb, _ = utterance_errors(refs, [r["hyp"] for r in b])
+    out = {"utterances": len(a), "a": wer_interval(ea, words, replicates=replicates),
+           "b": wer_interval(eb, words, replicates=replicates),
+           "delta": paired_delta_interval(ea, eb, words, replicates=replicates), "speakers": {}}
+    speakers = sorted({str(r.get("speaker", "")) for r in a})
+    if len(speakers) > 1:
+        for s in speakers:
+            idx = np.array([i for i, r in enumerate(a) if str(r.get("speaker", "")) == s])
+            out["speakers"][s] = {"utterances": len(idx), "a": ea[idx].sum() / words[idx].sum(),
+                                  "b": eb[idx].sum() / words[idx].sum()}
+    return out
+
+
+def _fmt(iv) -> str:
+    return f"{100 * iv.value:.2f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", help="evaluate.py run folder (or hyps.jsonl): the reference")
+    parser.add_argument("b", help="the other run, on the same utterances")
+    parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES)
+    parser.add_argument("--speakers", type=int, default=12, help="per-speaker lines up to this many speakers")
+    args = parser.parse_args(argv)
+    res = compare(read_hyps(args.a), read_hyps(args.b), args.replicates)
+    d = res["delta"]
+    star = "*" if d.excludes(0.0) else ""
+    print(f"utterances: {res['utterances']}")
+    print(f"A: {_fmt(res['a'])}   {args.a}")
+    print(f"B: {_fmt(res['b'])}   {args.b}")
+    print(f"B - A: {100 * d.value:+.2f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}]{star}")
+    for s, v in res["speakers"].items() if len(res["speakers"]) <= args.speakers else ():
+        print(f"  {s}: {100 * v['a']:.2f}% -> {100 * v['b']:.2f}% ({v['utterances']} utterances)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""compare: two evaluations of the same utterances, by hand and from the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from emformer_variants.compare import compare, main, read_hyps
+from emformer_variants.errors import UserError
+from tests.conftest import ROOT
+
+
+def _write(path, hyps, speakers=None):
+    refs = ["a b c d", "e f", "g h i j"]
+    speakers = speakers or ["x", "x", "y"]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "hyps.jsonl").write_text("".join(
+        json.dumps({"audio": f"{i}.flac", "ref": r, "hyp": h, "speaker": s}) + "\n"
+        for i, (r, h, s) in enumerate(zip(refs, hyps, speakers, strict=True))))
+    return path
+
+
+def test_counts_by_hand(tmp_path):
+    a = _write(tmp_path / "a", ["a b c d", "e g", "g h i"])      # 0 + 1 + 1 edits of 10 words
+    b = _write(tmp_path / "b", ["a b c d", "e f", "g h i j"])    # 0 edits
+    res = compare(read_hyps(a), read_hyps(b), replicates=200)
+    assert res["a"].value == pytest.approx(0.2) and res["b"].value == 0.0
+    assert res["delta"].value == pytest.approx(-0.2) and res["delta"].high <= 0
+    assert res["speakers"]["x"] == {"utterances": 2, "a": pytest.approx(1 / 6), "b": 0.0}
+    assert res["speakers"]["y"]["a"] == pytest.approx(0.25)
+
+
+def test_cli_prints_the_difference_and_refuses_other_utterances(tmp_path, capsys):
+    a = _write(tmp_path / "a", ["a b c d", "e g", "g h i"])
+    b = _write(tmp_path / "b", ["a b c d", "e f", "g h i j"])
+    assert main([str(a), str(b / "hyps.jsonl"), "--replicates", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "A: 20.00%" in out and "B: 0.00%" in out and "B - A: -20.00 points" in out
+    other = tmp_path / "c"
+    other.mkdir()
+    (other / "hyps.jsonl").write_text(json.dumps({"audio": "z.flac", "ref": "a", "hyp": "a"}) + "\n")
+    with pytest.raises(UserError, match="different utterances"):
+        compare(read_hyps(a), read_hyps(other))
+    (other / "hyps.jsonl").write_text("{not json\n")
+    proc = subprocess.run([sys.executable, "-m", "emformer_variants.compare", str(a), str(other)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not an evaluate.py hyps.jsonl" in proc.stderr

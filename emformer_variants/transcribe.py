@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", default="fp32", choices=PRECISIONS)
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--max-symbols", type=int, default=None, help="modified/greedy: symbols per frame")
+    ap.add_argument("--lm", default=None,
+                    help="modified decoder: shallow fusion with english (built on first use) or an LM file")
+    ap.add_argument("--lm-weight", type=float, default=0.2, help="the LM's scale (with --lm)")
     ap.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate (Hz)")
     ap.add_argument("--channels", type=int, default=1, help="stdin PCM channels (interleaved)")
     ap.add_argument("--json", action="store_true", help="one JSON object per event and line")
@@ -153,7 +156,10 @@ def run(args: argparse.Namespace) -> int:
     from emformer_variants.models.build import load_named_checkpoint
 
     check_inputs(args.audio)
-    check_decoder(args.decoder, args.beam, args.max_symbols)
+    check_decoder(args.decoder, args.beam, args.max_symbols, args.lm is not None)
+    if args.lm is not None and args.lm != "english" and not Path(args.lm).is_file():
+        raise UserError(f"--lm {args.lm}: no such file; pass --lm english or an LM from "
+                        "python -m emformer_variants.lm.build")
     if args.threads < 1:
         raise UserError(f"--threads {args.threads}: must be at least 1")
     endpoint = None if args.no_endpoint else EndpointConfig(args.rule1, args.rule2, args.rule3)
@@ -161,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
     rec = load_named_checkpoint(args.ckpt)
     apply_precision_(rec, args.precision)
     options = {"max_symbols": args.max_symbols} if args.max_symbols else {}
+    if args.lm is not None:
+        from emformer_variants.lm.build import load_lm
+        from emformer_variants.utils.paths import project_cache_dir
+
+        options["lm"], _ = load_lm(args.lm, rec.tokenizer, project_cache_dir())
+        options["lm_weight"] = args.lm_weight
     pipeline = build_pipeline(rec, args.decoder, args.beam, **options)
     live = sys.stdout.isatty() and not args.json
     for path in args.audio:

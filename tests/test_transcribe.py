@@ -80,3 +80,18 @@ def test_unreadable_and_missing_files_give_one_line(tmp_path):
         assert proc.returncode == 2
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and str(path) in err
         assert expect in err
+
+
+def test_lm_needs_the_modified_decoder_and_runs_with_it(two_sentences_wav, tmp_path):
+    from emformer_variants.lm.ngram import NgramLM
+    from emformer_variants.models.build import load_named_checkpoint
+
+    tok = load_named_checkpoint("base").tokenizer
+    lm = tmp_path / "lm.npz"
+    NgramLM.build([tok.encode("she was the youngest of two daughters")] * 3, tok.vocab_size, 5).save(lm)
+    bad = transcribe(str(two_sentences_wav), "--lm", str(lm))
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr and b"pass decoder=modified" in bad.stderr
+    proc = transcribe(str(two_sentences_wav), "--decoder", "modified", "--max-symbols", "4", "--beam", "4",
+                      "--lm", str(lm), "--lm-weight", "0.3", "--no-endpoint")
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "youngest" in proc.stdout.decode()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -87,7 +86,7 @@ def load_lm(name: str, tokenizer, cache_dir) -> tuple[NgramLM, dict]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     from emformer_variants.models.build import load_named_checkpoint
-    from emformer_variants.utils.paths import PROJECT_ROOT
+    from emformer_variants.utils.paths import project_cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", default="base", help="whose tokenizer the LM uses (default: base)")
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.min_count < 1:
         raise UserError(f"--min-count {args.min_count}: must be at least 1")
-    cache_dir = args.cache_dir or Path(os.environ.get("EMFORMER_VARIANTS_CACHE", PROJECT_ROOT / "cache"))
+    cache_dir = args.cache_dir or project_cache_dir()
     tokenizer = load_named_checkpoint(args.ckpt).tokenizer
     lm = build_english_lm(cache_dir, tokenizer, args.order, args.min_count)
     out = args.out or english_lm_path(cache_dir, tokenizer, args.order, args.min_count)

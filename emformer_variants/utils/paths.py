@@ -22,3 +22,10 @@ if not OmegaConf.has_resolver("ev_wandb_offline"):
     OmegaConf.register_new_resolver("ev_wandb_offline", wandb_offline)
 if not OmegaConf.has_resolver("ev_pid"):
     OmegaConf.register_new_resolver("ev_pid", os.getpid)
+
+
+def project_cache_dir() -> Path:
+    """The corpus and text caches: ``$EMFORMER_VARIANTS_CACHE``, else ``cache/`` in the project
+    (``paths.cache_dir`` of the configs, for the command-line tools that compose none)."""
+    env = os.environ.get("EMFORMER_VARIANTS_CACHE")
+    return Path(env) if env else PROJECT_ROOT / "cache"

@@ -15,7 +15,7 @@ from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.errors import UserError
 from emformer_variants.lm.build import load_lm, training_texts
 from emformer_variants.lm.ngram import NgramLM
-from tests.conftest import make_tiny_rec, run_cli
+from tests.conftest import make_tiny_rec, require_kernel, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,12 +87,49 @@ def test_fusion_without_weight_is_the_plain_search_and_an_lm_pulls_towards_its_t
     zero = ModifiedBeamSearch(rec.model, rec.blank, 4, max_symbols=2, lm=lm, lm_weight=0.0)
     assert zero.lm is None  # weight 0: the search does not even look at the LM
     assert _decode(zero, encs) == _decode(plain, encs)
-    fused = ModifiedBeamSearch(rec.model, rec.blank, 4, max_symbols=2, lm=lm, lm_weight=3.0, lm_bonus=5.0)
-    assert fused.fused is None  # fusion runs in the Python loop
+    fused = ModifiedBeamSearch(rec.model, rec.blank, 4, max_symbols=2, lm=lm, lm_weight=3.0, lm_bonus=5.0,
+                               fused=False)
     base_out, lm_out = _decode(plain, encs), _decode(fused, encs)
     share = [sum(t == favourite for t in toks) / max(len(toks), 1) for toks in lm_out]
     base_share = [sum(t == favourite for t in toks) / max(len(toks), 1) for toks in base_out]
     assert min(share) > 0.8 and max(base_share) < 0.5
+
+
+def test_cpp_lm_gives_the_python_probabilities_and_fusion_rows():
+    kernel = require_kernel()
+    rng = np.random.default_rng(1)
+    sents = [list(rng.integers(0, 6, size=rng.integers(1, 25))) for _ in range(300)]
+    lm = NgramLM.build(sents, vocab=6, order=4, min_count=2)
+    hist = [(6,), (6, 1, 2, 3), (6, 5, 5, 5, 5, 5, 5), (6, 0), (6, 0, 6, 1, 6), (6, 4, 4, 3, 2, 1, 0, 5)]
+    probs, rows = kernel.ngram_fusion(lm.flat_tables(), 6, 4, 0.3, 0.7, [list(h) for h in hist])
+    np.testing.assert_array_equal(probs.numpy(), lm.probs(hist))  # the same doubles
+    want = 0.3 * lm.log_probs(hist, blank=6)
+    want[:, :6] += 0.7
+    torch.testing.assert_close(rows, want, rtol=0, atol=1e-6)  # a log's last bit may differ
+
+
+@pytest.mark.parametrize("max_symbols", [1, 3])
+def test_fused_search_with_an_lm_is_the_python_loop(max_symbols):
+    """The C++ modified search with shallow fusion: the Python loop's beams (tokens and
+    scores), with an LM strong enough to change the transcripts."""
+    require_kernel()
+    rec = make_tiny_rec(5)
+    encs = _encodings(rec, chunks=8, streams=3, seed=4)
+    vocab = rec.tokenizer.vocab_size
+    rng = np.random.default_rng(2)
+    lm = NgramLM.build([list(rng.integers(0, 4, size=12)) for _ in range(50)], vocab=vocab, order=3)
+    kw = dict(max_symbols=max_symbols, lm=lm, lm_weight=0.8, lm_bonus=0.5)
+    fused = ModifiedBeamSearch(rec.model, rec.blank, 4, **kw)
+    loop = ModifiedBeamSearch(rec.model, rec.blank, 4, fused=False, **kw)
+    assert fused.fused is not None and loop.fused is None
+    a, b = [None] * 3, [None] * 3
+    for enc in encs:
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        for x, y in zip(a, b, strict=True):
+            assert [h.tokens for h in x] == [h.tokens for h in y]
+            assert [h.score for h in x] == pytest.approx([h.score for h in y], rel=1e-6, abs=1e-5)
+    plain = ModifiedBeamSearch(rec.model, rec.blank, 4, max_symbols=max_symbols)
+    assert _decode(fused, encs) != _decode(plain, encs)
 
 
 def test_lm_needs_the_modified_search_and_the_model_vocabulary():

@@ -24,7 +24,8 @@ the per-stream calls).
 Shallow fusion (``lm=``, an ``lm.ngram.NgramLM`` over the same symbols, and ``lm_weight``):
 each symbol's candidate score adds ``lm_weight * log P_LM(symbol | hypothesis) + lm_bonus``;
 blank adds nothing (the bonus per symbol offsets the LM's pull towards shorter transcripts).
-Fusion runs in the Python loop (the fused C++ search has no LM).
+The fusion terms join the joiner's log-probs before the candidates are formed, in the Python
+loop as in the C++ search (``kernels/ngram_lm.cpp``: the same probabilities in double).
 
 Shapes: N streams, D joiner width, V symbols, R rows (hypotheses of all streams).
 """
@@ -68,8 +69,10 @@ class ModifiedBeamSearch(CachedSearch):
         self.lm = lm if lm is not None and lm_weight else None
         self.lm_weight = float(lm_weight)
         self.lm_bonus = float(lm_bonus)  # added per symbol with the LM: offsets its pull towards deletions
-        # fused=False, or an LM: the Python loop
-        self._fuse("ModifiedSearch", max_symbols, fused and batched and self.lm is None)
+        self._fuse("ModifiedSearch", max_symbols, fused and batched)  # fused=False: the Python loop
+        if self.fused is not None and self.lm is not None:
+            self.fused.impl.set_lm(self.lm.flat_tables(), self.lm.vocab, self.lm.order, self.lm_weight,
+                                   self.lm_bonus)
 
     def _select(self, cand: torch.Tensor, counts: list[int]) -> list[tuple[list, list, list]]:
         """Each stream's ``beam`` best (hypothesis, symbol) pairs, best first, from ``cand``
@@ -115,12 +118,12 @@ class ModifiedBeamSearch(CachedSearch):
             keep = [s for s in range(n) if counts[s]]
             logp = self.join(enc_t if n == 1 else enc_t[keep], [counts[s] for s in keep],
                              [h.slot for h in flat])  # (R, V)
-            cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
             if self.lm is not None:
                 fusion = self.lm_weight * self.lm.log_probs([h.tokens for h in flat], self.blank)
                 if self.lm_bonus:
                     fusion[:, [c for c in range(fusion.shape[1]) if c != self.blank]] += self.lm_bonus
-                cand += fusion
+                logp = logp + fusion
+            cand = torch.tensor([h.score for h in flat]).unsqueeze(1) + logp  # (R, V)
             nxt: list[list[Hyp]] = [[] for _ in range(n)]
             parents, tokens, pending = [], [], []
             picks = self._select(cand, [counts[s] for s in keep])

@@ -104,6 +104,12 @@ class NgramLM:
                             "rebuild it with python -m emformer_variants.lm.build") from None
         return cls(header["vocab"], header["order"], tables, header.get("meta"))
 
+    def flat_tables(self) -> list[torch.Tensor]:
+        """The tables as the C++ search takes them (``kernels/ngram_lm.h``): per order, keys,
+        counts, ctx, totals, distinct (int64 tensors)."""
+        return [torch.from_numpy(np.ascontiguousarray(t[name], dtype=np.int64)) for t in self.tables
+                for name in ("keys", "counts", "ctx", "totals", "distinct")]
+
     # -- scoring -----------------------------------------------------------------------------
     def _lookup(self, sorted_keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
         if not len(sorted_keys):

@@ -34,6 +34,13 @@ ModifiedSearch::ModifiedSearch(torch::Tensor table0, std::vector<torch::Tensor> 
   TORCH_CHECK(max_symbols >= 1, "ModifiedSearch: max_symbols must be at least 1");
 }
 
+void ModifiedSearch::set_lm(const std::vector<torch::Tensor>& tables, int64_t vocab, int64_t order, double weight,
+                            double bonus) {
+  TORCH_CHECK(vocab == blank_ && vocab + 1 == symbols_, "ModifiedSearch.set_lm: the LM's ", vocab,
+              " symbols must be the joiner's ", symbols_, " without its blank (", blank_, ", the last)");
+  lm_ = std::make_unique<NgramFusion>(tables, vocab, order, weight, bonus);
+}
+
 int64_t ModifiedSearch::Table::find(int64_t slot, int64_t parent, int64_t token) const {
   for (size_t i = 0; i < items.size(); ++i) {
     const Cand& c = items[i];
@@ -101,6 +108,12 @@ std::vector<std::vector<ModifiedSearch::Cand>> ModifiedSearch::frame(const torch
     }
     if (flat.empty()) break;
     auto logp = join(enc_t, keep, counts, slots, n);  // (R, V)
+    if (lm_) {  // shallow fusion: logp + the LM's row of each hypothesis (fp32 sums, as in Python)
+      auto fusion = torch::empty_like(logp);
+      float* f = fusion.data_ptr<float>();
+      for (size_t r = 0; r < slots.size(); ++r) lm_->fusion(tokens_[slots[r]], f + r * symbols_);
+      logp = logp + fusion;
+    }
     const int64_t width = *std::max_element(counts.begin(), counts.end());  // rows of the largest beam
 
     std::vector<Table> extended(n);

@@ -4,6 +4,9 @@
 #pragma once
 
 #include "exact_search.h"
+#include "ngram_lm.h"
+
+#include <memory>
 
 class ModifiedSearch : public ExactSearch {
  public:
@@ -17,6 +20,11 @@ class ModifiedSearch : public ExactSearch {
   std::vector<std::vector<Out>> step(torch::Tensor enc, const std::vector<int64_t>& handles,
                                      const std::vector<double>& scores, const std::vector<int64_t>& counts,
                                      int64_t keep);
+
+  // Shallow fusion from now on: each round adds NgramFusion::fusion of every hypothesis to its
+  // joiner log-probs before the candidates are formed (engine.modified's Python loop does the
+  // same). tables, vocab, order, weight, bonus: as NgramFusion takes them; vocab must be the blank.
+  void set_lm(const std::vector<torch::Tensor>& tables, int64_t vocab, int64_t order, double weight, double bonus);
 
   // Selections left to at::topk because of a tie or NaN.
   int64_t fallback_select = 0;
@@ -44,4 +52,5 @@ class ModifiedSearch : public ExactSearch {
               std::vector<std::tuple<float, int64_t, int64_t>>& out);
 
   int64_t max_symbols_;
+  std::unique_ptr<NgramFusion> lm_;
 };

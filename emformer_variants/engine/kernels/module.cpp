@@ -72,5 +72,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("fallback_sort", &ExactSearch::fallback_sort);
   bind_search<ModifiedSearch>(m, "ModifiedSearch",
                               "modified beam search (greedy: beam 1) on exact mode's prefix cache (modified_search.cpp)")
+      .def("set_lm", &ModifiedSearch::set_lm)
       .def_readonly("fallback_select", &ModifiedSearch::fallback_select);
+  m.def(
+      "ngram_fusion",
+      [](const std::vector<torch::Tensor>& tables, int64_t vocab, int64_t order, double weight, double bonus,
+         const std::vector<std::vector<int64_t>>& histories) {
+        NgramFusion lm(tables, vocab, order, weight, bonus);
+        auto probs = torch::empty({static_cast<int64_t>(histories.size()), vocab}, torch::kFloat64);
+        auto rows = torch::empty({static_cast<int64_t>(histories.size()), vocab + 1}, torch::kFloat32);
+        for (size_t r = 0; r < histories.size(); ++r) {
+          lm.probs(histories[r], probs.data_ptr<double>() + r * vocab);
+          lm.fusion(histories[r], rows.data_ptr<float>() + r * (vocab + 1));
+        }
+        return std::make_tuple(probs, rows);
+      },
+      "an n-gram LM's probabilities and fusion rows per history (ngram_lm.cpp; for tests)");
 }

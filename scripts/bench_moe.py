@@ -6,8 +6,9 @@
 Three encoders get the same random feature chunks, in turn (the first rotating), chunk by
 chunk, each carrying its own state:
 - ``dense``: the model without surgery (``StreamingEncoder``: the fused C++ layer stack);
-- ``packed MoE``: ``variant=moe`` (conf/variant/moe.yaml, upcycled) in ``StreamingEncoder``,
-  whose FFNs run as ``engine.moe.PackedMoE`` (each expert's linears in the packed kernel);
+- ``packed MoE``: ``variant=moe`` (conf/variant/moe.yaml, calibrated on random features) in
+  ``StreamingEncoder``, whose FFNs run as ``engine.moe.PackedMoE`` (each expert's linears in
+  the packed kernel);
 - ``module``: the same MoE model with every layer's FFN called as the PyTorch module (its
   experts converted to the precision too), the rest of the layer as in ``packed MoE``.
 Reported per precision and stream count: median encoder ms per chunk (the thread's CPU time
@@ -41,7 +42,9 @@ KINDS = ("dense", "packed MoE", "module")
 def encoders(model_name: str, precision: str) -> dict[str, StreamingEncoder]:
     dense, _ = build_model(model_name)
     moe = copy.deepcopy(dense)
-    apply_variant_(moe, load_variant("moe"), init="convert")
+    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32))
+                   for _ in range(2)]
+    apply_variant_(moe, load_variant("moe"), init="convert", calibration=calibration)  # init: shared fits
     for rec in (dense, moe):
         apply_precision_(rec, precision)
     packed_moe = StreamingEncoder(moe.model)

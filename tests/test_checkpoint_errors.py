@@ -116,7 +116,7 @@ def test_corrupt_resume_checkpoint_fails_its_checksum(files, tmp_path):
 def test_resume_with_another_variant_lists_what_differs(files):
     ok = [*TINY_ARCH, "init=scratch", f"ckpt_path={files / 'moe.ckpt'}", "variant=moe",
           "variant.num_experts=4", "variant.d_ff=16"]
-    check_train_config(_compose("train", ok))  # the same variant resumes
+    check_train_config(_compose("train", [*ok, "variant.init=upcycle"]))  # the same variant resumes
     with pytest.raises(UserError) as e:
         check_train_config(_compose("train", [*ok, "variant.top_k=1", "variant.init=random"]))
     msg = str(e.value)
@@ -133,7 +133,8 @@ def test_resume_with_another_variant_lists_what_differs(files):
 def test_resume_with_another_architecture_lists_what_differs(files):
     with pytest.raises(UserError) as e:  # the default tiny size, not the checkpoint's test size
         check_train_config(_compose("train", ["init=scratch", f"ckpt_path={files / 'moe.ckpt'}",
-                                              "variant=moe", "variant.num_experts=4", "variant.d_ff=16"]))
+                                              "variant=moe", "variant.num_experts=4", "variant.d_ff=16",
+                                              "variant.init=upcycle"]))
     assert "arch.encoding_dim: 32 in the checkpoint vs 256 requested" in str(e.value)
     assert "arch.transformer_ffn_dim: 64 in the checkpoint vs 1024 requested" in str(e.value)
     assert "; and 1 more;" in str(e.value)  # at most 6 listed: the line stays readable

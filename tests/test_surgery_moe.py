@@ -20,6 +20,7 @@ from emformer_variants.surgery.moe import (
     analytic_encoder_flops_delta,
     collect_moe_losses,
     collect_router_stats,
+    shared_neurons,
 )
 from emformer_variants.surgery.registry import apply_surgery_
 from tests.conftest import RC, SEG, make_tiny_rec
@@ -174,7 +175,7 @@ def test_partition_init_closer_to_dense_than_random():
                             calibration=calibration())
     err = report.extra["calibration_rel_error"]
     print("rel error vs dense (neutral, E=8 K=2 H=F/8):", err)
-    assert set(err) == {"upcycle", "partition", "random"}
+    assert set(err) == {"upcycle", "partition", "shared", "random"}
     assert err["partition"] < err["upcycle"] < err["random"]
     assert err["partition"] < 0.9
     # Neutral up to the routers and the per-expert copies of the output bias.
@@ -185,6 +186,24 @@ def test_partition_init_closer_to_dense_than_random():
                           calibration=calibration()).extra["calibration_rel_error"]
     print("rel error vs dense (E=8 K=2 H=0.375F):", err2)
     assert err2["partition"] < err["partition"]
+    assert err2["shared"] < err2["upcycle"]
+
+
+def test_shared_init_gives_every_expert_the_most_important_neurons_and_keeps_every_neuron():
+    g = torch.Generator().manual_seed(0)
+    # later neurons matter more
+    hidden = torch.linspace(0.1, 2.0, 64) * (1 + 0.1 * torch.rand(200, 64, generator=g))
+    w2 = torch.ones(16, 64)
+    neurons, core = shared_neurons(hidden, w2, num_experts=8, d_ff=24, generator=g)
+    assert core == (8 * 24 - 64) // 7 == 18 and neurons.shape == (8, 24)
+    for e in range(8):
+        assert set(neurons[e, :core].tolist()) == set(range(64 - core, 64))  # the same core, the top 18
+        assert len(set(neurons[e].tolist())) == 24
+    assert set(neurons.flatten().tolist()) == set(range(64))  # no neuron dropped
+    few, core = shared_neurons(hidden, w2, num_experts=4, d_ff=8)  # E H < F: the 32 most important
+    assert core == 0 and set(few.flatten().tolist()) == set(range(32, 64))
+    same, core = shared_neurons(hidden, w2, num_experts=4, d_ff=64)  # H = F: identical experts
+    assert core == 64 and all(torch.equal(same[e], same[0]) for e in range(4))
 
 
 def test_active_params_and_flops_of_one_steady_state_chunk():

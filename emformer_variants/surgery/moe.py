@@ -29,6 +29,14 @@ Inits (``MoEConfig.init``):
             layer) are chosen on the same calibration rows to minimise the MoE's error
             vs. the dense FFN (the renormalised top-K weights average the K chosen
             experts, MoEfication sums them).
+  shared    a shared core plus MoEfication (for H > F / E, where experts must overlap): every
+            expert holds the same S most important dense neurons (mean |activation| x output
+            column norm on calibration audio), S = (E H - F) // (E - 1), and a co-activation
+            group of the others (``partition_neurons``), so each neuron is in some expert and
+            the neurons that matter most to every token are always computed (E H < F: no
+            core, and only the E H most important neurons are kept). The router is
+            fitted as for partition; the groups' second layer is scaled by K (the renormalised
+            K weights average the chosen groups), the core's is not.
   random    fresh init (nn.Linear's per expert; Switch router).
 
 ``d_ff`` (H): an explicit width, else ``round(d_ff_ratio * F)`` (default 0.375: 768 for
@@ -68,7 +76,7 @@ from emformer_variants.surgery.registry import (
 from emformer_variants.surgery.swap import swap_modules_
 from emformer_variants.surgery.weights import dense_bias, dense_weight
 
-INITS = ("upcycle", "partition", "random")
+INITS = ("upcycle", "partition", "shared", "random")
 CALIBRATION_ROWS = 4096  # per layer; bounds memory of collected FFN inputs (N x D each)
 _LAYER_RE = re.compile(r"emformer_layers\.(\d+)$")
 
@@ -81,13 +89,13 @@ class MoEConfig:
     top_k: int = 2
     d_ff: int | None = None  # None -> round(d_ff_ratio * dense FFN dim)
     d_ff_ratio: float = 0.375  # used only when d_ff is None
-    init: str = "upcycle"  # upcycle | partition | random
+    init: str = "upcycle"  # upcycle | partition | shared | random
     output_scale: float | None = None  # upcycle: experts' second layer x this (None: K when H < F, else 1)
     aux_loss_weight: float = 0.01  # load balancing (Switch / GShard)
     z_loss_weight: float = 1e-3  # router z-loss (ST-MoE)
     router_jitter: float = 0.0  # multiplicative router-input noise while training (Switch)
     layers: tuple[int, ...] | None = None  # Emformer layer indices; None = all
-    calibration_batches: int = 8  # calibration batches used by init=partition (and error report)
+    calibration_batches: int = 8  # calibration batches used by init=partition / shared (and error report)
     seed: int = 0  # permutations, k-means start, router init
 
     def __post_init__(self):
@@ -145,7 +153,7 @@ def check_fits_model(config: MoEConfig, ffn_dim: int) -> int:
     """Model-dependent checks (UserError naming the field); returns the resolved d_ff."""
     h = config.resolve_d_ff(ffn_dim)
     field = "variant.d_ff" if config.d_ff is not None else f"variant.d_ff_ratio={config.d_ff_ratio} -> d_ff"
-    if config.init in ("upcycle", "partition") and h > ffn_dim:
+    if config.init in ("upcycle", "partition", "shared") and h > ffn_dim:
         raise UserError(f"{field}={h} exceeds the dense FFN width {ffn_dim}; init={config.init} "
                         f"builds experts from dense neurons: use d_ff <= {ffn_dim} or init=random")
     if config.init == "partition" and h * config.num_experts < ffn_dim:
@@ -374,9 +382,9 @@ class MoEFeedForward(RoutedFeedForward):
                    generator: torch.Generator | None = None) -> MoEFeedForward:
         """Build from a dense FFN ``linear2(act(linear1(x)))``.
 
-        ``init``: upcycle | partition | random (default ``config.init``);
+        ``init``: upcycle | partition | shared | random (default ``config.init``);
         ``calibration_acts``: (N, D) inputs of ``linear1`` on calibration audio, required
-        by partition. The result has linear1's device and dtype.
+        by partition and shared. The result has linear1's device and dtype.
         """
         init = init or config.init
         if init not in INITS:
@@ -398,6 +406,16 @@ class MoEFeedForward(RoutedFeedForward):
                 hidden = activation(linear1(x))
                 neurons = partition_neurons(hidden, config.num_experts, h, generator)
             moe.load_dense_neurons(linear1, linear2, neurons)
+            fit_router_(moe, x, hidden, linear2)
+        elif init == "shared":
+            if calibration_acts is None or calibration_acts.shape[0] == 0:
+                raise UserError("variant.init=shared needs calibration audio (FFN activations)")
+            x = calibration_acts.to(linear1.weight)
+            with torch.no_grad():
+                hidden = activation(linear1(x))
+                neurons, shared = shared_neurons(hidden, linear2.weight, config.num_experts, h, generator)
+                moe.load_dense_neurons(linear1, linear2, neurons)
+                moe.w2[:, shared:, :] *= config.top_k  # the K chosen parts add up; the core counts once
             fit_router_(moe, x, hidden, linear2)
         return moe
 
@@ -458,6 +476,27 @@ def partition_neurons(hidden: torch.Tensor, num_experts: int, d_ff: int,
         others = others[torch.argsort(sim[others, e], descending=True, stable=True)]
         rows.append(torch.cat([mine, others])[:d_ff])
     return torch.stack(rows)
+
+
+@torch.no_grad()
+def shared_neurons(hidden: torch.Tensor, w2: torch.Tensor, num_experts: int, d_ff: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """Shared-core split: hidden (N, F) activations, w2 (D, F) the dense second layer ->
+    ((E, H) neuron indices, S). Every expert starts with the same S most important neurons
+    (mean |activation| x the norm of the neuron's output column), S = (E H - F) // (E - 1), the
+    most for which the other F - S neurons still fit in E groups of H - S; those are split by
+    ``partition_neurons`` (co-activation), so each neuron is in at least one expert. When
+    E H < F there is no core and only the E H most important neurons are kept."""
+    f = hidden.shape[1]
+    shared = (num_experts * d_ff - f) // (num_experts - 1) if num_experts > 1 else d_ff
+    shared = max(0, min(shared, d_ff))
+    importance = hidden.abs().float().mean(0) * w2.float().norm(dim=0)
+    order = torch.argsort(importance, descending=True, stable=True)
+    core, rest = order[:shared], order[shared:num_experts * d_ff - (num_experts - 1) * shared]
+    if shared == d_ff:  # every neuron in every expert: identical experts
+        return core.expand(num_experts, d_ff).clone(), shared
+    groups = partition_neurons(hidden[:, rest], num_experts, d_ff - shared, generator)
+    return torch.cat([core.expand(num_experts, shared), rest[groups]], dim=1), shared
 
 
 @torch.no_grad()
@@ -611,8 +650,8 @@ def apply_moe_(rec, config: MoEConfig, init: str = "convert", calibration=None) 
         batches = list(calibration)[: config.calibration_batches]
         acts = collect_ffn_inputs(model, {fqn: ff[1] for fqn, (_, ff) in targets.items()},
                                   batches, seed=config.seed)
-    elif init == "convert" and config.init == "partition":
-        raise UserError("variant.init=partition needs calibration audio (FFN activations); none "
+    elif init == "convert" and config.init in ("partition", "shared"):
+        raise UserError(f"variant.init={config.init} needs calibration audio (FFN activations); none "
                         "was given: provide calibration batches or use variant.init=upcycle")
 
     new: dict[str, nn.Module] = {}

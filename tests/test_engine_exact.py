@@ -16,7 +16,7 @@ from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.stream import chunk_windows, stream_decode
 from emformer_variants.models.recognizer import load_recognizer
-from tests.conftest import ROOT, make_tiny_rec, require_kernel
+from tests.conftest import ROOT, apply_shipped_variant_, make_tiny_rec, require_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,16 +149,12 @@ def test_fused_layer_stack_is_bit_for_bit_the_python_loop(variant, precision):
     the first chunks (history shorter than the left context), and for two streams with
     different histories (the masked path); also with low-rank chains of linears, MLA's
     latent attention and MoE FFNs in the layers."""
-    import yaml
-
     from emformer_variants.engine.precision import apply_precision_
-    from emformer_variants.surgery.registry import apply_variant_
 
     require_kernel()
     rec = make_tiny_rec(2)
     if variant != "dense":
-        apply_variant_(rec, yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text()),
-                       init="convert")
+        apply_shipped_variant_(rec, variant)
     apply_precision_(rec, precision)
     fused, loop = StreamingEncoder(rec.model), StreamingEncoder(rec.model, fused=False)
     assert fused.stack is not None and loop.stack is None
@@ -179,17 +175,13 @@ def test_fused_layer_stack_is_bit_for_bit_the_python_loop(variant, precision):
 def test_fused_stack_only_for_packed_layers(monkeypatch):
     """A module the stack does not know (a low-rank FFN kept as a module), a watched MoE
     (router telemetry) or no kernel: the encoder runs the Python loop."""
-    import yaml
-
     from emformer_variants.surgery.moe import RouterTelemetry
-    from emformer_variants.surgery.registry import apply_surgery_
 
     rec = make_tiny_rec(4)
     rec.model.transcriber.transformer.emformer_layers[0].pos_ff[2] = torch.nn.Tanh()
     assert StreamingEncoder(rec.model).stack is None  # an activation the kernels do not have
     rec = make_tiny_rec(4)
-    spec = yaml.safe_load((ROOT / "conf" / "variant" / "moe.yaml").read_text())
-    apply_surgery_(rec, spec, init="convert")
+    apply_shipped_variant_(rec, "moe")
     enc = StreamingEncoder(rec.model)
     assert enc.stack is not None and not enc.stack.watched()
     telemetry = RouterTelemetry(rec.model)
@@ -206,13 +198,8 @@ def test_exact_equals_stock_on_surgery_variants(variant):
     """Surgery swaps linears for other modules (low-rank pairs, MoE FFNs, MLA attention): the
     engine must run them as they are (no fusing of modules it does not know) and still give
     stock's beams."""
-    import yaml
-
-    from emformer_variants.surgery.registry import apply_surgery_
-
     rec = make_tiny_rec(4)
-    spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
-    apply_surgery_(rec, spec, init="convert")
+    apply_shipped_variant_(rec, variant)
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
     assert_same_beams(rec, chunk_features(rec, wave), 4)
     for decoder in ("modified", "greedy"):

@@ -83,14 +83,10 @@ def test_surgery_variants_decode_at_every_precision(variant, precision):
     """MLA's absorbed attention and the MoE router read child linears' weights directly: they
     must still work once those linears are converted (a property, a method, a quantised
     tensor). MLA used to fail here with "Inference tensors do not track version counter"."""
-    import yaml
-
-    from emformer_variants.surgery.registry import apply_surgery_
-    from tests.conftest import ROOT
+    from tests.conftest import apply_shipped_variant_
 
     rec = make_tiny_rec(4)
-    spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{variant}.yaml").read_text())
-    apply_surgery_(rec, spec, init="convert")
+    apply_shipped_variant_(rec, variant)
     assert apply_precision_(rec, precision)["replaced"] > 0
     wave = torch.randn(16000, generator=torch.Generator().manual_seed(5)) * 0.1
     for decoder in ("stock", "exact"):

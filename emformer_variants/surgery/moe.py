@@ -398,24 +398,18 @@ class MoEFeedForward(RoutedFeedForward):
         if init == "upcycle":
             moe.load_dense_neurons(linear1, linear2, upcycle_neurons(f, h, config.num_experts, generator),
                                    config.upcycle_scale(f))
-        elif init == "partition":
+        elif init in ("partition", "shared"):
             if calibration_acts is None or calibration_acts.shape[0] == 0:
-                raise UserError("variant.init=partition needs calibration audio (FFN activations)")
+                raise UserError(f"variant.init={init} needs calibration audio (FFN activations)")
             x = calibration_acts.to(linear1.weight)
             with torch.no_grad():
                 hidden = activation(linear1(x))
-                neurons = partition_neurons(hidden, config.num_experts, h, generator)
-            moe.load_dense_neurons(linear1, linear2, neurons)
-            fit_router_(moe, x, hidden, linear2)
-        elif init == "shared":
-            if calibration_acts is None or calibration_acts.shape[0] == 0:
-                raise UserError("variant.init=shared needs calibration audio (FFN activations)")
-            x = calibration_acts.to(linear1.weight)
-            with torch.no_grad():
-                hidden = activation(linear1(x))
-                neurons, shared = shared_neurons(hidden, linear2.weight, config.num_experts, h, generator)
+                if init == "partition":
+                    neurons, core = partition_neurons(hidden, config.num_experts, h, generator), h
+                else:
+                    neurons, core = shared_neurons(hidden, linear2.weight, config.num_experts, h, generator)
                 moe.load_dense_neurons(linear1, linear2, neurons)
-                moe.w2[:, shared:, :] *= config.top_k  # the K chosen parts add up; the core counts once
+                moe.w2[:, core:, :] *= config.top_k  # the K chosen groups add up; a core counts once
             fit_router_(moe, x, hidden, linear2)
         return moe
 

@@ -33,7 +33,8 @@ int64_t NgramFusion::lookup(const std::vector<int64_t>& keys, const std::vector<
 __attribute__((optimize("fp-contract=off"))) void NgramFusion::probs(const std::vector<int64_t>& history,
                                                                      double* p) const {
   const int64_t n = order_, ctx_len = n - 1;
-  std::vector<int64_t> ctx_tokens(std::max<int64_t>(ctx_len, 0), vocab_);
+  auto& ctx_tokens = ctx_tokens_;
+  ctx_tokens.assign(std::max<int64_t>(ctx_len, 0), vocab_);
   if (ctx_len > 0) {  // the last n - 1 symbols that are not the blank, right-aligned
     int64_t j = ctx_len - 1;
     for (auto it = history.rbegin(); it != history.rend() && j >= 0; ++it)
@@ -68,10 +69,10 @@ __attribute__((optimize("fp-contract=off"))) void NgramFusion::probs(const std::
 
 __attribute__((optimize("fp-contract=off"))) void NgramFusion::fusion(const std::vector<int64_t>& history,
                                                                       float* row) const {
-  std::vector<double> p(vocab_);
-  probs(history, p.data());
+  p_.resize(vocab_);
+  probs(history, p_.data());
   for (int64_t v = 0; v < vocab_; ++v) {
-    const float scaled = weight_ * static_cast<float>(std::log(p[v]));
+    const float scaled = weight_ * static_cast<float>(std::log(p_[v]));
     row[v] = bonus_ != 0.0f ? scaled + bonus_ : scaled;
   }
   row[vocab_] = 0.0f;  // the blank emits nothing

@@ -31,4 +31,8 @@ class NgramFusion {
   int64_t vocab_, order_, base_;
   float weight_, bonus_;
   std::vector<Order> orders_;
+  // Scratch reused by every call (one search calls from one thread): the context symbols and
+  // the probabilities of fusion().
+  mutable std::vector<int64_t> ctx_tokens_;
+  mutable std::vector<double> p_;
 };

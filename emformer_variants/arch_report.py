@@ -45,6 +45,15 @@ def load_variant(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
+def random_calibration(frames: int = 200, batches: int = 2,
+                       generator: torch.Generator | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Calibration batches of random features, (features (2, frames, 80), lengths), for the
+    surgeries that fit on audio (ASVD, whitening, MoE partition / shared) where only the
+    structure matters (speed, sizes, tests)."""
+    return [(torch.randn(2, frames, 80, generator=generator),
+             torch.tensor([frames, frames - frames // 5], dtype=torch.int32)) for _ in range(batches)]
+
+
 def measure(rec: Recognizer, chunks: int = 9) -> dict:
     """Params, encoder FLOPs (measured and analytic) and state bytes of one steady-state chunk."""
     seg, rc = rec.arch["segment_length"], rec.arch["right_context_length"]
@@ -67,8 +76,7 @@ def measure(rec: Recognizer, chunks: int = 9) -> dict:
 def measure_variants(base: Recognizer, variants: dict[str, dict]) -> dict[str, dict]:
     """``{name: variant config}`` -> ``{name: measure(...)}``, each variant applied to a copy
     of ``base`` (activation-aware surgeries calibrate on random features)."""
-    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32))
-                   for _ in range(2)]
+    calibration = random_calibration()
     rows = {}
     for name, variant in variants.items():
         rec = copy.deepcopy(base)

@@ -382,14 +382,14 @@ def bench_variants(rec, note: str, args, waves, texts, audio_s: float) -> int:
     """``--variants``: each variant's stock pipeline and engine modes (``--variant-modes``)
     interleaved chunk by chunk in one run, with the variant's measured encoder FLOPs per
     steady-state chunk vs dense."""
-    from emformer_variants.arch_report import load_variant, measure
+    from emformer_variants.arch_report import load_variant, measure, random_calibration
     from emformer_variants.surgery.registry import apply_variant_
 
     names = args.variants or ["dense", "moe", "mla", "lowrank"]
     engine_modes = [Mode.parse(m) for m in args.variant_modes]
     if any(m.decoder == "stock" for m in engine_modes):
         raise UserError("--variant-modes: engine modes only (each variant's stock pipeline always runs)")
-    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32)) for _ in range(2)]
+    calibration = random_calibration()
     recs, flops = {}, {}
     for name in names:
         r = copy.deepcopy(rec)

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from emformer_variants.arch_report import load_variant  # noqa: E402
+from emformer_variants.arch_report import load_variant, random_calibration  # noqa: E402
 from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.packed import isa_report  # noqa: E402
@@ -42,9 +42,7 @@ KINDS = ("dense", "packed MoE", "module")
 def encoders(model_name: str, precision: str) -> dict[str, StreamingEncoder]:
     dense, _ = build_model(model_name)
     moe = copy.deepcopy(dense)
-    calibration = [(torch.randn(2, 200, 80), torch.tensor([200, 160], dtype=torch.int32))
-                   for _ in range(2)]
-    apply_variant_(moe, load_variant("moe"), init="convert", calibration=calibration)  # init: shared fits
+    apply_variant_(moe, load_variant("moe"), init="convert", calibration=random_calibration())
     for rec in (dense, moe):
         apply_precision_(rec, precision)
     packed_moe = StreamingEncoder(moe.model)

@@ -210,19 +210,15 @@ def make_tiny_rec(seed: int = 0, **arch_kw):
     return rec.eval()
 
 
-
 def apply_shipped_variant_(rec, name: str) -> list:
     """conf/variant/NAME.yaml applied to ``rec`` in place, calibrated on random features (the
     activation-aware surgeries, and MoE's default shared init, fit on calibration audio)."""
-    import yaml
-
+    from emformer_variants.arch_report import load_variant, random_calibration
     from emformer_variants.surgery.registry import apply_variant_
 
-    g = torch.Generator().manual_seed(0)
-    calibration = [(torch.randn(2, 64, 80, generator=g), torch.tensor([64, 52], dtype=torch.int32))
-                   for _ in range(2)]
-    spec = yaml.safe_load((ROOT / "conf" / "variant" / f"{name}.yaml").read_text())
-    return apply_variant_(rec, spec, init="convert", calibration=calibration)
+    calibration = random_calibration(64, generator=torch.Generator().manual_seed(0))
+    return apply_variant_(rec, load_variant(name), init="convert", calibration=calibration)
+
 
 @pytest.fixture(scope="session")
 def tiny_base_ckpt(mini_corpus, tmp_path_factory) -> Path:

@@ -77,6 +77,7 @@ from emformer_variants.surgery.swap import swap_modules_
 from emformer_variants.surgery.weights import dense_bias, dense_weight
 
 INITS = ("upcycle", "partition", "shared", "random")
+CALIBRATED_INITS = ("partition", "shared")  # built from FFN activations on calibration audio
 CALIBRATION_ROWS = 4096  # per layer; bounds memory of collected FFN inputs (N x D each)
 _LAYER_RE = re.compile(r"emformer_layers\.(\d+)$")
 
@@ -398,7 +399,7 @@ class MoEFeedForward(RoutedFeedForward):
         if init == "upcycle":
             moe.load_dense_neurons(linear1, linear2, upcycle_neurons(f, h, config.num_experts, generator),
                                    config.upcycle_scale(f))
-        elif init in ("partition", "shared"):
+        elif init in CALIBRATED_INITS:
             if calibration_acts is None or calibration_acts.shape[0] == 0:
                 raise UserError(f"variant.init={init} needs calibration audio (FFN activations)")
             x = calibration_acts.to(linear1.weight)
@@ -644,7 +645,7 @@ def apply_moe_(rec, config: MoEConfig, init: str = "convert", calibration=None) 
         batches = list(calibration)[: config.calibration_batches]
         acts = collect_ffn_inputs(model, {fqn: ff[1] for fqn, (_, ff) in targets.items()},
                                   batches, seed=config.seed)
-    elif init == "convert" and config.init in ("partition", "shared"):
+    elif init == "convert" and config.init in CALIBRATED_INITS:
         raise UserError(f"variant.init={config.init} needs calibration audio (FFN activations); none "
                         "was given: provide calibration batches or use variant.init=upcycle")
 

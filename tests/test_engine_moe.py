@@ -107,6 +107,18 @@ def test_router_telemetry_sees_the_engine():
     telemetry.close()
     assert telemetry.calls == 3 and len(summary["moe_load_per_layer"]) == 2
     assert summary["moe_router_entropy_mean"] > 0
+    assert all(not m.observers for m in moe_modules(rec.model))  # close() detaches
+
+
+def test_a_copy_of_a_watched_moe_is_not_watched():
+    import copy
+
+    rec = moe_rec(2)
+    telemetry = RouterTelemetry(rec.model)
+    twin = copy.deepcopy(rec.model)  # a distillation teacher, an EMA
+    run_encoder(StreamingEncoder(twin), feature_chunks(2))
+    assert telemetry.calls == 0 and all(not m.observers for m in moe_modules(twin))
+    telemetry.close()
 
 
 def test_from_ffn_only_takes_moe():

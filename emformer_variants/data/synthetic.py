@@ -55,7 +55,7 @@ from emformer_variants.data.text import (
     add_cache_dir_argument,
     default_cache_dir,
 )
-from emformer_variants.data.tts import Voice, default_voices, held_out_voices, synthesize_many
+from emformer_variants.data.tts import Voice, held_out_voices, synthesize_many, training_voices
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.utils.run_dir import pid_alive
 
@@ -65,7 +65,7 @@ FORMAT_VERSION = 2
 TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
 DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
                         "everyday": 0.35}
-TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari")
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro")
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
 EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
 # Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
@@ -211,7 +211,7 @@ def _jittered(voice: Voice, rng: np.random.Generator) -> tuple[Voice, float, flo
 def _plan(texts: dict[str, list[str]], seed: int, root: Path, engine_weights: dict[str, float]
           ) -> list[_Job]:
     by_engine: dict[str, list[Voice]] = {}
-    for v in default_voices():
+    for v in training_voices(engine_weights):
         by_engine.setdefault(v.engine, []).append(v)
     engines = list(engine_weights)
     probs = np.array([engine_weights[e] for e in engines])
@@ -301,7 +301,8 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
                   **{name: f"{name}-{v}" for name, v in VERSIONS.items()}},
         "text_weights": text_weights,
         "engine_weights": engine_weights,
-        "voices": [{"name": v.name, "engine": v.engine, "options": v.options} for v in default_voices()],
+        "voices": [{"name": v.name, "engine": v.engine, "options": v.options}
+                   for v in training_voices(engine_weights)],
         "held_out_voices": [{"name": v.name, "engine": v.engine, "options": v.options}
                             for v in held_out_voices()],
         "jitter": {**JITTER, "peak_dbfs": PEAK_DBFS_RANGE, "pad_seconds": PAD_SECONDS_RANGE},

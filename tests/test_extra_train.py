@@ -1,0 +1,46 @@
+"""data.extra_train: training utterances of other sources mixed into the main corpus."""
+
+from __future__ import annotations
+
+import pytest
+
+from emformer_variants.data.datamodule import ASRDataModule
+from emformer_variants.data.sources import ManifestSource
+from emformer_variants.errors import UserError
+
+
+def test_extra_sources_add_their_train_split_repeated(mini_corpus):
+    main = ASRDataModule(ManifestSource(str(mini_corpus)))
+    mixed = ASRDataModule(ManifestSource(str(mini_corpus)),
+                          extra_train=[ManifestSource(str(mini_corpus))], extra_repeat=3)
+    base = main._train_utterances()
+    got = mixed._train_utterances()
+    assert len(got) == 4 * len(base)
+    assert [u.audio for u in got[: len(base)]] == [u.audio for u in base]
+    # dev and test still come from the main source alone
+    assert len(mixed.utterances("dev")) == len(main.utterances("dev"))
+
+
+@pytest.mark.parametrize("repeat", [0, -1, 1.5, True])
+def test_bad_extra_repeat_is_one_line(mini_corpus, repeat):
+    with pytest.raises(UserError, match="data.extra_repeat"):
+        ASRDataModule(ManifestSource(str(mini_corpus)), extra_train=[], extra_repeat=repeat)
+
+
+def test_extra_source_without_train_is_a_user_error(mini_corpus, tmp_path):
+    (tmp_path / "dev.jsonl").write_text((mini_corpus / "dev.jsonl").read_text())
+    dm = ASRDataModule(ManifestSource(str(mini_corpus)), extra_train=[ManifestSource(str(tmp_path))])
+    with pytest.raises(UserError, match=r"data.extra_train\[0\]"):
+        dm._train_utterances()
+
+
+def test_the_kokoro_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["data=pretrain_kokoro"])
+    extra = cfg.data.extra_train[0]
+    assert extra.engine_weights == {"kokoro": 1.0} and cfg.data.extra_repeat == 4
+    assert cfg.data.source.num_train == 24000

@@ -37,6 +37,7 @@ def test_extra_source_without_train_is_a_user_error(mini_corpus, tmp_path):
 def test_the_kokoro_config_composes():
     from hydra import compose, initialize_config_dir
 
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
     from tests.conftest import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
@@ -44,3 +45,9 @@ def test_the_kokoro_config_composes():
     extra = cfg.data.extra_train[0]
     assert extra.engine_weights == {"kokoro": 1.0} and cfg.data.extra_repeat == 4
     assert cfg.data.source.num_train == 24000
+    import hydra
+
+    from emformer_variants.data.sources import SyntheticSource
+
+    dm = hydra.utils.instantiate(cfg.data)  # builds nothing yet
+    assert type(dm.extra_train[0]) is SyntheticSource and dm.extra_train[0].num_train == 700

@@ -7,6 +7,7 @@ import logging
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from emformer_variants.data.audio import audio_duration
@@ -60,7 +61,9 @@ class ASRDataModule(L.LightningDataModule):
         self.source = source
         # More training audio from other sources (their ``train`` split, each utterance
         # ``extra_repeat`` times per epoch); dev and test come from ``source`` alone.
-        self.extra_train = list(extra_train or [])
+        # Hydra passes instantiated dataclass sources in a list back as structured configs.
+        self.extra_train = [OmegaConf.to_object(e) if isinstance(e, DictConfig) else e
+                            for e in (extra_train or [])]
         if isinstance(extra_repeat, bool) or not isinstance(extra_repeat, int) or extra_repeat < 1:
             raise UserError(f"data.extra_repeat={extra_repeat!r}: use an integer >= 1")
         self.extra_repeat = extra_repeat

@@ -94,25 +94,23 @@ class ASRDataModule(L.LightningDataModule):
         splits = self.splits()
         if split not in splits:
             raise UserError(f"data split '{split}' not found; this corpus has {sorted(splits)}")
-        good, skipped = validate_utterances(splits[split], split, self.skip_bad)
+        return self._validated(splits[split], split, f"data split '{split}'")
+
+    def _validated(self, utts: list[Utterance], split: str, where: str) -> list[Utterance]:
+        good, skipped = validate_utterances(utts, split, self.skip_bad)
         if skipped:
             self.skipped[split] = skipped
             log.warning("split %s: skipped %d bad entries (data.skip_bad=true), first: %s",
                         split, len(skipped), skipped[0])
         if not good:
-            raise UserError(f"data split '{split}' has no usable utterances")
+            raise UserError(f"{where} has no usable utterances")
         return good
 
     def _train_utterances(self) -> list[Utterance]:
         utts = self.utterances(self.train_split)
         for i, extra in enumerate(self.extra_train):
-            split = extra.splits().get("train", [])
-            good, skipped = validate_utterances(split, f"extra_train[{i}]", self.skip_bad)
-            if not good:
-                raise UserError(f"data.extra_train[{i}]: its source has no usable train utterances")
-            if skipped:
-                self.skipped[f"extra_train[{i}]"] = skipped
-            utts = utts + good * self.extra_repeat
+            utts = utts + self.extra_repeat * self._validated(
+                extra.splits().get("train", []), f"extra_train[{i}]", f"data.extra_train[{i}]'s train split")
         short = [u.audio for u in utts if u.duration < self.min_train_seconds]
         if short:
             log.warning("training: %d clips shorter than %.2f s left out (e.g. %s)", len(short),

@@ -94,8 +94,9 @@ def assets(cache_dir: Path) -> tuple[Path, Path]:
 
 
 class KokoroTTS:
-    """One Kokoro session on one thread; ``__call__(text, voice, speed, british)`` -> 24 kHz audio.
-    The model has no sampling: the audio is a function of its arguments."""
+    """One Kokoro session on one thread; ``__call__(text, voice, speed)`` -> 24 kHz audio, British
+    pronunciation for the British voices (``b*``). The model has no sampling: the audio is a
+    function of its arguments."""
 
     def __init__(self, cache_dir: Path) -> None:
         try:
@@ -111,10 +112,10 @@ class KokoroTTS:
                                                providers=["CPUExecutionProvider"])
         self.tts = Kokoro.from_session(session, str(voices))
 
-    def __call__(self, text: str, voice: str, speed: float = 1.0, british: bool | None = None) -> np.ndarray:
+    def __call__(self, text: str, voice: str, speed: float = 1.0) -> np.ndarray:
         if voice not in ENGLISH_VOICES:
             raise UserError(f"kokoro voice {voice!r}: use one of {ENGLISH_VOICES}")
-        lang = "en-gb" if (voice[0] == "b" if british is None else british) else "en-us"
+        lang = "en-gb" if voice.startswith("b") else "en-us"
         wave, sr = self.tts.create(text, voice=voice, speed=float(np.clip(speed, 0.5, 2.0)), lang=lang)
         assert sr == SAMPLE_RATE, sr
         return np.asarray(wave, dtype=np.float32)

@@ -345,15 +345,14 @@ def _hibari(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tupl
 
 
 def _kokoro(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
+    from emformer_variants.data.kokoro import SAMPLE_RATE, KokoroTTS
+
     if "kokoro" not in _ENGINE_CACHE:
-        from emformer_variants.data.kokoro import KokoroTTS
         from emformer_variants.data.text import default_cache_dir
 
         _ENGINE_CACHE["kokoro"] = KokoroTTS(default_cache_dir())
     p = opts.get("pitch", 1.0) * pitch
     wave = _ENGINE_CACHE["kokoro"](text, opts["voice"], speed=opts.get("rate", 1.0) * rate / p)
-    from emformer_variants.data.kokoro import SAMPLE_RATE
-
     return _pitch_relabel(wave, SAMPLE_RATE, p)
 
 

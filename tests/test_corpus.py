@@ -262,7 +262,8 @@ def test_corpus_idempotent_and_atomic(tiny_corpus, cache_dir):
     stamp = (out / "corpus.json").stat().st_mtime_ns
     again = build_synthetic_corpus(out, **TINY, seed=0, workers=2, cache_dir=cache_dir)
     assert again == manifests and (out / "corpus.json").stat().st_mtime_ns == stamp
-    assert not list(out.parent.glob(f"{out.name}.tmp-*"))
+    assert not list(out.parent.glob(f"{out.name}.tmp-*")) and not list(out.parent.glob(f"{out.name}.partial"))
+    assert not list(out.glob("block-*")) and not (out / "config.json").exists()
     with pytest.raises(UserError, match="another config"):
         build_synthetic_corpus(out, **TINY, seed=1, workers=2, cache_dir=cache_dir)
 
@@ -281,6 +282,56 @@ def test_stale_build_folders_of_ended_processes_are_removed(tmp_path):
         (tmp_path / f"corpus.tmp-{suffix}").mkdir()
     _remove_stale_tmp(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"corpus.tmp-{os.getpid()}", "corpus.tmp-x"]
+
+
+def test_interrupted_build_resumes_from_its_finished_blocks(tmp_path, cache_dir, monkeypatch, capsys):
+    """A build stopped after the first of its two blocks keeps it; run again, it renders only the
+    second, and the corpus is the same as one built in one go."""
+    monkeypatch.setattr(synthetic, "RENDER_BLOCK", 3)  # the 5 utterances span two blocks
+    small = dict(num_train=3, num_dev=2, num_test=0, num_test_everyday=0, num_test_voice=0, seed=0,
+                 workers=1, cache_dir=cache_dir, engine_weights={"flite": 1})  # deterministic
+    ref = build_synthetic_corpus(tmp_path / "ref", **small)
+    write = synthetic.write_manifest
+
+    def stop_at_second_block(path, utts):  # after the first block is recorded
+        if Path(path).name == "block-00001.jsonl":
+            raise KeyboardInterrupt
+        write(path, utts)
+
+    monkeypatch.setattr(synthetic, "write_manifest", stop_at_second_block)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build_synthetic_corpus(out, **small)
+    partial = tmp_path / "out.partial"
+    assert "1/2 blocks of 3 utterances kept" in capsys.readouterr().err
+    kept = {u.audio: Path(u.audio).stat().st_mtime_ns for u in read_manifest(partial / "block-00000.jsonl")}
+    assert len(kept) == 3 and not out.exists()
+
+    monkeypatch.setattr(synthetic, "write_manifest", write)
+    got = build_synthetic_corpus(out, **small)
+    assert "3 kept from an interrupted build" in capsys.readouterr().out
+    assert not partial.exists() and not list(out.glob("block-*")) and not (tmp_path / "out.lock").exists()
+    for path, stamp in kept.items():  # not rendered again
+        assert (out / Path(path).relative_to(partial)).stat().st_mtime_ns == stamp
+    for split in SPLITS:
+        a, b = read_manifest(ref[split]), read_manifest(got[split])
+        assert [(u.text, u.speaker, u.duration) for u in a] == [(u.text, u.speaker, u.duration) for u in b]
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(sf.read(x.audio)[0], sf.read(y.audio)[0]), y.audio
+
+
+def test_partial_build_of_another_config_is_discarded(tmp_path):
+    from emformer_variants.data.synthetic import _open_partial
+
+    partial = tmp_path / "c.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text('{"seed": 1}')
+    (partial / "block-00000.jsonl").write_text("")
+    _open_partial(partial, {"seed": 2})
+    assert sorted(p.name for p in partial.iterdir()) == ["config.json"]
+    (partial / "block-00000.jsonl").write_text("")
+    _open_partial(partial, {"seed": 2})  # the same config keeps its blocks
+    assert (partial / "block-00000.jsonl").exists()
 
 
 def test_corpus_bit_exact_across_worker_counts(tmp_path, cache_dir, monkeypatch):
@@ -315,3 +366,41 @@ def test_asterisk(tmp_path, cache_dir):
     stamp = (tmp_path / "asterisk" / "corpus.json").stat().st_mtime_ns
     assert build_asterisk(tmp_path / "asterisk", cache_dir)["test"] == manifest
     assert (tmp_path / "asterisk" / "corpus.json").stat().st_mtime_ns == stamp  # not rebuilt
+
+
+def _sleep_in_worker(seconds):
+    synthetic._init_worker()
+    print(os.getpid(), flush=True)
+    time.sleep(seconds)
+
+
+def test_render_workers_die_with_a_killed_build(tmp_path):
+    """kill -9 of the building process also ends its render workers (no orphan keeps a core)."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing as mp, sys\n"
+        "from tests.test_corpus import _sleep_in_worker\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.get_context('spawn').Pool(1) as pool:\n"
+        "        pool.map(_sleep_in_worker, [60])\n"
+    )
+    from tests.conftest import ROOT
+
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{worker}/stat") as f:
+            if f.read().split()[2] == "Z":  # ended, not yet reaped
+                return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail(f"render worker {worker} outlived its killed parent")

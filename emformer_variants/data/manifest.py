@@ -63,6 +63,23 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     return out
 
 
+def built_with(out_dir: str | Path, config: dict, fix: str) -> bool:
+    """Whether ``out_dir`` holds a finished corpus built with ``config`` (its ``corpus.json``):
+    False when there is no ``out_dir``; a ``UserError`` ending in ``fix`` (what to do) when it
+    holds no valid ``corpus.json`` or one of another config."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return False
+    meta = out_dir / "corpus.json"
+    try:
+        found = json.loads(meta.read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise UserError(f"{out_dir}: exists but has no valid corpus.json; {fix}") from None
+    if found != json.loads(json.dumps(config)):
+        raise UserError(f"{meta}: built with another config; {fix}")
+    return True
+
+
 def publish_corpus(tmp: str | Path, out_dir: str | Path, meta: dict, built_by_other) -> None:
     """Finish a corpus build: write ``corpus.json`` into the temporary folder ``tmp``, then
     rename it to ``out_dir`` in one step, so a half-built corpus is never visible.

@@ -34,11 +34,12 @@ Layout of ``out_dir``: ``<split>.jsonl`` manifests, ``<split>/<split>-<index>.fl
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import multiprocessing as mp
-import os
 import random
 import shutil
 import sys
@@ -48,7 +49,13 @@ from pathlib import Path
 
 import numpy as np
 
-from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
+from emformer_variants.data.manifest import (
+    Utterance,
+    built_with,
+    publish_corpus,
+    read_manifest,
+    write_manifest,
+)
 from emformer_variants.data.text import (
     CLAUSES_VERSION,
     SENTENCES_VERSION,
@@ -65,7 +72,7 @@ FORMAT_VERSION = 2
 TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
 DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
                         "everyday": 0.35}
-TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro")
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix")
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
 EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
 # Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
@@ -272,9 +279,22 @@ def _finish(job: _Job, wave: np.ndarray, sr: int) -> Utterance:
     return Utterance(job.path, job.text, round(len(wave) / SAMPLE_RATE, 4), job.voice.name)
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the process that started it dies, so a killed build
+    leaves no worker rendering on (prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_worker() -> None:
     import torch
 
+    _die_with_parent()
     torch.set_num_threads(1)
 
 
@@ -312,21 +332,59 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
 def _remove_stale_tmp(out_dir: Path) -> None:
     for tmp in out_dir.parent.glob(f"{out_dir.name}.tmp-*"):
         if not pid_alive(tmp.name.rsplit("-", 1)[1]):
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed build
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed build of an older version
+
+
+@contextlib.contextmanager
+def _build_lock(out_dir: Path):
+    """One builder per corpus: a second waits (flock, released when a builder dies). The lock
+    file goes once the corpus is there (whoever takes a lock after that finds the corpus)."""
+    lock = out_dir.parent / f"{out_dir.name}.lock"
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[synthetic] waiting for another process building {out_dir}", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+        lock.unlink(missing_ok=True)
+
+
+def _block_file(partial: Path, index: int) -> Path:
+    return partial / f"block-{index:05d}.jsonl"
+
+
+def _resumed_block(partial: Path, index: int, block: list[_Job]) -> list[Utterance] | None:
+    """The utterances an interrupted build finished for ``block``, if all are there."""
+    path = _block_file(partial, index)
+    if not path.is_file():
+        return None
+    try:
+        utts = read_manifest(path)
+    except UserError:
+        return None
+    same = len(utts) == len(block) and all(
+        (u.text, u.speaker, Path(u.audio)) == (j.text, j.voice.name, Path(j.path)) and Path(u.audio).is_file()
+        for u, j in zip(utts, block, strict=False))
+    return utts if same else None
+
+
+def _open_partial(partial: Path, config: dict) -> None:
+    """``partial`` holds the blocks of an interrupted build of ``config``, or is made empty."""
+    meta = partial / "config.json"
+    try:
+        same = json.loads(meta.read_text()) == json.loads(json.dumps(config))
+    except (OSError, json.JSONDecodeError):
+        same = False
+    if not same:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        meta.write_text(json.dumps(config) + "\n")
 
 
 def _existing(out_dir: Path, config: dict) -> dict[str, Path] | None:
-    meta = out_dir / "corpus.json"
-    if not out_dir.exists():
+    if not built_with(out_dir, config, f"delete {out_dir} or pick another --out"):
         return None
-    try:
-        found = json.loads(meta.read_text())["config"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        raise UserError(
-            f"{out_dir}: exists but has no valid corpus.json; delete it or pick another --out"
-        ) from None
-    if found != json.loads(json.dumps(config)):
-        raise UserError(f"{meta}: built with another config; delete {out_dir} or pick another --out")
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}
 
 
@@ -348,8 +406,11 @@ def build_synthetic_corpus(
 
     ``num_test_voice`` texts are read by each held-out voice. Idempotent: an ``out_dir``
     holding the same config returns at once; one built with another config is an error.
-    Crash-safe: built in ``<out_dir>.tmp-<pid>``, renamed when complete. ``workers``
-    processes render blocks of ``RENDER_BLOCK`` utterances.
+    Crash-safe and resumable: built in ``<out_dir>.partial``, renamed when complete; each
+    finished block of ``RENDER_BLOCK`` utterances is recorded there, so the same build run
+    again after an interruption renders only the blocks still missing (the audio is the
+    same either way). One process builds a corpus at a time (``<out_dir>.lock``); ``workers``
+    processes render the blocks.
     """
     out_dir = Path(out_dir).absolute()
     counts = {"train": num_train, "dev": num_dev, "test": num_test, "test_everyday": num_test_everyday,
@@ -367,57 +428,68 @@ def build_synthetic_corpus(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(out_dir)
-    tmp = out_dir.parent / f"{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    jobs = _plan(texts, seed, tmp, engine_weights)
+    with _build_lock(out_dir):
+        found = _existing(out_dir, config)  # built by the process this one waited for
+        if found is not None:
+            return found
+        return _build(out_dir, config, texts, seed, workers, engine_weights)
+
+
+def _build(out_dir: Path, config: dict, texts: dict[str, list[str]], seed: int, workers: int,
+           engine_weights: dict[str, float]) -> dict[str, Path]:
+    partial = out_dir.parent / f"{out_dir.name}.partial"
+    _open_partial(partial, config)
+    jobs = _plan(texts, seed, partial, engine_weights)
     # Slow held-out-voice jobs first, so they spread over the workers instead of trailing.
     jobs.sort(key=lambda j: (j.split != "test_voice", SPLITS.index(j.split), j.index))
-    print(f"[synthetic] building {out_dir} ({len(jobs)} utterances, {max(workers, 1)} workers)", flush=True)
+    blocks = [jobs[i:i + RENDER_BLOCK] for i in range(0, len(jobs), RENDER_BLOCK)]
+    done = {i: utts for i, block in enumerate(blocks)
+            if (utts := _resumed_block(partial, i, block)) is not None}
+    todo = [i for i in range(len(blocks)) if i not in done]
+    resumed = f", {sum(len(u) for u in done.values())} kept from an interrupted build" if done else ""
+    print(f"[synthetic] building {out_dir} ({len(jobs)} utterances{resumed}, {max(workers, 1)} workers)",
+          flush=True)
 
     start = time.perf_counter()
-    results: dict[tuple[str, int], Utterance] = {}
-    seconds = 0.0
-    last_report = start
-
-    def record(job_key, utt):
-        nonlocal seconds, last_report
-        results[job_key] = utt
-        seconds += utt.duration
-        now = time.perf_counter()
-        if now - last_report > 15 or len(results) == len(jobs):
-            last_report = now
-            print(
-                f"[synthetic] {len(results)}/{len(jobs)} utterances, {seconds / 3600:.2f} h, "
-                f"{len(results) / (now - start):.1f} utt/s",
-                flush=True,
-            )
-
-    blocks = [jobs[i:i + RENDER_BLOCK] for i in range(0, len(jobs), RENDER_BLOCK)]
+    new = 0
+    seconds = sum(u.duration for utts in done.values() for u in utts)
     try:
         # One new process per block, also for workers=1, so no block sees another's espeak state.
         with mp.get_context("spawn").Pool(max(workers, 1), maxtasksperchild=1) as pool:
-            for block, utts in zip(blocks, pool.imap(_render_block, blocks), strict=True):
-                for job, utt in zip(block, utts, strict=True):
-                    record((job.split, job.index), utt)
-        stats = {}
-        for split in SPLITS:
-            n = sum(1 for key in results if key[0] == split)
-            utts = [results[(split, i)] for i in range(n)]
-            write_manifest(tmp / f"{split}.jsonl", utts)
-            stats[split] = {
-                "utterances": len(utts),
-                "hours": round(sum(u.duration for u in utts) / 3600, 4),
-                "speakers": len({u.speaker for u in utts}),
-            }
-        elapsed = time.perf_counter() - start
-        meta = {"config": config, "stats": stats, "build_seconds": round(elapsed, 1)}
-        publish_corpus(tmp, out_dir, meta, lambda: _existing(out_dir, config) is not None)
+            for i, utts in zip(todo, pool.imap(_render_block, [blocks[i] for i in todo]), strict=True):
+                write_manifest(_block_file(partial, i), utts)  # the unit a resumed build keeps
+                done[i] = utts
+                new += len(utts)
+                seconds += sum(u.duration for u in utts)
+                now = time.perf_counter()
+                print(f"[synthetic] {sum(len(u) for u in done.values())}/{len(jobs)} utterances, "
+                      f"{seconds / 3600:.2f} h, {new / (now - start):.2f} utt/s", flush=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if done:
+            print(f"[synthetic] stopped: {len(done)}/{len(blocks)} blocks of {RENDER_BLOCK} utterances "
+                  f"kept in {partial}; the same build resumes from them", file=sys.stderr, flush=True)
         raise
+    results = {(job.split, job.index): utt
+               for i in sorted(done) for job, utt in zip(blocks[i], done[i], strict=True)}
+    stats = {}
+    for split in SPLITS:
+        n = sum(1 for key in results if key[0] == split)
+        utts = [results[(split, i)] for i in range(n)]
+        write_manifest(partial / f"{split}.jsonl", utts)
+        stats[split] = {
+            "utterances": len(utts),
+            "hours": round(sum(u.duration for u in utts) / 3600, 4),
+            "speakers": len({u.speaker for u in utts}),
+        }
+    for path in [*partial.glob("block-*.jsonl"), partial / "config.json"]:
+        path.unlink()
+    elapsed = time.perf_counter() - start
+    meta = {"config": config, "stats": stats, "build_seconds": round(elapsed, 1)}
+    publish_corpus(partial, out_dir, meta, lambda: _existing(out_dir, config) is not None)
+    audio = sum(u.duration for u in results.values())
     print(
-        f"[synthetic] done in {elapsed:.0f} s: {seconds / 3600:.2f} h of audio "
-        f"({len(jobs) / elapsed:.1f} utt/s, {seconds / elapsed:.0f}x real time)",
+        f"[synthetic] done in {elapsed:.0f} s: {audio / 3600:.2f} h of audio "
+        f"({new / max(elapsed, 1e-9):.1f} utt/s rendered, {seconds / max(elapsed, 1e-9):.1f}x real time)",
         flush=True,
     )
     return {split: out_dir / f"{split}.jsonl" for split in SPLITS}

@@ -9,7 +9,8 @@ control, first). Each row with a surgery is scored at two stages:
 - ``final``: after the recovery recipe, ``train.py experiment=finetune/<row>``, then
   ``evaluate.py ckpt=<run>/final.pt`` on every set.
 
-Sets: ``test``, ``test_everyday``, ``test_voice`` (per voice too) and ``asterisk``. Every WER
+Sets: ``test``, ``test_everyday``, ``test_voice`` (per voice too) and ``asterisk``; on request
+``voices_nonfree`` (per voice too; needs ``scripts/setup.sh --nonfree-voices``). Every WER
 gets a 95% bootstrap interval over utterances, and every variant the paired bootstrap
 interval of its difference to the base on the same utterances (``metrics.bootstrap``, from
 each run's ``hyps.jsonl``); a difference whose interval excludes 0 is marked ``*``.
@@ -46,7 +47,10 @@ from emformer_variants.utils.run_dir import release_ended_claim
 RECIPES = PROJECT_ROOT / "conf" / "experiment" / "finetune"
 VARIANTS = PROJECT_ROOT / "conf" / "variant"
 EVAL_SETS = {"test": ["split=test"], "test_everyday": ["split=test_everyday"],
-             "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"]}
+             "test_voice": ["split=test_voice"], "asterisk": ["data=asterisk"],
+             "voices_nonfree": ["data=voices_nonfree"]}
+DEFAULT_SETS = ["test", "test_everyday", "test_voice", "asterisk"]
+PER_VOICE_SETS = ("test_voice", "voices_nonfree")
 STAGES = ("base", "surgery", "final")
 # Pareto plots: file stem -> (cost key of the test metrics, axis label, short name)
 PARETO = {
@@ -290,9 +294,10 @@ def markdown(scored: dict[str, dict], sets: list[str]) -> str:
              "the base on the same utterances, * where its interval excludes 0."]
     for name in sets:
         parts += [f"\n### {name}\n", wer_table(scored, name)]
-    voices = voice_table(scored)
-    if voices:
-        parts += ["\n### test_voice per held-out voice (WER %)\n", voices]
+    for name in PER_VOICE_SETS:
+        voices = voice_table(scored, name) if name in sets else None
+        if voices:
+            parts += [f"\n### {name} per held-out voice (WER %)\n", voices]
     parts += [f"\n### Costs of the final models (measured on {sets[0]})\n", cost_table(scored, sets[0])]
     return "\n".join(parts)
 
@@ -324,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="results folder (default: outputs/results/base-<first 10 of the base's sha256>)")
     p.add_argument("--jobs", type=int, default=2, help="rows run at once (each evaluation uses 1 thread)")
-    p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=list(EVAL_SETS),
-                   help="evaluation sets (default: all); the first carries FLOPs and the cost table")
+    p.add_argument("--sets", nargs="+", choices=list(EVAL_SETS), default=DEFAULT_SETS,
+                   help=f"evaluation sets (default: {' '.join(DEFAULT_SETS)}); the first carries FLOPs "
+                        "and the cost table")
     p.add_argument("--stages", nargs="+", choices=list(STAGES), default=list(STAGES),
                    help="surgery alone needs no training run")
     p.add_argument("--max-utterances", type=int, default=None, help="utterances per evaluation set")

@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian machine (Python 3.11, root): apt packages + .venv.
 # Idempotent: re-running only installs what is missing.
+#   --nonfree-voices  also the held-out voices of data=voices_nonfree (SVOX Pico, RHVoice,
+#                     MBROLA), which live in Debian's contrib/non-free sections: adds those
+#                     sections to apt (/etc/apt/sources.list.d/emformer-variants-nonfree.sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+nonfree=0
+for arg in "$@"; do
+  case "$arg" in
+    --nonfree-voices) nonfree=1 ;;
+    *) echo "error: unknown option $arg (use --nonfree-voices or nothing)"; exit 2 ;;
+  esac
+done
 
 need_apt=()
 command -v flite >/dev/null || need_apt+=(flite)          # TTS engines of the synthetic corpus
@@ -17,6 +27,23 @@ if [ ${#need_apt[@]} -gt 0 ] || [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | g
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "$nonfree" = 1 ]; then
+  nonfree_apt=()
+  command -v pico2wave >/dev/null || nonfree_apt+=(libttspico-utils)
+  command -v RHVoice-test >/dev/null || nonfree_apt+=(rhvoice rhvoice-english)
+  command -v espeak-ng >/dev/null || nonfree_apt+=(espeak-ng)
+  for v in us1 us2 us3 en1; do [ -e "/usr/share/mbrola/$v" ] || nonfree_apt+=("mbrola-$v"); done
+  if [ ${#nonfree_apt[@]} -gt 0 ]; then
+    if ! apt-cache policy libttspico-utils 2>/dev/null | grep -q "Candidate: [0-9]"; then
+      . /etc/os-release
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$VERSION_CODENAME" "$VERSION_CODENAME" > /etc/apt/sources.list.d/emformer-variants-nonfree.sources
+      apt-get update -qq
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${nonfree_apt[@]}" >/dev/null
+  fi
+  echo "held-out non-free voices: ready (python evaluate.py ckpt=base data=voices_nonfree)"
 fi
 
 PY=${PYTHON:-python3.11}

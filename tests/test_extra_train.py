@@ -34,14 +34,15 @@ def test_extra_source_without_train_is_a_user_error(mini_corpus, tmp_path):
         dm._train_utterances()
 
 
-def test_the_kokoro_config_composes():
+@pytest.mark.parametrize("name", ["pretrain_kokoro", "pretrain_kokoro_more"])
+def test_the_kokoro_configs_compose(name):
     from hydra import compose, initialize_config_dir
 
     import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
     from tests.conftest import ROOT
 
     with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=["data=pretrain_kokoro"])
+        cfg = compose("train", overrides=[f"data={name}"])
     extra = cfg.data.extra_train[0]
     assert extra.engine_weights == {"kokoro": 1.0} and cfg.data.extra_repeat == 4
     assert cfg.data.source.num_train == 24000
@@ -51,3 +52,5 @@ def test_the_kokoro_config_composes():
 
     dm = hydra.utils.instantiate(cfg.data)  # builds nothing yet
     assert type(dm.extra_train[0]) is SyntheticSource and dm.extra_train[0].num_train == 700
+    assert {e for x in dm.extra_train for e in x.engine_weights} == (
+        {"kokoro"} if name == "pretrain_kokoro" else {"kokoro", "kokoro_mix"})

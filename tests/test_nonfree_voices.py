@@ -1,0 +1,99 @@
+"""data=voices_nonfree: held-out voices of Debian's contrib/non-free engine families
+(needs bash scripts/setup.sh --nonfree-voices; the synthesis tests skip without it)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emformer_variants.data import tts
+from emformer_variants.data.manifest import read_manifest
+from emformer_variants.data.text import default_cache_dir
+from emformer_variants.errors import UserError
+
+_PROGRAMS = {"pico": "pico2wave", "rhvoice": "RHVoice-test", "mbrola": "espeak-ng"}
+needs_nonfree = pytest.mark.skipif(
+    not all(shutil.which(p) for p in _PROGRAMS.values()),
+    reason="non-free voices not installed (bash scripts/setup.sh --nonfree-voices)")
+
+
+def test_nonfree_voices_are_held_out_of_every_corpus():
+    from emformer_variants.data.synthetic import TRAIN_ENGINES
+
+    voices = tts.nonfree_voices()
+    assert len(voices) == 10 and len({v.name for v in voices}) == 10
+    families = {v.engine for v in voices}
+    assert families == {"pico", "rhvoice", "mbrola"} and not families & set(TRAIN_ENGINES)
+    held_out = {v.name for v in tts.held_out_voices()}
+    assert not held_out & {v.name for v in voices}
+
+
+def test_the_set_reads_the_test_voice_texts_of_the_default_corpus():
+    """Same sentences as test_voice: composed from conf/, no audio made."""
+    from hydra import compose, initialize_config_dir
+
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
+    from emformer_variants.data.synthetic import _pick_texts, check_text_weights, load_text_sources
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        default = compose("evaluate").data.source
+        extra = compose("evaluate", overrides=["data=voices_nonfree"]).data.source
+    assert (extra.corpus_num_test, extra.corpus_seed) == (default.num_test, default.seed)
+    sources = load_text_sources(default_cache_dir())
+    counts = {"train": 0, "dev": 0, "test": default.num_test, "test_everyday": 0,
+              "test_voice": default.num_test_voice}
+    picked = _pick_texts(sources, counts, default.seed, check_text_weights(None))
+    assert extra.num_texts <= default.num_test_voice
+    texts = _pick_texts(sources, {**counts, "test_voice": 0}, extra.corpus_seed, check_text_weights(None))
+    assert texts["test"][: extra.num_texts] == picked["test_voice"][: extra.num_texts]
+
+
+@needs_nonfree
+def test_every_nonfree_voice_speaks():
+    for voice in tts.nonfree_voices():
+        wave, sr = tts.synthesize(voice, "one two three.")
+        assert sr in (16000, 24000) and 0.4 < len(wave) / sr < 4.0, voice.name
+        assert np.abs(wave).max() > 0.05, voice.name
+        assert np.array_equal(wave, tts.synthesize(voice, "one two three.")[0]), voice.name
+
+
+@needs_nonfree
+def test_build_is_one_text_per_voice_and_idempotent(tmp_path):
+    from emformer_variants.data.nonfree_voices import build_nonfree_voices
+
+    kw = dict(num_texts=1, corpus_num_test=200, corpus_seed=0, cache_dir=default_cache_dir())
+    manifests = build_nonfree_voices(tmp_path / "set", **kw)
+    utts = read_manifest(manifests["test"])
+    assert [u.speaker for u in utts] == [v.name for v in tts.nonfree_voices()]
+    assert len({u.text for u in utts}) == 1
+    for u in utts:
+        info = sf.info(u.audio)
+        assert (info.samplerate, info.channels) == (16000, 1) and abs(info.duration - u.duration) < 1e-3
+    stamp = (tmp_path / "set" / "corpus.json").stat().st_mtime_ns
+    assert build_nonfree_voices(tmp_path / "set", **kw) == manifests
+    assert (tmp_path / "set" / "corpus.json").stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="built with another config"):
+        build_nonfree_voices(tmp_path / "set", **{**kw, "num_texts": 2})
+
+
+@pytest.mark.parametrize("bad", [0, 201, 1.5, True])
+def test_bad_num_texts_is_one_line(tmp_path, bad):
+    from emformer_variants.data.nonfree_voices import build_nonfree_voices
+
+    with pytest.raises(UserError, match="num_texts="):
+        build_nonfree_voices(tmp_path / "x", num_texts=bad, corpus_num_test=200, corpus_seed=0,
+                             cache_dir=default_cache_dir())
+
+
+def test_missing_program_and_tempo_are_user_errors(monkeypatch):
+    voice = tts.nonfree_voices()[0]
+    with pytest.raises(UserError, match="read at their own tempo"):
+        tts.synthesize(voice, "hello", rate=1.1)
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
+    for voice in tts.nonfree_voices()[::4]:
+        with pytest.raises(UserError, match="apt-get install .*--nonfree-voices"):
+            tts.synthesize(voice, "hello")

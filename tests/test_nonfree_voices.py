@@ -20,15 +20,20 @@ needs_nonfree = pytest.mark.skipif(
     reason="non-free voices not installed (bash scripts/setup.sh --nonfree-voices)")
 
 
-def test_nonfree_voices_are_held_out_of_every_corpus():
-    from emformer_variants.data.synthetic import TRAIN_ENGINES
+def test_four_nonfree_voices_are_held_out_of_every_corpus():
+    """No default corpus draws a non-free engine; a corpus naming every engine trains on six
+    of the ten voices, never on Pico, MBROLA us3 or RHVoice slt."""
+    from emformer_variants.data.synthetic import DEFAULT_ENGINE_WEIGHTS, TRAIN_ENGINES
 
     voices = tts.nonfree_voices()
     assert len(voices) == 10 and len({v.name for v in voices}) == 10
     families = {v.engine for v in voices}
-    assert families == {"pico", "rhvoice", "mbrola"} and not families & set(TRAIN_ENGINES)
-    held_out = {v.name for v in tts.held_out_voices()}
-    assert not held_out & {v.name for v in voices}
+    assert families == {"pico", "rhvoice", "mbrola"} and not families & set(DEFAULT_ENGINE_WEIGHTS)
+    assert not {v.name for v in tts.held_out_voices()} & {v.name for v in voices}
+    trained = {v.name for v in tts.training_voices(TRAIN_ENGINES)} & {v.name for v in voices}
+    assert trained == set(tts.NONFREE_TRAINING)
+    assert {v.name for v in voices} - trained == {"pico-en-US", "pico-en-GB", "mbrola-us3", "rhvoice-slt"}
+    assert not trained & {v.name for v in tts.training_voices(DEFAULT_ENGINE_WEIGHTS)}
 
 
 def test_the_set_reads_the_test_voice_texts_of_the_default_corpus():
@@ -97,3 +102,15 @@ def test_missing_program_and_tempo_are_user_errors(monkeypatch):
     for voice in tts.nonfree_voices()[::4]:
         with pytest.raises(UserError, match="apt-get install .*--nonfree-voices"):
             tts.synthesize(voice, "hello")
+
+
+@needs_nonfree
+def test_trainable_nonfree_voices_take_tempo_and_pitch():
+    """The corpus jitter reaches MBROLA and RHVoice: faster is shorter, and a pitch change
+    changes the audio; rate and pitch 1 are the program's own defaults."""
+    for voice in tts.nonfree_training_voices()[::3]:
+        plain, sr = tts.synthesize(voice, "the garden gate was open all morning")
+        fast, _ = tts.synthesize(voice, "the garden gate was open all morning", rate=1.3)
+        high, _ = tts.synthesize(voice, "the garden gate was open all morning", pitch=1.2)
+        assert len(fast) < 0.9 * len(plain), voice.name
+        assert len(high) != len(plain) or not np.array_equal(high, plain), voice.name

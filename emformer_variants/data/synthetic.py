@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
@@ -72,7 +73,7 @@ FORMAT_VERSION = 2
 TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
 DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
                         "everyday": 0.35}
-TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix")
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix", "mbrola", "rhvoice")
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
 EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
 # Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
@@ -280,15 +281,22 @@ def _finish(job: _Job, wave: np.ndarray, sr: int) -> Utterance:
 
 
 def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when the process that started it dies, so a killed build
-    leaves no worker rendering on (prctl PR_SET_PDEATHSIG; a no-op elsewhere)."""
-    import ctypes
-    import signal
+    """Exit this worker once the process that started it is gone, so a killed build leaves no
+    worker rendering on: a daemon thread watches the parent pid. (Not prctl's PDEATHSIG: it
+    fires when the parent's *thread* that started the worker ends, and the pool's
+    worker-handler thread ends at every shutdown, killing workers that hold the pool's queue
+    locks and deadlocking it.)"""
+    import threading
 
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    started_by = mp.parent_process()  # known from the start, even if the parent is already gone
+    parent = started_by.pid if started_by is not None else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _init_worker() -> None:

@@ -19,9 +19,10 @@ Engines (all run offline from pip or Debian packages):
 - ``kokoro_mix``: 200 new Kokoro speakers, each a blend of two of its voices of one accent
   (``kokoro.mix_voices``); opt-in like ``kokoro``.
 - ``pico``, ``rhvoice``, ``mbrola``: engine families from Debian's contrib/non-free sections
-  (SVOX Pico, RHVoice, MBROLA diphones through the espeak-ng program), held out from every
-  corpus: the extra held-out voices of ``data=voices_nonfree`` (``nonfree_voices``). They read
-  at their own tempo and pitch.
+  (SVOX Pico, RHVoice, MBROLA diphones through the espeak-ng program): the extra held-out
+  voices of ``data=voices_nonfree`` (``nonfree_voices``). No default corpus draws them; a
+  corpus naming ``mbrola`` or ``rhvoice`` trains on six of them (``nonfree_training_voices``),
+  the other four stay held out. Pico reads at its own tempo and pitch.
 
 A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
 "Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
@@ -68,8 +69,8 @@ class Voice:
     - piper: ``rate``, ``pitch`` (multipliers)
     - kokoro: ``voice`` (a style of ``kokoro.ENGLISH_VOICES``), ``rate``, ``pitch`` (multipliers)
     - kokoro_mix: as kokoro, plus ``mix`` (a second style) and ``weight`` (of ``voice``)
-    - pico: ``lang`` (en-US, en-GB); rhvoice: ``voice`` (alan, bdl, clb, slt); mbrola:
-      ``voice`` (an espeak-ng MBROLA voice, mb-us1 ...); no per-call rate or pitch
+    - pico: ``lang`` (en-US, en-GB), no per-call rate or pitch; rhvoice: ``voice`` (alan,
+      bdl, clb, slt); mbrola: ``voice`` (an espeak-ng MBROLA voice, mb-us1 ...)
     """
 
     name: str
@@ -170,7 +171,8 @@ def default_voices() -> list[Voice]:
 def training_voices(engines) -> list[Voice]:
     """The training voices of a corpus drawing from ``engines``."""
     return (default_voices() + (kokoro_voices() if "kokoro" in engines else [])
-            + (kokoro_mix_voices() if "kokoro_mix" in engines else []))
+            + (kokoro_mix_voices() if "kokoro_mix" in engines else [])
+            + [v for v in nonfree_training_voices() if v.engine in engines])
 
 
 def kokoro_voices() -> list[Voice]:
@@ -218,6 +220,19 @@ def nonfree_voices() -> list[Voice]:
             + [Voice(f"mbrola-{v}", "mbrola", {"voice": f"mb-{v}"}) for v in ("us1", "us2", "us3", "en1")])
 
 
+# The voices of data=voices_nonfree a corpus may train on (opt-in: ``engine_weights`` naming
+# ``mbrola`` or ``rhvoice``); the other four (both Pico voices, MBROLA us3, RHVoice slt) are
+# never trained on.
+NONFREE_TRAINING = ("mbrola-us1", "mbrola-us2", "mbrola-en1", "rhvoice-alan", "rhvoice-bdl", "rhvoice-clb")
+
+
+def nonfree_training_voices() -> list[Voice]:
+    """MBROLA us1, us2, en1 (diphones cut from human recordings) and RHVoice alan, bdl, clb:
+    training voices of a corpus whose ``engine_weights`` name ``mbrola`` or ``rhvoice``; the
+    rest of ``nonfree_voices`` stays held out of every corpus."""
+    return [v for v in nonfree_voices() if v.name in NONFREE_TRAINING]
+
+
 def _run_to_wav(engine: str, args: list[str], text_stdin: str | None = None) -> tuple[np.ndarray, int]:
     """Run a TTS program that writes ``{out}`` (a WAV path placeholder in ``args``)."""
     package, program = NONFREE_PACKAGES[engine]
@@ -237,7 +252,7 @@ def _run_to_wav(engine: str, args: list[str], text_stdin: str | None = None) -> 
 
 def _own_tempo(engine: str, rate: float, pitch: float) -> None:
     if abs(rate - 1.0) > 1e-6 or abs(pitch - 1.0) > 1e-6:
-        raise UserError(f"{engine} voices read at their own tempo and pitch (held-out voices): "
+        raise UserError(f"{engine} voices read at their own tempo and pitch (no rate or pitch option): "
                         f"rate={rate}, pitch={pitch} must be 1")
 
 
@@ -247,13 +262,19 @@ def _pico(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[
 
 
 def _rhvoice(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
-    _own_tempo("rhvoice", rate, pitch)
-    return _run_to_wav("rhvoice", ["-p", opts["voice"], "-o", "{out}"], text_stdin=text)
+    """Tempo and pitch in percent of the voice's own (100: the program's default, left out)."""
+    args = ["-p", opts["voice"], "-o", "{out}"]
+    args += ["-r", str(round(100 * rate))] if rate != 1.0 else []
+    args += ["-t", str(round(100 * pitch))] if pitch != 1.0 else []
+    return _run_to_wav("rhvoice", args, text_stdin=text)
 
 
 def _mbrola(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
-    _own_tempo("mbrola", rate, pitch)
-    return _run_to_wav("mbrola", ["-v", opts["voice"], "-w", "{out}", "--", text])
+    """Tempo in words per minute around espeak-ng's 175, pitch around its 50 (of 0-99)."""
+    args = ["-v", opts["voice"], "-w", "{out}"]
+    args += ["-s", str(round(175 * rate))] if rate != 1.0 else []
+    args += ["-p", str(int(np.clip(round(50 * pitch), 0, 99)))] if pitch != 1.0 else []
+    return _run_to_wav("mbrola", [*args, "--", text])
 
 
 # -- espeak-ng through ctypes --------------------------------------------------------

@@ -1,12 +1,13 @@
 """Compare two evaluations of the same utterances: WER of each, and the paired difference.
 
-python -m emformer_variants.compare RUN_A RUN_B [--replicates 2000]
+python -m emformer_variants.compare RUN_A RUN_B [--replicates 2000] [--only SPEAKER ...]
 
 RUN_A and RUN_B are evaluate.py run folders (or their hyps.jsonl). Prints each WER with its 95%
 bootstrap interval over utterances, B - A in points with the paired interval (the same
 resampled utterances for both; ``*`` when the interval excludes 0), and both WERs and their
 paired difference per speaker when there are 2 to ``--speakers`` of them (default 12: held-out
-voices, not a corpus's hundreds).
+voices, not a corpus's hundreds). ``--only`` pools the named speakers alone (for example the
+voices of a held-out set that a model never trained on).
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) 
     return out
 
 
+def only_speakers(rows: list[dict], speakers: list[str], label: str) -> list[dict]:
+    """The rows of ``speakers``; a ``UserError`` naming any speaker the run does not have."""
+    have = {str(r.get("speaker", "")) for r in rows}
+    missing = sorted(set(speakers) - have)
+    if missing:
+        raise UserError(f"--only: {label} has no speaker {', '.join(missing)}; "
+                        f"it has {', '.join(sorted(have))}")
+    return [r for r in rows if str(r.get("speaker", "")) in set(speakers)]
+
+
 def _fmt(iv) -> str:
     return f"{100 * iv.value:.2f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
@@ -80,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("b", help="the other run, on the same utterances")
     parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES)
     parser.add_argument("--speakers", type=int, default=12, help="per-speaker lines up to this many speakers")
+    parser.add_argument("--only", nargs="+", metavar="SPEAKER", default=None,
+                        help="compare the utterances of these speakers only, pooled")
     args = parser.parse_args(argv)
-    res = compare(read_hyps(args.a), read_hyps(args.b), args.replicates)
+    a, b = read_hyps(args.a), read_hyps(args.b)
+    if args.only:
+        a, b = only_speakers(a, args.only, args.a), only_speakers(b, args.only, args.b)
+    res = compare(a, b, args.replicates)
     print(f"utterances: {res['utterances']}")
     print(f"A: {_fmt(res['a'])}   {args.a}")
     print(f"B: {_fmt(res['b'])}   {args.b}")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from emformer_variants.compare import compare, main, read_hyps
+from emformer_variants.compare import compare, main, only_speakers, read_hyps
 from emformer_variants.errors import UserError
 from tests.conftest import ROOT
 
@@ -51,3 +51,13 @@ def test_cli_prints_the_difference_and_refuses_other_utterances(tmp_path, capsys
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "not an evaluate.py hyps.jsonl" in proc.stderr
+
+
+def test_only_pools_the_named_speakers(tmp_path, capsys):
+    a = _write(tmp_path / "a", ["a b c d", "e g", "g h i"])      # speaker x: 1 edit of 6; y: 1 of 4
+    b = _write(tmp_path / "b", ["a b c d", "e f", "g h i j"])
+    assert main([str(a), str(b), "--replicates", "200", "--only", "y"]) == 0
+    out = capsys.readouterr().out
+    assert "utterances: 1" in out and "A: 25.00%" in out and "B - A: -25.00 points" in out
+    with pytest.raises(UserError, match="has no speaker z; it has x, y"):
+        only_speakers(read_hyps(a), ["y", "z"], "a")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.manifest is None:
         from emformer_variants.data.sources import AsteriskSource
 
-        utts, label = AsteriskSource().splits()["test"], "asterisk"
+        cache = os.environ.get("EMFORMER_VARIANTS_CACHE") or PROJECT_ROOT / "cache"  # as conf/paths
+        utts, label = AsteriskSource(cache_dir=str(cache)).splits()["test"], "asterisk"
     else:
         utts, label = read_manifest(args.manifest), args.manifest.stem
     utts = utts[: args.max_utterances]

@@ -104,9 +104,10 @@ def has_surgery(row: str) -> bool:
     return row not in ("base", "dense")
 
 
-def _run(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True,
+def run_step(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True,
          keep: bool = False) -> dict | None:
-    """Run one CLI step unless its metrics.json exists; a failed step's folder is removed.
+    """Run one CLI step (``cmd`` writes ``out_dir``) unless its metrics.json exists; a failed
+    step's folder is removed and the error names ``log_path``, where its output went.
     With ``run=False`` nothing runs: the metrics when they exist, else None. ``keep``: the
     folder holds an interrupted run that ``cmd`` resumes (not removed)."""
     metrics = out_dir / "metrics.json"
@@ -153,7 +154,7 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         cmd = [py, "evaluate.py", *ckpt_args, *EVAL_SETS[name], flops, *eval_extra]
         commands.append("python " + " ".join(cmd[1:]).replace(str(out / row), "<row>"))
         ev_dir = out / row / f"{stage}-{name}"
-        if _run([*cmd, f"paths.output_dir={ev_dir}"], ev_dir, log, run) is not None:
+        if run_step([*cmd, f"paths.output_dir={ev_dir}"], ev_dir, log, run) is not None:
             result["stages"].setdefault(stage, {})[name] = str(ev_dir)
 
     if row == "base":
@@ -173,7 +174,7 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         cmd = [py, "train.py", f"experiment=finetune/{row}", *train_extra]
         commands.append("python " + " ".join(cmd[1:]))
         resume = _resume_args(train_dir) if run else []
-        if _run([*cmd, *resume, f"paths.output_dir={train_dir}"], train_dir, log, run,
+        if run_step([*cmd, *resume, f"paths.output_dir={train_dir}"], train_dir, log, run,
                 keep=bool(resume)) is not None:
             for name in sets:
                 evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from emformer_variants.compare import compare, read_hyps
 from emformer_variants.data import augment as A
 from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
 from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.results import run_step
 from emformer_variants.utils.paths import PROJECT_ROOT
 
 SR = 16000
@@ -80,19 +80,12 @@ def transformed(utts: list[Utterance], name: str, out: Path) -> Path:
 
 
 def evaluate(ckpt: str, folder: Path) -> Path:
-    """The run folder of ``evaluate.py`` on the manifest folder (reused if already scored)."""
-    done = folder / f"run-{hashlib.sha1(ckpt.encode()).hexdigest()[:10]}.txt"  # one per checkpoint
-    if done.is_file() and (Path(done.read_text().strip()) / "hyps.jsonl").is_file():
-        return Path(done.read_text().strip())
+    """The run folder of ``evaluate.py`` on the manifest folder, one per checkpoint, reused once
+    scored (``results.run_step``: a failed run is removed and its log named)."""
+    run = folder / f"eval-{hashlib.sha1(ckpt.encode()).hexdigest()[:10]}"
     cmd = [sys.executable, "evaluate.py", f"ckpt={ckpt}", "data=manifest", f"data.root={folder}",
-           "decoder=exact", "flops=false", "threads=1"]
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("metrics: ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        raise UserError(f"evaluate.py on {folder} failed: {tail}")
-    run = Path(lines[-1].removeprefix("metrics: ")).parent
-    done.write_text(f"{run}\n")
+           "decoder=exact", "flops=false", "threads=1", f"paths.output_dir={run}"]
+    run_step(cmd, run, folder / "commands.log")
     return run
 
 

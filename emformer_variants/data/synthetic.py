@@ -494,9 +494,8 @@ def _build(out_dir: Path, config: dict, texts: dict[str, list[str]], seed: int, 
     elapsed = time.perf_counter() - start
     meta = {"config": config, "stats": stats, "build_seconds": round(elapsed, 1)}
     publish_corpus(partial, out_dir, meta, lambda: _existing(out_dir, config) is not None)
-    audio = sum(u.duration for u in results.values())
     print(
-        f"[synthetic] done in {elapsed:.0f} s: {audio / 3600:.2f} h of audio "
+        f"[synthetic] done in {elapsed:.0f} s: {seconds / 3600:.2f} h of audio "
         f"({new / max(elapsed, 1e-9):.1f} utt/s rendered, {seconds / max(elapsed, 1e-9):.1f}x real time)",
         flush=True,
     )

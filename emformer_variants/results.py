@@ -105,7 +105,7 @@ def has_surgery(row: str) -> bool:
 
 
 def run_step(cmd: list[str], out_dir: Path, log_path: Path, run: bool = True,
-         keep: bool = False) -> dict | None:
+             keep: bool = False) -> dict | None:
     """Run one CLI step (``cmd`` writes ``out_dir``) unless its metrics.json exists; a failed
     step's folder is removed and the error names ``log_path``, where its output went.
     With ``run=False`` nothing runs: the metrics when they exist, else None. ``keep``: the
@@ -175,7 +175,7 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
         commands.append("python " + " ".join(cmd[1:]))
         resume = _resume_args(train_dir) if run else []
         if run_step([*cmd, *resume, f"paths.output_dir={train_dir}"], train_dir, log, run,
-                keep=bool(resume)) is not None:
+                    keep=bool(resume)) is not None:
             for name in sets:
                 evaluate("final", name, [f"ckpt={train_dir / 'final.pt'}"])
     return result

@@ -16,7 +16,7 @@ from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.stream import chunk_windows, stream_decode
 from emformer_variants.models.recognizer import load_recognizer
-from tests.conftest import ROOT, apply_shipped_variant_, make_tiny_rec, require_kernel
+from tests.conftest import ROOT, apply_shipped_variant_, make_tiny_rec, require_kernel, tiny_arch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -309,6 +309,60 @@ def test_fused_exact_search_breaks_ties_as_torch_topk():
         a, b = fused.step(enc, a), loop.step(enc, b)
         assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
     assert fused.fused.impl.fallback_topk > 0 and len(a[0][0].tokens) > 10
+
+
+def test_top_k_heap_orders_ties_as_torch_topk():
+    """Scores from a few levels, so most top-k sets tie: the heap selection returns at::topk's
+    values and indices, in its order, wherever at::topk takes its partial sort, and declines
+    (None) where it does not or on a NaN."""
+    kernel = require_kernel()
+    g = torch.Generator().manual_seed(0)
+    unstable = 0
+    for _ in range(200):
+        def draw(lo, hi):
+            return int(torch.randint(lo, hi, (1,), generator=g))
+
+        rows, width, levels = draw(1, 12), draw(700, 3000), draw(2, 40)
+        logp = torch.randint(0, levels, (rows, width), generator=g).float() * 0.25 - 10
+        scores = torch.randint(0, 3, (rows,), generator=g).float() * 0.5
+        k = draw(1, 12)
+        got = kernel.top_k_heap(logp, scores, k)
+        if k * 64 > rows * width:
+            assert got is None
+            continue
+        flat = (scores.unsqueeze(1) + logp).reshape(-1)
+        values, index = flat.topk(k)
+        assert torch.equal(got[0], values) and torch.equal(got[1], index)
+        unstable += not torch.equal(index, flat.sort(descending=True, stable=True)[1][:k])
+    assert unstable > 20  # ties whose order is at::topk's own, not a stable sort's
+    nan = torch.zeros(2, 800)
+    nan[1, 5] = float("nan")
+    assert kernel.top_k_heap(nan, torch.zeros(2), 4) is None
+
+
+def test_fused_exact_search_breaks_ties_through_the_heap_with_a_large_vocabulary():
+    """700 symbols in tied pairs: every tied selection goes through ``top_k_heap`` (none to
+    at::topk), and the beams equal the Python loop's, which calls at::topk."""
+    from torchaudio.models import emformer_rnnt_model
+
+    from emformer_variants.engine.exact import ExactBeamSearch
+
+    require_kernel()
+    torch.manual_seed(3)
+    model = emformer_rnnt_model(**tiny_arch(num_symbols=700)).eval()
+    joiner = model.joiner.linear
+    with torch.no_grad():
+        for w in (joiner.weight, joiner.bias):
+            w[1::2] = w[0::2]
+    fused = ExactBeamSearch(model, 699, 4)
+    loop = ExactBeamSearch(model, 699, 4, fused=False)
+    g = torch.Generator().manual_seed(0)
+    a, b = [None], [None]
+    for _ in range(6):
+        enc = torch.randn(1, 4, joiner.in_features, generator=g)
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    assert fused.fused.impl.heap_topk > 0 and fused.fused.impl.fallback_topk == 0
 
 
 def test_fused_exact_search_sorts_tied_scores_as_torch():

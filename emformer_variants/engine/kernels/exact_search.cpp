@@ -18,6 +18,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -32,6 +33,38 @@ uint64_t mix(uint64_t h, int64_t token) {  // splitmix64 of the parent's hash an
 
 torch::Tensor index(const std::vector<int64_t>& v) {
   return torch::tensor(v, torch::kInt64);
+}
+
+// t.index_select(dim, idx) and t.index_copy_(dim, idx, src) for the cache's contiguous fp32
+// tensors, as row copies: the same values without ATen's index kernels (a TensorIterator per
+// call, slow along dim 1).
+torch::Tensor gather(const torch::Tensor& t, int64_t dim, const std::vector<int64_t>& idx) {
+  const int64_t outer = t.numel() / (t.size(dim) * t.stride(dim)), rows = t.size(dim), width = t.stride(dim);
+  auto shape = t.sizes().vec();
+  shape[dim] = static_cast<int64_t>(idx.size());
+  auto out = torch::empty(shape, t.options());
+  const float* src = t.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i : idx) {
+      std::memcpy(dst, src + (o * rows + i) * width, width * sizeof(float));
+      dst += width;
+    }
+  return out;
+}
+
+void scatter(torch::Tensor& t, int64_t dim, const std::vector<int64_t>& idx, const torch::Tensor& values) {
+  const auto src = values.contiguous();
+  TORCH_CHECK(src.numel() == t.numel() / t.size(dim) * static_cast<int64_t>(idx.size()),
+              "exact_search: scatter shape");
+  const int64_t outer = t.numel() / (t.size(dim) * t.stride(dim)), rows = t.size(dim), width = t.stride(dim);
+  const float* from = src.data_ptr<float>();
+  float* base = t.data_ptr<float>();
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i : idx) {
+      std::memcpy(base + (o * rows + i) * width, from, width * sizeof(float));
+      from += width;
+    }
 }
 
 }  // namespace
@@ -81,6 +114,57 @@ bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t 
   for (size_t i = 1; i < top.size(); ++i)
     if (!(top[i - 1].first > top[i].first)) return false;
   top.resize(std::min<size_t>(top.size(), static_cast<size_t>(k)));
+  return true;
+}
+
+
+bool top_k_heap(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width, int64_t k,
+                std::vector<Scored>& top) {
+  const int64_t n = count * width;
+  if (k <= 0 || k * 64 > n) return false;
+  // at::topk's comparator, largest first; a NaN leaves the work to at::topk, so plain ">" here
+  auto before = [](const Scored& x, const Scored& y) { return x.first > y.first; };
+  top.assign(static_cast<size_t>(k) + 1, Scored{0.f, 0});  // [0, k): the heap; [k]: the entry coming in
+  Scored* heap = top.data();
+  __m256 nan = _mm256_setzero_ps();
+  bool scalar_nan = false;
+  int64_t filled = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const float* row = logp + r * ld;
+    const float base = scores[r];
+    int64_t v = 0;
+    for (; v < width && filled < k; ++v, ++filled) {  // the first k entries, then the heap
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      heap[filled] = {x, r * width + v};
+      if (filled + 1 == k) std::make_heap(heap, heap + k, before);
+    }
+    auto offer = [&](float x, int64_t idx) {  // std::__heap_select's step: replace the top if x beats it
+      if (x > heap[0].first) {
+        heap[k] = {x, idx};
+        std::pop_heap(heap, heap + k + 1, before);
+      }
+    };
+    const __m256 b = _mm256_set1_ps(base);
+    for (; v + 8 <= width; v += 8) {
+      const __m256 x = _mm256_add_ps(b, _mm256_loadu_ps(row + v));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+      int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(heap[0].first), _CMP_GT_OQ));
+      while (mask) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        offer(base + row[v + lane], r * width + v + lane);
+      }
+    }
+    for (; v < width; ++v) {
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      offer(x, r * width + v);
+    }
+  }
+  if (scalar_nan || _mm256_movemask_ps(nan)) return false;
+  std::sort_heap(heap, heap + k, before);
+  top.resize(static_cast<size_t>(k));
   return true;
 }
 
@@ -209,10 +293,9 @@ torch::Tensor ExactSearch::recurrent_gates(const torch::Tensor& h) {
 }
 
 void ExactSearch::store(const std::vector<int64_t>& slots, const std::vector<torch::Tensor>& res) {
-  auto idx = index(slots);
-  out_.index_copy_(0, idx, res[0]);
-  h_.index_copy_(1, idx, res[1]);
-  c_.index_copy_(1, idx, res[2]);
+  scatter(out_, 0, slots, res[0]);
+  scatter(h_, 1, slots, res[1]);
+  scatter(c_, 1, slots, res[2]);
   predictor_rows += static_cast<int64_t>(slots.size());
   computed += static_cast<int64_t>(slots.size());
 }
@@ -245,8 +328,7 @@ void ExactSearch::ensure_gates(const std::vector<int64_t>& parents) {
   todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
   if (todo.empty()) return;
   RECORD_FUNCTION("exact_search:gates", std::vector<c10::IValue>());
-  auto idx = index(todo);
-  pg_.index_copy_(1, idx, recurrent_gates(h_.index_select(1, idx)));
+  scatter(pg_, 1, todo, recurrent_gates(gather(h_, 1, todo)));
   for (int64_t p : todo) gates_ready_[p] = 1;
 }
 
@@ -273,8 +355,7 @@ std::vector<int64_t> ExactSearch::extend(const std::vector<int64_t>& parents,
     ensure_gates(par);
     RECORD_FUNCTION("exact_search:predictor", std::vector<c10::IValue>());
     auto fresh = alloc(static_cast<int64_t>(first.size()));
-    auto pidx = index(par);
-    store(fresh, predictor_step(index(tok), pg_.index_select(1, pidx), c_.index_select(1, pidx), table0_,
+    store(fresh, predictor_step(index(tok), gather(pg_, 1, par), gather(c_, 1, par), table0_,
                                 pred_params_, pred_eps_, out_dim_));
     for (size_t k = 0; k < first.size(); ++k) add_prefix(fresh[k], par[k], tok[k]);
     for (size_t i = 0; i < m; ++i)
@@ -312,7 +393,7 @@ torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<in
                                 const std::vector<int64_t>& counts, const std::vector<int64_t>& slots,
                                 int64_t n) {
   const int64_t rows = static_cast<int64_t>(slots.size());
-  auto pred = out_.index_select(0, index(slots));
+  auto pred = gather(out_, 0, slots);
   torch::Tensor enc = enc_t;
   if (n > 1) {
     enc = enc_t.index_select(0, index(active));
@@ -371,7 +452,14 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
 
       if (symbols[s] != step_max_tokens_) {
         const int64_t k = std::min<int64_t>(beam_, count * width);
-        if (!top_k_distinct(lp + offset * symbols_, symbols_, flat.data() + offset, count, width, k, top)) {
+        const float* block_lp = lp + offset * symbols_;
+        const float* block_scores = flat.data() + offset;
+        bool done = top_k_distinct(block_lp, symbols_, block_scores, count, width, k, top);
+        if (!done && top_k_heap(block_lp, symbols_, block_scores, count, width, k, top)) {
+          done = true;
+          heap_topk += 1;
+        }
+        if (!done) {
           auto scores = torch::from_blob(flat.data() + offset, {count}, torch::kFloat32);
           auto block = (scores.unsqueeze(1) + logp.narrow(0, offset, count).narrow(1, 0, width)).reshape(-1);
           auto res = block.topk(k);

@@ -22,6 +22,17 @@ using Scored = std::pair<float, int64_t>;  // (value, flat index)
 bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
                     int64_t k, std::vector<Scored>& top);
 
+// The same k largest, in at::topk's order also when values tie, for the inputs where at::topk
+// (largest, sorted) takes its partial-sort path (k * 64 <= count * width): that path is
+// std::partial_sort over (value, index) pairs in flat order, a heap of the first k entries
+// that each later entry replaces the top of when it beats it, then a heap sort. This runs the
+// same heap steps (std::make_heap, std::pop_heap, std::sort_heap on the same comparator), so
+// ties come out as at::topk leaves them, without the (count * width) pair buffer and the
+// tensor sums it is built from; only entries above the heap's top are touched, 8 per compare.
+// Returns false (at::topk's work) on a NaN or outside that path.
+bool top_k_heap(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width, int64_t k,
+                std::vector<Scored>& top);
+
 class ExactSearch {
  public:
   // One output hypothesis: (index of the input hypothesis it extends, handle, score, tokens
@@ -53,8 +64,9 @@ class ExactSearch {
   // Statistics: prefixes computed, cache hits, and rows through the joiner, the predictor
   // step and the recurrent gates (for flop counts).
   int64_t computed = 0, hits = 0, joiner_rows = 0, predictor_rows = 0, gate_rows = 0;
-  // Top-k selections left to at::topk because of a tie or NaN (the rest run in one pass).
-  int64_t fallback_topk = 0;
+  // Top-k selections left to at::topk because of a tie or NaN that top_k_heap cannot take
+  // (the rest run in one pass, or through top_k_heap when values tie: ``heap_topk``).
+  int64_t fallback_topk = 0, heap_topk = 0;
   // Sorts of the blank-ended set left to at::sort for the same reason.
   int64_t fallback_sort = 0;
 

@@ -69,7 +69,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");
   bind_search<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")
       .def_readonly("fallback_topk", &ExactSearch::fallback_topk)
-      .def_readonly("fallback_sort", &ExactSearch::fallback_sort);
+      .def_readonly("fallback_sort", &ExactSearch::fallback_sort)
+      .def_readonly("heap_topk", &ExactSearch::heap_topk);
   bind_search<ModifiedSearch>(m, "ModifiedSearch",
                               "modified beam search (greedy: beam 1) on exact mode's prefix cache (modified_search.cpp)")
       .def("set_lm", &ModifiedSearch::set_lm)
@@ -88,4 +89,25 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         return std::make_tuple(probs, rows);
       },
       "an n-gram LM's probabilities and fusion rows per history (ngram_lm.cpp; for tests)");
+  m.def(
+      "top_k_heap",
+      [](torch::Tensor logp, torch::Tensor scores, int64_t k) -> py::object {
+        TORCH_CHECK(logp.dim() == 2 && logp.scalar_type() == torch::kFloat && logp.is_contiguous() &&
+                        scores.dim() == 1 && scores.scalar_type() == torch::kFloat && scores.is_contiguous() &&
+                        scores.size(0) == logp.size(0),
+                    "top_k_heap: logp (R, V) and scores (R,), contiguous fp32");
+        std::vector<Scored> top;
+        if (!top_k_heap(logp.data_ptr<float>(), logp.size(1), scores.data_ptr<float>(), logp.size(0),
+                        logp.size(1), k, top))
+          return py::none();
+        auto values = torch::empty({static_cast<int64_t>(top.size())}, torch::kFloat32);
+        auto index = torch::empty({static_cast<int64_t>(top.size())}, torch::kInt64);
+        for (size_t j = 0; j < top.size(); ++j) {
+          values[j] = top[j].first;
+          index[j] = top[j].second;
+        }
+        return py::make_tuple(values, index);
+      },
+      "the k largest of scores[r] + logp[r, v], flat, as at::topk orders ties, or None where "
+      "at::topk would not take its partial sort (exact_search.cpp; for tests)");
 }

@@ -28,11 +28,11 @@ def test_kokoro_voices_speak_deterministically():
 
 def test_unknown_kokoro_voice_is_a_user_error(tmp_path):
     from emformer_variants.data.kokoro import KokoroTTS
-    from emformer_variants.data.text import default_cache_dir
     from emformer_variants.errors import UserError
+    from emformer_variants.utils.paths import project_cache_dir
 
     with pytest.raises(UserError, match="kokoro voice 'zz_nobody'"):
-        KokoroTTS(default_cache_dir())("hello", "zz_nobody")
+        KokoroTTS(project_cache_dir())("hello", "zz_nobody")
 
 
 def test_blended_voices_are_new_speakers_between_two_voices():
@@ -58,11 +58,11 @@ def test_blended_voices_are_new_speakers_between_two_voices():
 
 def test_bad_blend_weight_is_a_user_error():
     from emformer_variants.data.kokoro import KokoroTTS
-    from emformer_variants.data.text import default_cache_dir
     from emformer_variants.errors import UserError
+    from emformer_variants.utils.paths import project_cache_dir
 
     with pytest.raises(UserError, match="weight=1.5 must be in"):
-        KokoroTTS(default_cache_dir())("hello", "af_bella", mix="af_sky", weight=1.5)
+        KokoroTTS(project_cache_dir())("hello", "af_bella", mix="af_sky", weight=1.5)
 
 
 def _assemble(out: str) -> str:

@@ -11,8 +11,8 @@ import soundfile as sf
 
 from emformer_variants.data import tts
 from emformer_variants.data.manifest import read_manifest
-from emformer_variants.data.text import default_cache_dir
 from emformer_variants.errors import UserError
+from emformer_variants.utils.paths import project_cache_dir
 
 _PROGRAMS = {"pico": "pico2wave", "rhvoice": "RHVoice-test", "mbrola": "espeak-ng"}
 needs_nonfree = pytest.mark.skipif(
@@ -48,7 +48,7 @@ def test_the_set_reads_the_test_voice_texts_of_the_default_corpus():
         default = compose("evaluate").data.source
         extra = compose("evaluate", overrides=["data=voices_nonfree"]).data.source
     assert (extra.corpus_num_test, extra.corpus_seed) == (default.num_test, default.seed)
-    sources = load_text_sources(default_cache_dir())
+    sources = load_text_sources(project_cache_dir())
     counts = {"train": 0, "dev": 0, "test": default.num_test, "test_everyday": 0,
               "test_voice": default.num_test_voice}
     picked = _pick_texts(sources, counts, default.seed, check_text_weights(None))
@@ -70,7 +70,7 @@ def test_every_nonfree_voice_speaks():
 def test_build_is_one_text_per_voice_and_idempotent(tmp_path):
     from emformer_variants.data.nonfree_voices import build_nonfree_voices
 
-    kw = dict(num_texts=1, corpus_num_test=200, corpus_seed=0, cache_dir=default_cache_dir())
+    kw = dict(num_texts=1, corpus_num_test=200, corpus_seed=0, cache_dir=project_cache_dir())
     manifests = build_nonfree_voices(tmp_path / "set", **kw)
     utts = read_manifest(manifests["test"])
     assert [u.speaker for u in utts] == [v.name for v in tts.nonfree_voices()]
@@ -91,7 +91,7 @@ def test_bad_num_texts_is_one_line(tmp_path, bad):
 
     with pytest.raises(UserError, match="num_texts="):
         build_nonfree_voices(tmp_path / "x", num_texts=bad, corpus_num_test=200, corpus_seed=0,
-                             cache_dir=default_cache_dir())
+                             cache_dir=project_cache_dir())
 
 
 def test_missing_program_and_tempo_are_user_errors(monkeypatch):

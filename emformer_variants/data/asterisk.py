@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from emformer_variants.data.manifest import Utterance, publish_corpus, read_manifest, write_manifest
-from emformer_variants.data.text import add_cache_dir_argument, default_cache_dir, fetch_deb
+from emformer_variants.data.text import add_cache_dir_argument, fetch_deb
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.text_norm import normalize_text
+from emformer_variants.utils.paths import project_cache_dir
 
 AUDIO_PACKAGE = "asterisk-core-sounds-en-g722"
 TEXT_PACKAGE = "asterisk-core-sounds-en"
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     add_cache_dir_argument(p)
     args = p.parse_args(argv)
-    manifests = build_asterisk(args.out, args.cache_dir or default_cache_dir())
+    manifests = build_asterisk(args.out, args.cache_dir or project_cache_dir())
     print(f"test: {manifests['test']} ({len(read_manifest(manifests['test']))} utterances)")
     return 0
 

@@ -19,9 +19,9 @@ from emformer_variants.text_norm import normalize_text
 
 
 def _cache(cache_dir: str | None) -> Path:
-    from emformer_variants.data.text import default_cache_dir
+    from emformer_variants.utils.paths import project_cache_dir
 
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    return Path(cache_dir).expanduser() if cache_dir else project_cache_dir()
 
 
 def _plain(value):

@@ -61,10 +61,10 @@ from emformer_variants.data.text import (
     CLAUSES_VERSION,
     SENTENCES_VERSION,
     add_cache_dir_argument,
-    default_cache_dir,
 )
 from emformer_variants.data.tts import Voice, held_out_voices, synthesize_many, training_voices
 from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.utils.paths import project_cache_dir
 from emformer_variants.utils.run_dir import pid_alive
 
 SAMPLE_RATE = 16000
@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         num_test_voice=args.num_test_voice,
         seed=args.seed,
         workers=args.workers,
-        cache_dir=args.cache_dir or default_cache_dir(),
+        cache_dir=args.cache_dir or project_cache_dir(),
         engine_weights=args.engine_weights,
         text_weights=args.text_weights,
     )

@@ -50,13 +50,7 @@ def add_cache_dir_argument(parser) -> None:
     """``--cache-dir`` for the corpus-building CLIs (downloads + text caches)."""
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="downloads and text caches (default $EMFORMER_VARIANTS_CACHE or "
-                             "~/.cache/emformer_variants)")
-
-
-def default_cache_dir() -> Path:
-    """``$EMFORMER_VARIANTS_CACHE``, else ``~/.cache/emformer_variants``: downloads, text caches."""
-    env = os.environ.get("EMFORMER_VARIANTS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "emformer_variants"
+                             "cache/ in the project, as paths.cache_dir)")
 
 
 def fetch_deb(package: str, cache_dir: Path) -> Path:

@@ -442,9 +442,9 @@ def _kokoro(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tupl
     from emformer_variants.data.kokoro import SAMPLE_RATE, KokoroTTS
 
     if "kokoro" not in _ENGINE_CACHE:
-        from emformer_variants.data.text import default_cache_dir
+        from emformer_variants.utils.paths import project_cache_dir
 
-        _ENGINE_CACHE["kokoro"] = KokoroTTS(default_cache_dir())
+        _ENGINE_CACHE["kokoro"] = KokoroTTS(project_cache_dir())
     p = opts.get("pitch", 1.0) * pitch
     wave = _ENGINE_CACHE["kokoro"](text, opts["voice"], speed=opts.get("rate", 1.0) * rate / p,
                                    mix=opts.get("mix"), weight=opts.get("weight", 1.0))

@@ -133,7 +133,7 @@ def test_bench_variants_interleaves_stock_and_exact_per_variant(tmp_path, capsys
     modes = ("stock", "exact", "exact@int8")
     assert set(rows) == {(v, m) for v in ("dense", "lowrank", "mla") for m in modes}
     assert rows[("dense", "exact")]["flops_vs_dense"] == 1.0
-    assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.6
+    assert rows[("lowrank", "exact")]["flops_vs_dense"] < 1.0  # conf/variant/lowrank.yaml: budget 0.58
     assert rows[("mla", "exact")]["encoder"] == "engine"  # the latent cache in the engine (engine/mla.py)
     if kernel() is not None:  # low-rank chains and latent attention run in the fused C++ stack
         assert {rows[(v, "exact")]["encoder_path"] for v in ("dense", "lowrank", "mla")} == {"fused stack"}

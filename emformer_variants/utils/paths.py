@@ -1,7 +1,8 @@
 """Where things are: the project root, and the OmegaConf resolvers ``conf/`` uses.
 
 Importing this module registers ``${ev_root:}`` (the project root), ``${ev_pid:}`` (run
-folder names: timestamp + pid never collide) and ``${ev_wandb_offline:}`` (W&B mode), so
+folder names: timestamp + pid never collide), ``${ev_wandb_offline:}`` (W&B mode) and
+``${ev_by_init:${init},A,B}`` (A when training starts from the base, B from scratch), so
 anything that composes a config imports it first.
 """
 
@@ -22,6 +23,9 @@ if not OmegaConf.has_resolver("ev_wandb_offline"):
     OmegaConf.register_new_resolver("ev_wandb_offline", wandb_offline)
 if not OmegaConf.has_resolver("ev_pid"):
     OmegaConf.register_new_resolver("ev_pid", os.getpid)
+if not OmegaConf.has_resolver("ev_by_init"):  # ${ev_by_init:${init},FROM_BASE,FROM_SCRATCH}
+    OmegaConf.register_new_resolver("ev_by_init", lambda init, base, scratch:
+                                    base if init == "base" else scratch)
 
 
 def project_cache_dir() -> Path:

@@ -36,3 +36,14 @@ def test_evaluate_requires_ckpt():
     cfg = _compose("evaluate", [])
     with pytest.raises(MissingMandatoryValue):
         _ = cfg.ckpt
+
+
+def test_the_default_module_distils_from_the_base_and_not_from_scratch():
+    """module=recovery_short: from the base, a teacher and only the surgery's parameters; with
+    init=scratch (no base) no teacher and every parameter, unless a run sets them itself."""
+    base = _compose("train", [])
+    assert base.module.distill.weight == 1.0 and base.module.train_only == "auto"
+    assert base.module.optimizer.lr == 1e-4 and base.trainer.max_steps == 300
+    scratch = _compose("train", ["init=scratch"])
+    assert scratch.module.distill.weight == 0.0 and scratch.module.train_only == "all"
+    assert _compose("train", ["init=scratch", "module.distill.weight=1"]).module.distill.weight == 1

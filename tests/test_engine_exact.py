@@ -288,6 +288,18 @@ def test_exact_search_runs_in_python_without_the_kernel_or_with_another_joiner(m
     assert ExactBeamSearch(make_tiny_rec(3).model, 0, 3).fused is None
 
 
+def _same_beams(fused, loop, width: int, chunks: int = 6) -> list:
+    """Both searches over the same random encoder chunks; every chunk's beams must be equal.
+    Returns the fused search's last beams."""
+    g = torch.Generator().manual_seed(0)
+    a, b = [None], [None]
+    for _ in range(chunks):
+        enc = torch.randn(1, 4, width, generator=g)
+        a, b = fused.step(enc, a), loop.step(enc, b)
+        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    return a
+
+
 def test_fused_exact_search_breaks_ties_as_torch_topk():
     """Pairs of symbols with equal logits: the one-pass top-k hands every tied selection
     to at::topk, and the beams still equal the Python loop's."""
@@ -302,12 +314,7 @@ def test_fused_exact_search_breaks_ties_as_torch_topk():
         joiner.bias[1::2] = joiner.bias[0::2][:half]
     fused = ExactBeamSearch(rec.model, rec.blank, 4)
     loop = ExactBeamSearch(rec.model, rec.blank, 4, fused=False)
-    g = torch.Generator().manual_seed(0)
-    a, b = [None], [None]
-    for _ in range(6):
-        enc = torch.randn(1, 4, joiner.in_features, generator=g)
-        a, b = fused.step(enc, a), loop.step(enc, b)
-        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    a = _same_beams(fused, loop, joiner.in_features)
     assert fused.fused.impl.fallback_topk > 0 and len(a[0][0].tokens) > 10
 
 
@@ -356,12 +363,7 @@ def test_fused_exact_search_breaks_ties_through_the_heap_with_a_large_vocabulary
             w[1::2] = w[0::2]
     fused = ExactBeamSearch(model, 699, 4)
     loop = ExactBeamSearch(model, 699, 4, fused=False)
-    g = torch.Generator().manual_seed(0)
-    a, b = [None], [None]
-    for _ in range(6):
-        enc = torch.randn(1, 4, joiner.in_features, generator=g)
-        a, b = fused.step(enc, a), loop.step(enc, b)
-        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    _same_beams(fused, loop, joiner.in_features)
     assert fused.fused.impl.heap_topk > 0 and fused.fused.impl.fallback_topk == 0
 
 
@@ -381,12 +383,7 @@ def test_fused_exact_search_sorts_tied_scores_as_torch():
             w[1::2] = w[0::2][:half]
     fused = ExactBeamSearch(rec.model, rec.blank, 4)
     loop = ExactBeamSearch(rec.model, rec.blank, 4, fused=False)
-    g = torch.Generator().manual_seed(0)
-    a, b = [None], [None]
-    for _ in range(6):
-        enc = torch.randn(1, 4, joiner.in_features, generator=g)
-        a, b = fused.step(enc, a), loop.step(enc, b)
-        assert fused.hypotheses(a[0]) == loop.hypotheses(b[0])
+    _same_beams(fused, loop, joiner.in_features)
     assert fused.fused.impl.fallback_sort > 0
 
 

@@ -67,6 +67,45 @@ void scatter(torch::Tensor& t, int64_t dim, const std::vector<int64_t>& idx, con
     }
 }
 
+// Visits score[r] + logp[r, v] (the fp32 sums ``scores.unsqueeze(1) + logp`` gives) for rows
+// r < count and v < width in flat order, r * width + v: the first ``first`` values all go to
+// ``take``; after them only the values above ``floor()``, 8 per compare (``take`` sees every
+// candidate and keeps its own order). Returns false when a value is NaN.
+template <class Floor, class Take>
+bool scan_above(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
+                int64_t first, Floor floor, Take take) {
+  __m256 nan = _mm256_setzero_ps();
+  bool scalar_nan = false;
+  int64_t seen = 0;
+  for (int64_t r = 0; r < count; ++r) {
+    const float* row = logp + r * ld;
+    const float base = scores[r];
+    int64_t v = 0;
+    for (; v < width && seen < first; ++v, ++seen) {
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      take(x, r * width + v);
+    }
+    const __m256 b = _mm256_set1_ps(base);
+    for (; v + 8 <= width; v += 8) {
+      const __m256 x = _mm256_add_ps(b, _mm256_loadu_ps(row + v));
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+      int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(floor()), _CMP_GT_OQ));
+      while (mask) {
+        const int lane = __builtin_ctz(mask);
+        mask &= mask - 1;
+        take(base + row[v + lane], r * width + v + lane);
+      }
+    }
+    for (; v < width; ++v) {
+      const float x = base + row[v];
+      scalar_nan |= x != x;
+      take(x, r * width + v);
+    }
+  }
+  return !(scalar_nan || _mm256_movemask_ps(nan));
+}
+
 }  // namespace
 
 bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width,
@@ -82,87 +121,31 @@ bool top_k_distinct(const float* logp, int64_t ld, const float* scores, int64_t 
                                 [](float v, const Scored& e) { return v > e.first; });
     top.insert(pos, {value, idx});
   };
-  __m256 nan = _mm256_setzero_ps();
-  bool scalar_nan = false;
-  for (int64_t r = 0; r < count; ++r) {
-    const float* row = logp + r * ld;
-    const float base = scores[r];
-    int64_t v = 0;
-    for (; v < width && static_cast<int64_t>(top.size()) < keep; ++v) {
-      const float x = base + row[v];
-      scalar_nan |= x != x;
-      insert(x, r * width + v);
-    }
-    const __m256 b = _mm256_set1_ps(base);
-    for (; v + 8 <= width; v += 8) {
-      const __m256 x = _mm256_add_ps(b, _mm256_loadu_ps(row + v));
-      nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-      int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(top.back().first), _CMP_GT_OQ));
-      while (mask) {
-        const int lane = __builtin_ctz(mask);
-        mask &= mask - 1;
-        insert(base + row[v + lane], r * width + v + lane);
-      }
-    }
-    for (; v < width; ++v) {
-      const float x = base + row[v];
-      scalar_nan |= x != x;
-      insert(x, r * width + v);
-    }
-  }
-  if (scalar_nan || _mm256_movemask_ps(nan)) return false;
+  if (!scan_above(logp, ld, scores, count, width, keep, [&] { return top.back().first; }, insert)) return false;
   for (size_t i = 1; i < top.size(); ++i)
     if (!(top[i - 1].first > top[i].first)) return false;
   top.resize(std::min<size_t>(top.size(), static_cast<size_t>(k)));
   return true;
 }
 
-
 bool top_k_heap(const float* logp, int64_t ld, const float* scores, int64_t count, int64_t width, int64_t k,
                 std::vector<Scored>& top) {
-  const int64_t n = count * width;
-  if (k <= 0 || k * 64 > n) return false;
+  if (k <= 0 || k * 64 > count * width) return false;
   // at::topk's comparator, largest first; a NaN leaves the work to at::topk, so plain ">" here
   auto before = [](const Scored& x, const Scored& y) { return x.first > y.first; };
   top.assign(static_cast<size_t>(k) + 1, Scored{0.f, 0});  // [0, k): the heap; [k]: the entry coming in
   Scored* heap = top.data();
-  __m256 nan = _mm256_setzero_ps();
-  bool scalar_nan = false;
   int64_t filled = 0;
-  for (int64_t r = 0; r < count; ++r) {
-    const float* row = logp + r * ld;
-    const float base = scores[r];
-    int64_t v = 0;
-    for (; v < width && filled < k; ++v, ++filled) {  // the first k entries, then the heap
-      const float x = base + row[v];
-      scalar_nan |= x != x;
-      heap[filled] = {x, r * width + v};
-      if (filled + 1 == k) std::make_heap(heap, heap + k, before);
+  auto take = [&](float x, int64_t idx) {
+    if (filled < k) {  // the first k entries, then the heap
+      heap[filled++] = {x, idx};
+      if (filled == k) std::make_heap(heap, heap + k, before);
+    } else if (x > heap[0].first) {  // std::__heap_select's step: x replaces the top
+      heap[k] = {x, idx};
+      std::pop_heap(heap, heap + k + 1, before);
     }
-    auto offer = [&](float x, int64_t idx) {  // std::__heap_select's step: replace the top if x beats it
-      if (x > heap[0].first) {
-        heap[k] = {x, idx};
-        std::pop_heap(heap, heap + k + 1, before);
-      }
-    };
-    const __m256 b = _mm256_set1_ps(base);
-    for (; v + 8 <= width; v += 8) {
-      const __m256 x = _mm256_add_ps(b, _mm256_loadu_ps(row + v));
-      nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-      int mask = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(heap[0].first), _CMP_GT_OQ));
-      while (mask) {
-        const int lane = __builtin_ctz(mask);
-        mask &= mask - 1;
-        offer(base + row[v + lane], r * width + v + lane);
-      }
-    }
-    for (; v < width; ++v) {
-      const float x = base + row[v];
-      scalar_nan |= x != x;
-      offer(x, r * width + v);
-    }
-  }
-  if (scalar_nan || _mm256_movemask_ps(nan)) return false;
+  };
+  if (!scan_above(logp, ld, scores, count, width, k, [&] { return heap[0].first; }, take)) return false;
   std::sort_heap(heap, heap + k, before);
   top.resize(static_cast<size_t>(k));
   return true;

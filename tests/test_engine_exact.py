@@ -324,11 +324,12 @@ def test_top_k_heap_orders_ties_as_torch_topk():
     (None) where it does not or on a NaN."""
     kernel = require_kernel()
     g = torch.Generator().manual_seed(0)
+
+    def draw(lo, hi):
+        return int(torch.randint(lo, hi, (1,), generator=g))
+
     unstable = 0
     for _ in range(200):
-        def draw(lo, hi):
-            return int(torch.randint(lo, hi, (1,), generator=g))
-
         rows, width, levels = draw(1, 12), draw(700, 3000), draw(2, 40)
         logp = torch.randint(0, levels, (rows, width), generator=g).float() * 0.25 - 10
         scores = torch.randint(0, 3, (rows,), generator=g).float() * 0.5

@@ -151,7 +151,6 @@ bool top_k_heap(const float* logp, int64_t ld, const float* scores, int64_t coun
   return true;
 }
 
-
 // b by score, ascending, as ``torch.tensor(scores).sort()`` orders it: std::sort when the
 // order is unique (no two equal scores, no NaN), else ATen's sort, so ties break as torch's do.
 void ExactSearch::sort_ascending(std::vector<Hyp>& b) {
@@ -436,14 +435,14 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
       if (symbols[s] != step_max_tokens_) {
         const int64_t k = std::min<int64_t>(beam_, count * width);
         const float* block_lp = lp + offset * symbols_;
-        const float* block_scores = flat.data() + offset;
+        float* block_scores = flat.data() + offset;
         bool done = top_k_distinct(block_lp, symbols_, block_scores, count, width, k, top);
         if (!done && top_k_heap(block_lp, symbols_, block_scores, count, width, k, top)) {
           done = true;
           heap_topk += 1;
         }
         if (!done) {
-          auto scores = torch::from_blob(flat.data() + offset, {count}, torch::kFloat32);
+          auto scores = torch::from_blob(block_scores, {count}, torch::kFloat32);
           auto block = (scores.unsqueeze(1) + logp.narrow(0, offset, count).narrow(1, 0, width)).reshape(-1);
           auto res = block.topk(k);
           auto values = std::get<0>(res).contiguous(), idx = std::get<1>(res).contiguous();

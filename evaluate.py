@@ -22,6 +22,7 @@ from emformer_variants.engine.precision import apply_precision_
 from emformer_variants.errors import one_line_errors
 from emformer_variants.evaluation.evaluate import evaluate_recognizer, pick_utterances
 from emformer_variants.lm.build import load_lm
+from emformer_variants.metrics.params import count_params
 from emformer_variants.models.build import resolve_checkpoint
 from emformer_variants.models.checkpoints import diff_variants, mismatch_error
 from emformer_variants.models.recognizer import save_recognizer
@@ -74,6 +75,7 @@ def run(cfg: DictConfig) -> dict:
     out_dir = claim_output_dir(cfg.paths.output_dir)
     dm = hydra.utils.instantiate(cfg.data)
     rec, surgery = load_checkpoint(cfg, dm, out_dir)
+    params = count_params(rec.model)  # the model's, before int8 swaps weights for packed buffers
     precision = apply_precision_(rec, cfg.precision)
     subset = cfg.get("subset", "first")
     utts = pick_utterances(dm.utterances(cfg.split), cfg.max_utterances, subset, cfg.seed)
@@ -87,6 +89,7 @@ def run(cfg: DictConfig) -> dict:
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
                                         decoder=cfg.decoder, decoder_options=options, endpoint=endpoint)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
+    metrics["params_total"], metrics["params_active"] = params
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision,
                     **{k: v for k, v in options.items() if not k.startswith("lm")},

@@ -56,6 +56,8 @@ def test_evaluate_cli_decoder_precision_plots_profile(mini_corpus, tmp_path):
     assert metrics["precision_method"].startswith("dynamic int8") and (
         (f"packed {isa()} int8 kernel" in metrics["precision_method"]) == (kernel() is not None))
     assert metrics["linear_kernel"] == (f"packed-{isa()}" if kernel() is not None else "torch")
+    # the checkpoint's parameters, not what is left as nn.Parameter after the int8 swap
+    assert metrics["params_total"] == metrics["params_active"] == 5_948_958
     # subset=random: the seeded sample, in corpus order
     train = read_manifest(mini_corpus / "train.jsonl")
     picked = [u.audio for u in pick_utterances(train, 3, "random", seed=7)]

@@ -3,7 +3,7 @@ one batched step of N streams, by the thread's CPU time (steady on a shared mach
 wall time is not), and optionally the top functions by CPU time.
 
     python scripts/profile_streams.py [--model emformer_base] [--mode modified@int8] [--beam 4]
-        [--streams 32] [--steps 4] [--functions 12] [--selection-ab]
+        [--streams 32] [--steps 4] [--restart-every 40] [--functions 12] [--selection-ab]
 
 ``--selection-ab`` (modified modes): the batched selection and one top-k per stream
 (``batched=False``) on the same encoder outputs, alternating step by step, CPU ms of each.
@@ -46,6 +46,8 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--restart-every", type=int, default=0,
+                   help="start new utterances every N steps (0: never; hypotheses grow with the steps)")
     p.add_argument("--functions", type=int, default=0, help="also print the top N functions by CPU time")
     p.add_argument("--selection-ab", action="store_true")
     args = p.parse_args()
@@ -66,6 +68,9 @@ def main() -> None:
     if prof:
         prof.enable()
     for k in range(1, args.steps + 1):
+        if args.restart_every and k % args.restart_every == 0:
+            for i in range(args.streams):
+                stream.restart(i)
         stream.step(windows[k])
     if prof:
         prof.disable()

@@ -107,6 +107,14 @@ def kernel_args(impl: PackedLinear | Int8Linear) -> list[torch.Tensor]:
     return [impl.packed, bias, NO_TENSOR, NO_TENSOR]
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh for the searches: the kernels' ``fast_tanh`` (within 2 ulp, several times faster
+    than torch's on a beam's rows) where they load, as their C++ searches use it, else torch's."""
+    if kernel() is not None and x.dtype == torch.float32:
+        return kernel().fast_tanh(x)
+    return torch.tanh(x)
+
+
 def plain_norm(m: torch.nn.Module) -> bool:
     """An affine ``nn.LayerNorm`` over the last dimension (what the C++ kernels assume)."""
     return (type(m) is torch.nn.LayerNorm and m.weight is not None and m.bias is not None

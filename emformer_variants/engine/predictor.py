@@ -14,7 +14,8 @@ The predictor is a deterministic function of the token prefix, so outputs and LS
 are cached per prefix (``PrefixCache``) and shared by hypotheses, frames and streams.
 When every linear after the first layer's table runs in a packed kernel and the norms are
 LayerNorms, the per-child step runs in one C++ call (``kernels/predictor_step.cpp``): the same
-ATen ops in the same order, so the same bits, without the interpreter's per-op cost.
+ops in the same order, so the same bits, without the interpreter's per-op cost. Both take the
+cell's tanh from ``engine.linear.tanh`` (the kernels' ``fast_tanh`` where they load).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.linear import NO_TENSOR, fast_linear, kernel_args, kernel_impl, plain_norm
+from emformer_variants.engine.linear import NO_TENSOR, fast_linear, kernel_args, kernel_impl, plain_norm, tanh
 
 
 class PredictorStep:
@@ -84,9 +85,9 @@ class PredictorStep:
             gates = self.table0.index_select(0, tokens) if i == 0 else self.x2g[i](x)
             gates = self.g_norm[i](gates + pgates[i])
             sig = gates.sigmoid()  # input, forget, output gates (cell quarter uses tanh below)
-            c_new = sig[:, H:2 * H] * c[i] + sig[:, :H] * gates[:, 2 * H:3 * H].tanh()
+            c_new = sig[:, H:2 * H] * c[i] + sig[:, :H] * tanh(gates[:, 2 * H:3 * H])
             c_new = self.c_norm[i](c_new)
-            x = sig[:, 3 * H:] * c_new.tanh()
+            x = sig[:, 3 * H:] * tanh(c_new)
             hs.append(x)
             cs.append(c_new)
         out = self.out_norm(self.linear(x))

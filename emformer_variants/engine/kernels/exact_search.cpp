@@ -383,7 +383,7 @@ torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<in
   }
   RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
   auto x = enc + pred;
-  x = activation_ == 0 ? at::relu(x) : at::tanh(x);
+  x = activation_ == 0 ? at::relu(x) : fast_tanh(x);  // as engine.joiner.JoinerStep
   auto logits = kernel_linear(x, joiner_.data(), symbols_);
   if (temperature_ != 1.0) logits = logits / temperature_;
   joiner_rows += rows;

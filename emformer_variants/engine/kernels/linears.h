@@ -20,6 +20,9 @@ int64_t stream_read(torch::Tensor buffer);
 // x: (M, K) fp32 -> (M, n) (kernel_linear.cpp).
 torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int64_t n);
 
+// tanh of every element of an fp32 tensor, within 1 ulp; a new contiguous tensor (elementwise.cpp).
+torch::Tensor fast_tanh(const torch::Tensor& x);
+
 // The FFN activation by code (``engine.encoder._activation_code``): 0 relu, 1 gelu, 2 gelu
 // (tanh), 3 silu (kernel_linear.cpp).
 torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);

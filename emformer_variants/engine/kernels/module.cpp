@@ -62,6 +62,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("avx512_built", &avx512_built, "whether the compiler built the AVX-512 kernels");
   m.def("set_isa", [](const std::string& name) { return set_active_isa(parse_isa(name)); },
         "use avx512 or avx2 from now on; False (no change) when this CPU or build cannot");
+  m.def("fast_tanh", &fast_tanh, "tanh of every element, fp32, within 1 ulp (elementwise.cpp)");
   m.def("stream_read", &stream_read, "read every byte of a tensor once, one thread (bandwidth floor)");
   m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");
   m.def("stream_attention", &stream_attention, "a chunk's multi-head attention in one pass over (N, K, D) keys");

@@ -75,14 +75,14 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
     gates.add_(pgates[i]);
     gates = at::layer_norm(gates, {G}, p[4], p[5], eps[2 * i]);
     auto sig = gates.sigmoid();  // input, forget, output gates (the cell quarter uses tanh)
-    auto tg = gates.narrow(1, 2 * H, H).tanh().contiguous();
+    auto tg = fast_tanh(gates.narrow(1, 2 * H, H));  // as engine.linear.tanh in the Python loop
     auto c_new = torch::empty({rows, H}, gates.options());
     const float* sp = sig.data_ptr<float>();  // sig: (M, 4H) contiguous
     // sig_f * c + sig_i * tanh(g)
     mul_add_mul(rows, H, sp + H, G, c[i].data_ptr<float>(), H, sp, G, tg.data_ptr<float>(), H,
                 c_new.data_ptr<float>());
     c_new = at::layer_norm(c_new, {H}, p[6], p[7], eps[2 * i + 1]);
-    auto tc = c_new.tanh().contiguous();
+    auto tc = fast_tanh(c_new);
     x = torch::empty({rows, H}, gates.options());
     mul(rows, H, sp + 3 * H, G, tc.data_ptr<float>(), H, x.data_ptr<float>());  // sig_o * tanh(c)
     hs.push_back(x);

@@ -14,6 +14,7 @@ import torch
 
 from emformer_variants.data.datamodule import ASRDataModule
 from emformer_variants.data.sources import ManifestSource
+from emformer_variants.errors import UserError
 from emformer_variants.training.module import RNNTModule
 from tests.conftest import TINY_ARCH, make_tiny_rec, run_cli
 
@@ -56,6 +57,63 @@ def test_distill_loss_is_zero_for_the_teacher_itself_and_trains_the_student_only
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in rec.model.transcriber.parameters())
     # Evaluation losses (augment=False) carry no distillation term.
     assert "distill" not in module.compute_losses(batch, augment=False)
+
+
+def _lowrank(rec, **rank):
+    from emformer_variants.surgery.registry import apply_surgery_
+
+    spec = {"name": "lowrank", "targets": ["ffn", "attention"], "method": "svd", "skip_if_not_smaller": False,
+            **rank}
+    return apply_surgery_(rec, spec, init="convert")
+
+
+def test_module_distillation_matches_each_replaced_module_to_the_original(mini_corpus):
+    from emformer_variants.training.distill import replaced_modules
+
+    rec = make_tiny_rec()
+    teacher = copy.deepcopy(rec)
+    _lowrank(rec, ratio=1.0)  # full-rank SVD: each factor pair computes the original linear
+    paths = replaced_modules(rec.model, teacher.model)
+    assert paths and all(p.endswith("pos_ff") or ".attention." in p for p in paths)  # a swapped
+    # member of a Sequential (the FFN) is matched as the whole chain
+    assert not any(p.startswith(f"{q}.") for p in paths for q in paths)  # the outermost only
+    dm = ASRDataModule(ManifestSource(str(mini_corpus)), batch_seconds=6, seed=0)
+    dm.bind(rec.features, rec.tokenizer)
+    module = RNNTModule(rec, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                        distill={"weight": 3.0, "kind": "modules"}, teacher=teacher)
+    batch = _first_batch(dm)
+    rec.eval()
+    assert module.compute_losses(batch, augment=True)["distill"].item() < 1e-9
+
+    low = make_tiny_rec()
+    teacher = copy.deepcopy(low)
+    _lowrank(low, rank=4)  # a real cut: every factorised linear's output moves
+    module = RNNTModule(low, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                        distill={"weight": 3.0, "kind": "modules"}, teacher=teacher)
+    losses = module.compute_losses(batch, augment=True)
+    assert 0 < losses["distill"].item() < 1
+    assert torch.allclose(losses["loss"], losses["rnnt"] + 3.0 * losses["distill"])
+    assert "distill" not in module.compute_losses(batch, augment=False)
+    low.model.zero_grad()
+    (3.0 * module.compute_losses(batch, augment=True)["distill"]).backward()
+    grads = {n for n, p in low.model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(any(n.startswith(f"{q}.") for q in module._capture.paths) for n in grads)
+    assert all(p.grad is None for p in teacher.parameters())
+
+    moe = make_tiny_rec()
+    teacher = copy.deepcopy(moe)
+    from emformer_variants.surgery.registry import apply_surgery_
+
+    apply_surgery_(moe, {"name": "moe", "num_experts": 4, "top_k": 2, "init": "upcycle"}, init="convert")
+    assert [p.rsplit(".", 2)[-1] for p in replaced_modules(moe.model, teacher.model)] == ["pos_ff"] * 2
+    module = RNNTModule(moe, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                        distill={"weight": 1.0, "kind": "modules"}, teacher=teacher)
+    assert module.compute_losses(batch, augment=True)["distill"].item() > 0
+
+    dense = make_tiny_rec()
+    with pytest.raises(UserError, match="kind=modules: the variant replaced no module"):
+        RNNTModule(dense, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                   distill={"weight": 1.0, "kind": "modules"}, teacher=copy.deepcopy(dense))
 
 
 class _TeacherModes(L.Callback):

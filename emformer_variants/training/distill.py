@@ -17,6 +17,16 @@ the loss is exactly 0 when the student equals the teacher.
 
 ``kind: encoder``: mean squared difference of the encoder outputs on valid frames.
 
+``kind: modules`` (layer-wise distillation, as in the local reconstruction objectives of
+MoEfication and low-rank compression): every module the surgery swapped (``replaced_modules``:
+the outermost student module whose class differs from the teacher's at the same path) and the
+teacher's original module both run on the inputs the student's module received in the
+forward pass, detached; the loss is the mean over those calls of the relative squared error
+||y - t||^2 / ||t||^2 of their outputs. Each new module gets a dense, local signal of what the
+module it replaced computed (its gradient reaches no other parameter), where the joiner's KL
+reaches it only through every later layer. It costs one more forward and backward of the
+replaced modules.
+
 Shapes: B batch, T' encoder frames, U target tokens (U+1 predictor steps), D joiner input
 width, V symbols, N sampled lattice cells.
 """
@@ -27,7 +37,7 @@ import torch
 
 from emformer_variants.errors import UserError
 
-KINDS = ("joiner", "encoder")
+KINDS = ("joiner", "encoder", "modules")
 DEFAULTS = {"kind": "joiner", "weight": 0.0, "temperature": 1.0, "positions": 64, "chunk": 4096}
 
 
@@ -114,3 +124,94 @@ def teacher_joint_at(model, enc: torch.Tensor, pred: torch.Tensor, cells: tuple[
         parts = [joint_at(model, enc, pred, tuple(c[i:i + chunk] for c in cells))
                  for i in range(0, n, chunk)]
     return torch.cat(parts) if parts else enc.new_zeros(0, 0)
+
+
+def replaced_modules(student: torch.nn.Module, teacher: torch.nn.Module) -> list[str]:
+    """Paths of the modules a surgery swapped in ``student``: the outermost whose class differs
+    from ``teacher``'s module at the same path (paths the teacher lacks are inside one), taken
+    up to an enclosing ``nn.Sequential`` (the MoE surgery swaps the FFN's members of one, and
+    only the whole chain computes what the dense FFN did)."""
+    theirs = dict(teacher.named_modules())
+    mine = dict(student.named_modules())
+    found: list[str] = []
+    for name, module in mine.items():
+        other = theirs.get(name)
+        if other is None or type(other) is type(module):
+            continue
+        while "." in name:
+            parent = name.rsplit(".", 1)[0]
+            if not (isinstance(mine.get(parent), torch.nn.Sequential)
+                    and isinstance(theirs.get(parent), torch.nn.Sequential)):
+                break
+            name = parent
+        if name not in found:
+            found.append(name)
+    return [p for p in found if not any(p.startswith(f"{q}.") for q in found)]
+
+
+def _float_tensors(out) -> list[torch.Tensor]:
+    """The floating-point tensors of a module's output (a tensor, or nested tuples/lists)."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _float_tensors(o)]
+    return []
+
+
+def relative_error(student_out, teacher_out) -> torch.Tensor:
+    """||y - t||^2 / ||t||^2 over the floating-point tensors of two outputs of one structure."""
+    ys, ts = _float_tensors(student_out), _float_tensors(teacher_out)
+    if len(ys) != len(ts) or any(y.shape != t.shape for y, t in zip(ys, ts, strict=True)):
+        raise ValueError("distill kind=modules: the replaced module's outputs differ in structure from "
+                         "the original's")
+    num = sum(((y.float() - t.float()) ** 2).sum() for y, t in zip(ys, ts, strict=True))
+    den = sum((t.float() ** 2).sum() for t in ts)
+    return num / den.clamp_min(1e-12)
+
+
+def _detached(value):
+    """``value`` with every tensor inside (tuples, lists, dicts) detached from the graph."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+class ModuleCapture:
+    """Forward hooks on ``student``'s replaced modules that record each call's inputs, detached,
+    while ``active``. ``loss(teacher)`` runs the student's module and the teacher's original on
+    those inputs and returns the mean ``relative_error``: local, so its gradient reaches only
+    the replaced modules' own parameters (the records are then forgotten)."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
+        self.paths = replaced_modules(student, teacher)
+        if not self.paths:
+            raise UserError("module.distill.kind=modules: the variant replaced no module (nothing to "
+                            "match); use kind=joiner or kind=encoder")
+        self.student = student
+        self.records: list[tuple] = []
+        self.active = False
+        modules = dict(student.named_modules())
+        self.handles = [modules[p].register_forward_pre_hook(self._hook(p), with_kwargs=True)
+                        for p in self.paths]
+
+    def _hook(self, path: str):
+        def record(module, args, kwargs):
+            if self.active:
+                self.records.append((path, _detached(args), _detached(kwargs)))
+        return record
+
+    def loss(self, teacher: torch.nn.Module) -> torch.Tensor:
+        mine, theirs = dict(self.student.named_modules()), dict(teacher.named_modules())
+        records, self.records = self.records, []
+        errors = []
+        for path, args, kwargs in records:
+            with torch.no_grad():
+                target = theirs[path](*args, **kwargs)
+            errors.append(relative_error(mine[path](*args, **kwargs), target))
+        if not errors:
+            raise ValueError("distill kind=modules: no replaced module ran in the forward pass")
+        return torch.stack(errors).mean()

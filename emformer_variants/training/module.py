@@ -19,6 +19,7 @@ from emformer_variants.models.checkpoints import state_digest
 from emformer_variants.models.recognizer import Recognizer, recognizer_payload
 from emformer_variants.surgery.registry import auxiliary_losses, training_stats
 from emformer_variants.training.distill import (
+    ModuleCapture,
     check_distill,
     encoder_mse,
     joiner_kl,
@@ -103,8 +104,11 @@ class RNNTModule(L.LightningModule):
         self.distill = check_distill(distill)
         self.teacher = teacher
         freeze_outside_surgery_(recognizer.model, train_only, surgery_parameters)
+        self._capture = None  # distill kind=modules: hooks on the replaced modules
         if self.teacher is not None:
             self.teacher.requires_grad_(False).eval()
+            if self.distill["kind"] == "modules" and self.distill["weight"] > 0:
+                self._capture = ModuleCapture(recognizer.model, self.teacher.model)
             # Lightning warns about modules left in eval mode at fit start; this one is on
             # purpose (a frozen teacher runs without dropout), so that warning is noise.
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -127,11 +131,18 @@ class RNNTModule(L.LightningModule):
         targets, target_lengths = batch["targets"], batch["target_lengths"]
         if augment and self.spec_augment is not None:
             feats = self.spec_augment(feats)
-        enc, enc_lengths = model.transcribe(feats, lengths)  # (B, T', D_enc)
-        blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
-                           device=targets.device)
-        pred_in = torch.cat([blank, targets], dim=1)  # (B, U+1): the predictor reads blank first
-        pred, pred_lengths, _ = model.predict(pred_in, target_lengths + 1, None)
+        capture = self._capture is not None and augment
+        if capture:
+            self._capture.active = True
+        try:
+            enc, enc_lengths = model.transcribe(feats, lengths)  # (B, T', D_enc)
+            blank = torch.full((targets.shape[0], 1), self.recognizer.blank, dtype=targets.dtype,
+                               device=targets.device)
+            pred_in = torch.cat([blank, targets], dim=1)  # (B, U+1): the predictor reads blank first
+            pred, pred_lengths, _ = model.predict(pred_in, target_lengths + 1, None)
+        finally:
+            if capture:
+                self._capture.active = False
         logits, _, _ = model.join(enc, enc_lengths, pred, pred_lengths)  # (B, T', U+1, V)
         losses = {"rnnt": self._rnnt_loss(logits, targets, enc_lengths.int(), target_lengths)}
         total = losses["rnnt"]
@@ -153,8 +164,11 @@ class RNNTModule(L.LightningModule):
 
     def _distill_loss(self, feats, lengths, enc, pred, pred_in, target_lengths) -> torch.Tensor:
         """The frozen teacher on the same (augmented) batch: KL on sampled joiner cells
-        (``kind: joiner``) or MSE on encoder outputs (``kind: encoder``); training.distill."""
+        (``kind: joiner``), MSE on encoder outputs (``kind: encoder``) or each replaced module
+        against the original on the same inputs (``kind: modules``); training.distill."""
         teacher = self.teacher.model
+        if self.distill["kind"] == "modules":
+            return self._capture.loss(teacher)
         with torch.no_grad():
             t_enc, t_len = teacher.transcribe(feats, lengths)
         if self.distill["kind"] == "encoder":

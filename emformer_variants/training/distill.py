@@ -181,7 +181,7 @@ def _detached(value):
 
 
 class ModuleCapture:
-    """Forward hooks on ``student``'s replaced modules that record each call's inputs, detached,
+    """Forward pre-hooks on ``student``'s replaced modules that record each call's inputs, detached,
     while ``active``. ``loss(teacher)`` runs the student's module and the teacher's original on
     those inputs and returns the mean ``relative_error``: local, so its gradient reaches only
     the replaced modules' own parameters (the records are then forgotten)."""

@@ -10,8 +10,6 @@
 
 #include <immintrin.h>
 
-#include <cmath>
-
 namespace {
 
 inline __m256 exp8(__m256 x) {  // Cephes expf, x clamped to [-87, 88] (no denormals, no inf)

@@ -96,8 +96,8 @@ inline void row_range(const float* row, int64_t K, float& lo, float& hi) {
 }
 
 // sums (16 per row) -> y for rows m0.., columns n0..n0+n: y = (sums - zx * colsum) * (sx * sw)
-// + bias, the bias added in one fused multiply-add (as the compiler contracted the scalar form
-// before), eight columns at a time; the scalar tail does the same operations.
+// + bias, the bias added in one fused multiply-add, eight columns at a time; the scalar tail
+// does the same operations, so every column rounds alike.
 void finish(const int32_t* all_sums, int mr, const float* sx, const int32_t* zx, const int32_t* colsum,
             const float* sw, const float* bias, float* y, int64_t N, int64_t n) {
   for (int i = 0; i < mr; ++i) {

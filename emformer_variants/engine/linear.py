@@ -108,7 +108,7 @@ def kernel_args(impl: PackedLinear | Int8Linear) -> list[torch.Tensor]:
 
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh for the searches: the kernels' ``fast_tanh`` (within 2 ulp, several times faster
+    """tanh for the searches: the kernels' ``fast_tanh`` (within 1 ulp, several times faster
     than torch's on a beam's rows) where they load, as their C++ searches use it, else torch's."""
     if kernel() is not None and x.dtype == torch.float32:
         return kernel().fast_tanh(x)

@@ -62,7 +62,13 @@ from emformer_variants.data.text import (
     SENTENCES_VERSION,
     add_cache_dir_argument,
 )
-from emformer_variants.data.tts import Voice, held_out_voices, synthesize_many, training_voices
+from emformer_variants.data.tts import (
+    OWN_TEMPO_ENGINES,
+    Voice,
+    held_out_voices,
+    synthesize_many,
+    training_voices,
+)
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.utils.paths import project_cache_dir
 from emformer_variants.utils.run_dir import pid_alive
@@ -73,7 +79,7 @@ FORMAT_VERSION = 2
 TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
 DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
                         "everyday": 0.35}
-TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix", "mbrola", "rhvoice")
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix", "mbrola", "rhvoice", "pico")
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
 EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
 # Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
@@ -208,8 +214,11 @@ def _pick_texts(sources: dict[str, list[str]], counts: dict[str, int], seed: int
 
 
 def _jittered(voice: Voice, rng: np.random.Generator) -> tuple[Voice, float, float]:
-    """The voice with a per-utterance pitch range (espeak-ng), and tempo and pitch multipliers."""
+    """The voice with a per-utterance pitch range (espeak-ng), and tempo and pitch multipliers
+    (1 for an engine that reads at its own, ``tts.OWN_TEMPO_ENGINES``)."""
     rate, pitch = rng.uniform(*JITTER["rate"]), rng.uniform(*JITTER["pitch"])
+    if voice.engine in OWN_TEMPO_ENGINES:
+        rate, pitch = 1.0, 1.0
     if voice.engine == "espeak":
         pitch_range = int(rng.integers(*JITTER["espeak_range"]))
         voice = Voice(voice.name, voice.engine, {**voice.options, "range": pitch_range})

@@ -21,8 +21,9 @@ Engines (all run offline from pip or Debian packages):
 - ``pico``, ``rhvoice``, ``mbrola``: engine families from Debian's contrib/non-free sections
   (SVOX Pico, RHVoice, MBROLA diphones through the espeak-ng program): the extra held-out
   voices of ``data=voices_nonfree`` (``nonfree_voices``). No default corpus draws them; a
-  corpus naming ``mbrola`` or ``rhvoice`` trains on six of them (``nonfree_training_voices``),
-  the other four stay held out. Pico reads at its own tempo and pitch.
+  corpus naming ``mbrola``, ``rhvoice`` or ``pico`` trains on those engines' voices of
+  ``nonfree_training_voices`` (three, three and Pico en-US), the other three stay held out.
+  Pico reads at its own tempo and pitch.
 
 A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
 "Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
@@ -221,15 +222,19 @@ def nonfree_voices() -> list[Voice]:
 
 
 # The voices of data=voices_nonfree a corpus may train on (opt-in: ``engine_weights`` naming
-# ``mbrola`` or ``rhvoice``); the other four (both Pico voices, MBROLA us3, RHVoice slt) are
-# never trained on.
-NONFREE_TRAINING = ("mbrola-us1", "mbrola-us2", "mbrola-en1", "rhvoice-alan", "rhvoice-bdl", "rhvoice-clb")
+# ``mbrola``, ``rhvoice`` or ``pico``); the other three (Pico en-GB, MBROLA us3, RHVoice slt) are
+# never trained on, and no corpus of the shipped base's recipe names ``pico``.
+NONFREE_TRAINING = ("mbrola-us1", "mbrola-us2", "mbrola-en1", "rhvoice-alan", "rhvoice-bdl", "rhvoice-clb",
+                    "pico-en-US")
+# Engines without a tempo or pitch control: a corpus reads them at their own (augmentation
+# perturbs them later, in training).
+OWN_TEMPO_ENGINES = ("pico",)
 
 
 def nonfree_training_voices() -> list[Voice]:
-    """MBROLA us1, us2, en1 (diphones cut from human recordings) and RHVoice alan, bdl, clb:
-    training voices of a corpus whose ``engine_weights`` name ``mbrola`` or ``rhvoice``; the
-    rest of ``nonfree_voices`` stays held out of every corpus."""
+    """MBROLA us1, us2, en1 (diphones cut from human recordings), RHVoice alan, bdl, clb and
+    SVOX Pico en-US: training voices of a corpus whose ``engine_weights`` name their engine;
+    the rest of ``nonfree_voices`` stays held out of every corpus."""
     return [v for v in nonfree_voices() if v.name in NONFREE_TRAINING]
 
 

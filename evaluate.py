@@ -87,9 +87,9 @@ def run(cfg: DictConfig) -> dict:
         lm_info.update(lm_weight=options["lm_weight"], lm_bonus=options["lm_bonus"])
     endpoint = EndpointConfig() if cfg.get("endpoint", False) else None
     metrics, rows = evaluate_recognizer(rec, utts, beam=cfg.beam, flops=cfg.flops, skip_bad=dm.skip_bad,
-                                        decoder=cfg.decoder, decoder_options=options, endpoint=endpoint)
+                                        decoder=cfg.decoder, decoder_options=options, endpoint=endpoint,
+                                        params=params)
     metrics["num_skipped"] += sum(len(v) for v in dm.skipped.values())
-    metrics["params_total"], metrics["params_active"] = params
     metrics.update({"ckpt": str(cfg.ckpt), "split": cfg.split, "variants": rec.variants,
                     "precision": cfg.precision,
                     **{k: v for k, v in options.items() if not k.startswith("lm")},

@@ -59,10 +59,13 @@ def pick_utterances(utts: list[Utterance], limit: int | None, subset: str = "fir
 def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool = True,
                         skip_bad: bool = False, progress: bool = True, decoder: str = "stock",
                         decoder_options: dict | None = None,
-                        endpoint: EndpointConfig | None = None) -> tuple[dict, list[dict]]:
+                        endpoint: EndpointConfig | None = None,
+                        params: tuple[int, int] | None = None) -> tuple[dict, list[dict]]:
     """Decode every utterance in streaming mode with the named decoder (``engine.pipeline``,
     built with ``decoder_options``), with ``endpoint`` rules if given (the hypothesis is
-    the segments' texts joined); return (metrics, per-utterance rows)."""
+    the segments' texts joined); return (metrics, per-utterance rows). ``params``: the model's
+    (total, active) parameter counts, counted here when not given; pass them when a precision
+    conversion has already swapped the linears for packed buffers."""
     if beam < 1:
         raise UserError(f"beam={beam}: must be at least 1")
     rec.eval()
@@ -118,7 +121,7 @@ def evaluate_recognizer(rec, utts: list[Utterance], beam: int = 10, flops: bool 
     if not refs:
         raise UserError("evaluation: no utterance could be decoded")
     rates = error_rates(refs, hyps)
-    total, active = count_params(rec.model)
+    total, active = params if params is not None else count_params(rec.model)
     p = percentiles(chunk_ms)
     metrics = {
         "wer": rates["wer"], "cer": rates["cer"],

@@ -15,6 +15,8 @@ import torch
 from emformer_variants.data.datamodule import ASRDataModule
 from emformer_variants.data.sources import ManifestSource
 from emformer_variants.errors import UserError
+from emformer_variants.surgery.registry import apply_surgery_
+from emformer_variants.training.distill import replaced_modules
 from emformer_variants.training.module import RNNTModule
 from tests.conftest import TINY_ARCH, make_tiny_rec, run_cli
 
@@ -60,16 +62,12 @@ def test_distill_loss_is_zero_for_the_teacher_itself_and_trains_the_student_only
 
 
 def _lowrank(rec, **rank):
-    from emformer_variants.surgery.registry import apply_surgery_
-
     spec = {"name": "lowrank", "targets": ["ffn", "attention"], "method": "svd", "skip_if_not_smaller": False,
             **rank}
     return apply_surgery_(rec, spec, init="convert")
 
 
 def test_module_distillation_matches_each_replaced_module_to_the_original(mini_corpus):
-    from emformer_variants.training.distill import replaced_modules
-
     rec = make_tiny_rec()
     teacher = copy.deepcopy(rec)
     _lowrank(rec, ratio=1.0)  # full-rank SVD: each factor pair computes the original linear
@@ -102,8 +100,6 @@ def test_module_distillation_matches_each_replaced_module_to_the_original(mini_c
 
     moe = make_tiny_rec()
     teacher = copy.deepcopy(moe)
-    from emformer_variants.surgery.registry import apply_surgery_
-
     apply_surgery_(moe, {"name": "moe", "num_experts": 4, "top_k": 2, "init": "upcycle"}, init="convert")
     assert [p.rsplit(".", 2)[-1] for p in replaced_modules(moe.model, teacher.model)] == ["pos_ff"] * 2
     module = RNNTModule(moe, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),

@@ -1,11 +1,11 @@
 // tanh for the engine's searches, eight lanes at a time (AVX2 + FMA): Cephes' tanhf (an odd
 // polynomial below |x| = 0.625, else 1 - 2 / (exp(2|x|) + 1) with Cephes' expf), within 1 ulp
-// of the exact tanh (tested). ATen's float tanh calls MKL's vector math, which costs about
-// 2.7 ns per element on the (rows x width) tensors of a beam step (10 x 1024: 27 us, more than
-// the int8 joiner matmul beside it); this takes about a quarter of that. The C++ searches and
-// predictor step use it, and so do their Python loops (``engine.linear.tanh``), so both still
-// give the same bits. (GELU, sigmoid and log_softmax written the same way gained only 10-30%
-// over ATen's on these shapes, so those stay ATen's.)
+// of the exact tanh (tested). ATen's float tanh calls MKL's vector math, which on the
+// (rows x width) tensors of a beam step costs more than the int8 joiner matmul beside it; this
+// takes about a quarter of that (docs/engine.md has the timing). The C++ searches and predictor
+// step use it, and so do their Python loops (``engine.linear.tanh``), so both still give the
+// same bits. GELU, sigmoid and log_softmax stay ATen's: written the same way they gained too
+// little on these shapes to be worth a second implementation.
 #include "linears.h"
 
 #include <immintrin.h>

@@ -21,10 +21,19 @@ def test_extra_sources_add_their_train_split_repeated(mini_corpus):
     assert len(mixed.utterances("dev")) == len(main.utterances("dev"))
 
 
-@pytest.mark.parametrize("repeat", [0, -1, 1.5, True])
+def test_extra_repeat_per_source(mini_corpus):
+    base = ASRDataModule(ManifestSource(str(mini_corpus)))._train_utterances()
+    mixed = ASRDataModule(ManifestSource(str(mini_corpus)), extra_repeat=[2, 1],
+                          extra_train=[ManifestSource(str(mini_corpus))] * 2)
+    assert mixed.extra_repeat == [2, 1]
+    assert len(mixed._train_utterances()) == 4 * len(base)
+
+
+@pytest.mark.parametrize("repeat", [0, -1, 1.5, True, [1], [1, 0], [1, 1, 1], "2"])
 def test_bad_extra_repeat_is_one_line(mini_corpus, repeat):
     with pytest.raises(UserError, match="data.extra_repeat"):
-        ASRDataModule(ManifestSource(str(mini_corpus)), extra_train=[], extra_repeat=repeat)
+        ASRDataModule(ManifestSource(str(mini_corpus)), extra_repeat=repeat,
+                      extra_train=[ManifestSource(str(mini_corpus))] * 2)
 
 
 def test_extra_source_without_train_is_a_user_error(mini_corpus, tmp_path):
@@ -54,3 +63,19 @@ def test_the_kokoro_configs_compose(name):
     assert type(dm.extra_train[0]) is SyntheticSource and dm.extra_train[0].num_train == 700
     assert {e for x in dm.extra_train for e in x.engine_weights} == (
         {"kokoro"} if name == "pretrain_kokoro" else {"kokoro", "kokoro_mix"})
+
+
+def test_the_all_voices_config_repeats_only_kokoro():
+    from hydra import compose, initialize_config_dir
+
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose("train", overrides=["experiment=tiny_base/all_voices"])
+    import hydra
+
+    dm = hydra.utils.instantiate(cfg.data)  # builds nothing yet
+    weights = [set(e.engine_weights) for e in dm.extra_train]
+    assert weights == [{"mbrola", "rhvoice"}, {"pico"}, {"kokoro"}] and dm.extra_repeat == [1, 1, 4]
+    assert cfg.data.augment.enabled and cfg.task_name == "tiny_base_all_voices"

@@ -7,7 +7,7 @@ import logging
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from emformer_variants.data.audio import audio_duration
@@ -47,6 +47,20 @@ def validate_utterances(utts: list[Utterance], split: str, skip_bad: bool
     return good, skipped
 
 
+def _repeat_counts(extra_repeat, n_sources: int) -> list[int]:
+    """``data.extra_repeat`` as one count per extra source: an integer for all of them, or a
+    list with one integer per ``data.extra_train`` entry."""
+    if isinstance(extra_repeat, ListConfig):
+        extra_repeat = list(extra_repeat)
+    is_list = isinstance(extra_repeat, (list, tuple))
+    counts = list(extra_repeat) if is_list else [extra_repeat]
+    if (any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in counts)
+            or (is_list and len(counts) != n_sources)):
+        raise UserError(f"data.extra_repeat={extra_repeat!r}: use an integer >= 1, or a list of "
+                        f"them with one per data.extra_train entry ({n_sources})")
+    return counts if is_list else counts * n_sources
+
+
 class ASRDataModule(L.LightningDataModule):
     def __init__(self, source, batch_seconds: float = 60.0, eval_batch_seconds: float = 120.0,
                  num_workers: int = 0, augment: dict | None = None, skip_bad: bool = False,
@@ -54,19 +68,18 @@ class ASRDataModule(L.LightningDataModule):
                  train_split: str = "train", val_split: str = "dev", seed: int = 0,
                  sort_first_epoch: bool = True, path: str | None = None, root: str | None = None,
                  min_train_seconds: float = 0.05, extra_train: list | None = None,
-                 extra_repeat: int = 1):
+                 extra_repeat: int | list[int] = 1):
         # ``path``/``root`` are the user-facing shortcuts (data.path=DIR, data.root=DIR) that
         # the data configs interpolate into their source; the source itself reads them.
         super().__init__()
         self.source = source
         # More training audio from other sources (their ``train`` split, each utterance
-        # ``extra_repeat`` times per epoch); dev and test come from ``source`` alone.
-        # Hydra passes instantiated dataclass sources in a list back as structured configs.
+        # ``extra_repeat`` times per epoch, or one count per source); dev and test come from
+        # ``source`` alone. Hydra passes instantiated dataclass sources in a list back as
+        # structured configs.
         self.extra_train = [OmegaConf.to_object(e) if isinstance(e, DictConfig) else e
                             for e in (extra_train or [])]
-        if isinstance(extra_repeat, bool) or not isinstance(extra_repeat, int) or extra_repeat < 1:
-            raise UserError(f"data.extra_repeat={extra_repeat!r}: use an integer >= 1")
-        self.extra_repeat = extra_repeat
+        self.extra_repeat = _repeat_counts(extra_repeat, len(self.extra_train))
         self.batch_seconds = batch_seconds
         self.eval_batch_seconds = eval_batch_seconds
         self.num_workers = num_workers
@@ -108,8 +121,8 @@ class ASRDataModule(L.LightningDataModule):
 
     def _train_utterances(self) -> list[Utterance]:
         utts = self.utterances(self.train_split)
-        for i, extra in enumerate(self.extra_train):
-            utts = utts + self.extra_repeat * self._validated(
+        for i, (extra, repeat) in enumerate(zip(self.extra_train, self.extra_repeat, strict=True)):
+            utts = utts + repeat * self._validated(
                 extra.splits().get("train", []), f"extra_train[{i}]", f"data.extra_train[{i}]'s train split")
         short = [u.audio for u in utts if u.duration < self.min_train_seconds]
         if short:

@@ -83,7 +83,7 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
     const torch::Tensor& k_old = keys[i];
     const torch::Tensor& v_old = values[i];
     const int64_t left = k_old.size(1);
-    auto ln = at::layer_norm(x, {d}, norm[0], norm[1], e[0]);
+    auto ln = layer_norm_rows(x, norm[0], norm[1], e[0]);
     torch::Tensor k, v, att;
     if (pl[0] == 0) {
       auto qx = chain(ln, p, nd, pl[2]);
@@ -97,43 +97,44 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
         k = kv.narrow(2, 0, d);
         v = kv.narrow(2, d, d);
       }
-      k = at::cat({k.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), k.narrow(1, r, t - r)}, 1);
-      v = at::cat({v.narrow(1, 0, r), v_old.narrow(1, lo, left - lo), v.narrow(1, r, t - r)}, 1);
+      k = concat_rows({{k, 0, r}, {k_old, lo, left - lo}, {k, r, t - r}});
+      v = concat_rows({{v, 0, r}, {v_old, lo, left - lo}, {v, r, t - r}});
       att = stream_attention(q, k, v, mask, heads, scaling);
     } else {
       const int64_t rank = pl[1];
       auto qc = chain(ln, p, nd, pl[2]);  // (N, T, H*r + r)
       auto c = qc.narrow(2, heads * rank, rank);
-      k = at::cat({c.narrow(1, 0, r), k_old.narrow(1, lo, left - lo), c.narrow(1, r, t - r)}, 1);
+      k = concat_rows({{c, 0, r}, {k_old, lo, left - lo}, {c, r, t - r}});
       const int64_t kt = k.size(1);
       auto w = at::bmm(qc.narrow(2, 0, heads * rank).reshape({n, t * heads, rank}), k.transpose(1, 2));
       if (has_mask) w = w.masked_fill(mask->view({n, 1, kt}), -1e8);
       att = at::bmm(at::softmax(w, -1), k).view({n, t, heads * rank});
       v = at::zeros({n, kt, 0}, x.options());
     }
-    auto y = chain(att, p, nd, pl[4]) + x;
-    auto h = at::layer_norm(y, {d}, norm[2], norm[3], e[1]);
+    auto y = chain(att, p, nd, pl[4]);  // a new tensor: the residual adds in place, same bits
+    y.add_(x);
+    auto h = layer_norm_rows(y, norm[2], norm[3], e[1]);
     if (pl[7] == 0) {
       auto hidden = ffn_activation(chain(h, p, nd, pl[5]), activation);
-      y = chain(hidden, p, nd, pl[6]) + y;
+      y = chain(hidden, p, nd, pl[6]).add_(y);
     } else {  // MoE: dims hold [hidden_e, out] per expert
       const int64_t experts = pl[8];
       std::vector<int64_t> widths(experts);
       for (int64_t j = 0; j < experts; ++j) widths[j] = nd[2 * j];
       auto moe = moe_ffn(h.reshape({-1, d}), p, experts, pl[9], p + 2, widths.data(), nd[1], activation);
-      y = moe.view({n, t, nd[1]}) + y;
+      y = moe.view({n, t, nd[1]}).add_(y);
       p += 2 + 8 * experts;
       nd += 2 * experts;
     }
-    x = at::layer_norm(y, {d}, norm[4], norm[5], e[2]);
+    x = layer_norm_rows(y, norm[4], norm[5], e[2]);
     // next left context: the last L rows of [old left context, this utterance]
     const int64_t kt = k.size(1);
     if (s >= lo) {
       out[1 + i] = k.narrow(1, kt - left, left);
       out[1 + layers + i] = v.narrow(1, kt - left, left);
     } else {
-      out[1 + i] = at::cat({k_old.narrow(1, s, left - s), k.narrow(1, kt - s, s)}, 1);
-      out[1 + layers + i] = at::cat({v_old.narrow(1, s, left - s), v.narrow(1, kt - s, s)}, 1);
+      out[1 + i] = concat_rows({{k_old, s, left - s}, {k, kt - s, s}});
+      out[1 + layers + i] = concat_rows({{v_old, s, left - s}, {v, kt - s, s}});
     }
   }
   out[0] = x;

@@ -151,6 +151,29 @@ bool top_k_heap(const float* logp, int64_t ld, const float* scores, int64_t coun
   return true;
 }
 
+// Indices of the k largest keys, largest first, as ``torch.tensor(keys).topk(k)`` gives them:
+// std::partial_sort when the answer is unique (no NaN, no two equal keys among the k + 1
+// largest), else ATen's topk, so ties break as torch's do.
+static std::vector<int64_t> top_indices(std::vector<float>& keys, int64_t k) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  std::vector<int64_t> order(n);
+  for (int64_t j = 0; j < n; ++j) order[j] = j;
+  bool unique = std::none_of(keys.begin(), keys.end(), [](float v) { return v != v; });
+  if (unique) {
+    const int64_t m = std::min(k + 1, n);
+    std::partial_sort(order.begin(), order.begin() + m, order.end(),
+                      [&](int64_t i, int64_t j) { return keys[i] > keys[j]; });
+    for (int64_t j = 1; j < m; ++j) unique &= keys[order[j - 1]] > keys[order[j]];
+  }
+  if (unique) {
+    order.resize(k);
+    return order;
+  }
+  auto idx = std::get<1>(torch::from_blob(keys.data(), {n}, torch::kFloat32).topk(k)).contiguous();
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  return std::vector<int64_t>(ip, ip + k);
+}
+
 // b by score, ascending, as ``torch.tensor(scores).sort()`` orders it: std::sort when the
 // order is unique (no two equal scores, no NaN), else ATen's sort, so ties break as torch's do.
 void ExactSearch::sort_ascending(std::vector<Hyp>& b) {
@@ -485,10 +508,8 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
     for (const auto& h : b[s])
       keys.push_back(static_cast<float>(static_cast<double>(h.score) /
                                         static_cast<double>(tokens_[h.slot].size() + 1)));
-    auto k = torch::from_blob(keys.data(), {static_cast<int64_t>(keys.size())}, torch::kFloat32);
-    auto idx = std::get<1>(k.topk(std::min<int64_t>(beam_, k.numel()))).contiguous();
-    const int64_t* ip = idx.data_ptr<int64_t>();
-    for (int64_t j = 0; j < idx.numel(); ++j) out[s].push_back(b[s][ip[j]]);
+    for (int64_t j : top_indices(keys, std::min<int64_t>(beam_, static_cast<int64_t>(keys.size()))))
+      out[s].push_back(b[s][j]);
   }
   return out;
 }

@@ -46,6 +46,19 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
                                           std::vector<int64_t> dims, std::vector<double> eps,
                                           int64_t heads, double scaling, int64_t activation);
 
+// at::layer_norm over the last dimension through ATen's CPU kernel, without the op's dispatch
+// and statistics outputs: the same bits (rows.cpp).
+torch::Tensor layer_norm_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                              double eps);
+
+// Rows [start, start + count) of a (N, T, D) tensor whose last dimension is contiguous.
+struct RowPiece {
+  const torch::Tensor& t;
+  int64_t start, count;
+};
+// at::cat of the pieces along dim 1, as row copies: a new contiguous (N, sum of counts, D) (rows.cpp).
+torch::Tensor concat_rows(const std::vector<RowPiece>& pieces);
+
 // One token step of the predictor (predictor_step.cpp).
 std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pgates, torch::Tensor c,
                                           torch::Tensor table0, std::vector<torch::Tensor> params,

@@ -8,7 +8,8 @@
 // (``kernel_linear``; empty for layer 0, which uses table0), gate norm weight, bias, cell
 // norm weight, bias; then the output linear (4) and output norm weight, bias. eps: 2 per
 // layer (gate, cell), then the output norm's. The ops that round exactly once (add, mul) run
-// here as loops; sigmoid, tanh and the norms stay ATen's, so the bits are the loop's.
+// here as loops; sigmoid and the norms stay ATen's (the norms called past the dispatcher,
+// ``layer_norm_rows``), tanh is ``fast_tanh`` as in the Python loop, so the bits are the loop's.
 // Returns [out (M, D), h (L, M, H), c (L, M, H)].
 #include "linears.h"
 
@@ -73,7 +74,7 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
     // a fresh (M, 4H) tensor either way, so adding the parents' gates in place is ``gates + pgates[i]``
     auto gates = i == 0 ? table0.index_select(0, tokens) : kernel_linear(x, p, G);
     gates.add_(pgates[i]);
-    gates = at::layer_norm(gates, {G}, p[4], p[5], eps[2 * i]);
+    gates = layer_norm_rows(gates, p[4], p[5], eps[2 * i]);
     auto sig = gates.sigmoid();  // input, forget, output gates (the cell quarter uses tanh)
     auto tg = fast_tanh(gates.narrow(1, 2 * H, H));  // as engine.linear.tanh in the Python loop
     auto c_new = torch::empty({rows, H}, gates.options());
@@ -81,7 +82,7 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
     // sig_f * c + sig_i * tanh(g)
     mul_add_mul(rows, H, sp + H, G, c[i].data_ptr<float>(), H, sp, G, tg.data_ptr<float>(), H,
                 c_new.data_ptr<float>());
-    c_new = at::layer_norm(c_new, {H}, p[6], p[7], eps[2 * i + 1]);
+    c_new = layer_norm_rows(c_new, p[6], p[7], eps[2 * i + 1]);
     auto tc = fast_tanh(c_new);
     x = torch::empty({rows, H}, gates.options());
     mul(rows, H, sp + 3 * H, G, tc.data_ptr<float>(), H, x.data_ptr<float>());  // sig_o * tanh(c)
@@ -89,6 +90,6 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
     cs.push_back(c_new);
   }
   const torch::Tensor* q = params.data() + 8 * layers;
-  auto out = at::layer_norm(kernel_linear(x, q, out_dim), {out_dim}, q[4], q[5], eps[2 * layers]);
+  auto out = layer_norm_rows(kernel_linear(x, q, out_dim), q[4], q[5], eps[2 * layers]);
   return {out, at::stack(hs), at::stack(cs)};
 }

@@ -97,6 +97,7 @@ class Pipeline:
     name: str
     encoder: Any
     search: Any
+    features: Any = None  # windows (S,) | (N, S) -> (N, T, F); None: the extractor's ``streaming``
 
 
 def engine_encoder(model: torch.nn.Module):
@@ -154,4 +155,9 @@ def build_pipeline(rec, decoder: str = "stock", beam: int = 10, **opts) -> Pipel
                         "build it with this model's tokenizer "
                         "(python -m emformer_variants.lm.build --ckpt CKPT)")
     rec.eval()
-    return DECODERS[decoder](rec, beam, **opts)
+    pipe = DECODERS[decoder](rec, beam, **opts)
+    if decoder != "stock":  # the stock pipeline keeps torchaudio's feature transforms
+        from emformer_variants.engine.features import EngineFeatures
+
+        pipe.features = EngineFeatures(rec.features)
+    return pipe

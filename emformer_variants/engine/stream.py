@@ -95,7 +95,9 @@ class Stream:
     def step(self, windows: torch.Tensor) -> None:
         """One chunk: ``windows`` (S,) for a single stream, or (N, S)."""
         with self._stage("features"):
-            if windows.dim() == 1:
+            if self.pipe.features is not None:
+                feats = self.pipe.features(windows)  # (N, T, F)
+            elif windows.dim() == 1:
                 feats = self.rec.features.streaming(windows).unsqueeze(0)  # (1, T, F)
             else:
                 feats = self.rec.features.streaming(windows)  # (N, T, F)

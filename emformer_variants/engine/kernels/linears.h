@@ -59,6 +59,10 @@ struct RowPiece {
 // at::cat of the pieces along dim 1, as row copies: a new contiguous (N, sum of counts, D) (rows.cpp).
 torch::Tensor concat_rows(const std::vector<RowPiece>& pieces);
 
+// FeatureExtractor.streaming for N windows: wave (N, S) -> normalised log-mel (N, T, F) (log_mel.cpp).
+torch::Tensor log_mel(const torch::Tensor& wave, const torch::Tensor& window, const torch::Tensor& fb,
+                      double gain, const torch::Tensor& mean, const torch::Tensor& invstd, int64_t hop);
+
 // One token step of the predictor (predictor_step.cpp).
 std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pgates, torch::Tensor c,
                                           torch::Tensor table0, std::vector<torch::Tensor> params,

@@ -333,7 +333,13 @@ void ExactSearch::ensure_gates(const std::vector<int64_t>& parents) {
   todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
   if (todo.empty()) return;
   RECORD_FUNCTION("exact_search:gates", std::vector<c10::IValue>());
-  scatter(pg_, 1, todo, recurrent_gates(gather(h_, 1, todo)));
+  // each layer's gates straight into its rows of pg_ (recurrent_gates without the stack)
+  const auto h = gather(h_, 1, todo);
+  for (int64_t i = 0; i < layers_; ++i) {
+    auto rows = pg_.narrow(0, i, 1);
+    scatter(rows, 1, todo, kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_).unsqueeze(0));
+  }
+  gate_rows += layers_ * static_cast<int64_t>(todo.size());
   for (int64_t p : todo) gates_ready_[p] = 1;
 }
 

@@ -67,7 +67,8 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
   pgates = pgates.contiguous();
   c = c.contiguous();
   const int64_t H = hidden, G = 4 * hidden;
-  std::vector<torch::Tensor> hs, cs;
+  // each layer's h and c written into its slice of the results (no stack of per-layer tensors)
+  auto hs = torch::empty({layers, rows, H}, pgates.options()), cs = torch::empty({layers, rows, H}, pgates.options());
   torch::Tensor x;
   for (int64_t i = 0; i < layers; ++i) {
     const torch::Tensor* p = params.data() + 8 * i;
@@ -83,13 +84,12 @@ std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pg
     mul_add_mul(rows, H, sp + H, G, c[i].data_ptr<float>(), H, sp, G, tg.data_ptr<float>(), H,
                 c_new.data_ptr<float>());
     c_new = layer_norm_rows(c_new, p[6], p[7], eps[2 * i + 1]);
+    cs[i].copy_(c_new);
     auto tc = fast_tanh(c_new);
-    x = torch::empty({rows, H}, gates.options());
+    x = hs[i];
     mul(rows, H, sp + 3 * H, G, tc.data_ptr<float>(), H, x.data_ptr<float>());  // sig_o * tanh(c)
-    hs.push_back(x);
-    cs.push_back(c_new);
   }
   const torch::Tensor* q = params.data() + 8 * layers;
   auto out = layer_norm_rows(kernel_linear(x, q, out_dim), q[4], q[5], eps[2 * layers]);
-  return {out, at::stack(hs), at::stack(cs)};
+  return {out, hs, cs};
 }

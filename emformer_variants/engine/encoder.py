@@ -118,6 +118,9 @@ class _Stack:
         self.flops_per_row_key = sum(4 * (la.attention.heads * la.attention.rank if la.attention.kind
                                           else la.attention.cache_widths[0]) for la in layers)
         self.layers = layers
+        # the weights and plan converted to C++ once, not on every chunk
+        self.impl = packed.kernel().EmformerStackPlan(self.params, self.plan, self.dims, self.eps, self.heads,
+                                                      self.scaling, self.activation)
 
     def watched(self) -> bool:
         return any(layer.watched() for layer in self.layers)
@@ -135,12 +138,10 @@ class _Stack:
     def __call__(self, x: torch.Tensor, r: int, lo: int, s: int, keys: list[torch.Tensor],
                  values: list[torch.Tensor], mask: torch.Tensor | None):
         """-> (output (N, R + S, D), next keys, next values) as ``StreamingEncoder.step``'s loop."""
-        args = (x.contiguous(), r, lo, s, keys, values, mask, self.params, self.plan, self.dims, self.eps,
-                self.heads, self.scaling, self.activation)
         keys_seen = r + keys[0].shape[1] - lo + s
         per_row = self.flops_per_row + keys_seen * self.flops_per_row_key
         packed.count_flops(x.shape[0] * x.shape[1] * per_row)
-        out = packed.run("emformer_stack", *args)
+        out = packed.call(self.impl.run, x.contiguous(), r, lo, s, keys, values, mask, label="emformer_stack")
         n = len(keys)
         return out[0], out[1:1 + n], out[1 + n:]
 

@@ -45,8 +45,8 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
-                                          std::vector<torch::Tensor> params, std::vector<int64_t> plan,
-                                          std::vector<int64_t> dims, std::vector<double> eps,
+                                          const std::vector<torch::Tensor>& params, const std::vector<int64_t>& plan,
+                                          const std::vector<int64_t>& dims, const std::vector<double>& eps,
                                           int64_t heads, double scaling, int64_t activation) {
   const int64_t layers = static_cast<int64_t>(keys.size());
   TORCH_CHECK(x.dim() == 3 && x.scalar_type() == torch::kFloat, "emformer_stack: x must be (N, T, D) fp32");

@@ -46,8 +46,8 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
-                                          std::vector<torch::Tensor> params, std::vector<int64_t> plan,
-                                          std::vector<int64_t> dims, std::vector<double> eps,
+                                          const std::vector<torch::Tensor>& params, const std::vector<int64_t>& plan,
+                                          const std::vector<int64_t>& dims, const std::vector<double>& eps,
                                           int64_t heads, double scaling, int64_t activation);
 
 // at::layer_norm over the last dimension through ATen's CPU kernel, without the op's dispatch
@@ -66,6 +66,22 @@ torch::Tensor concat_rows(const std::vector<RowPiece>& pieces);
 // FeatureExtractor.streaming for N windows: wave (N, S) -> normalised log-mel (N, T, F) (log_mel.cpp).
 torch::Tensor log_mel(const torch::Tensor& wave, const torch::Tensor& window, const torch::Tensor& fb,
                       double gain, const torch::Tensor& mean, const torch::Tensor& invstd, int64_t hop);
+
+// emformer_stack with the layers' weights and plan held once (built by engine.encoder._Stack),
+// so a chunk's call converts only the activations and caches, not every weight tensor.
+struct EmformerStackPlan {
+  std::vector<torch::Tensor> params;
+  std::vector<int64_t> plan, dims;
+  std::vector<double> eps;
+  int64_t heads;
+  double scaling;
+  int64_t activation;
+  std::vector<torch::Tensor> run(torch::Tensor x, int64_t r, int64_t lo, int64_t s, std::vector<torch::Tensor> keys,
+                                 std::vector<torch::Tensor> values, c10::optional<torch::Tensor> mask) const {
+    return emformer_stack(std::move(x), r, lo, s, std::move(keys), std::move(values), std::move(mask), params,
+                          plan, dims, eps, heads, scaling, activation);
+  }
+};
 
 // One token step of the predictor (predictor_step.cpp).
 std::vector<torch::Tensor> predictor_step(torch::Tensor tokens, torch::Tensor pgates, torch::Tensor c,

@@ -66,6 +66,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fast_tanh", &fast_tanh, "tanh of every element, fp32, within 1 ulp (elementwise.cpp)");
   m.def("stream_read", &stream_read, "read every byte of a tensor once, one thread (bandwidth floor)");
   m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");
+  py::class_<EmformerStackPlan>(m, "EmformerStackPlan", "emformer_stack's static arguments, held once")
+      .def(py::init<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
+                    int64_t, double, int64_t>())
+      .def("run", &EmformerStackPlan::run, "emformer_stack(x, r, lo, s, keys, values, mask, <the held arguments>)");
   m.def("stream_attention", &stream_attention, "a chunk's multi-head attention in one pass over (N, K, D) keys");
   m.def("moe_experts", &moe_experts, "each MoE expert's two packed linears on its grouped rows");
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");

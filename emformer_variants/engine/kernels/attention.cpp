@@ -111,10 +111,8 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
         float* pi = &p[i * kt];
         float mx = -std::numeric_limits<float>::infinity();
         for (int64_t j = 0; j < kt; ++j) mx = std::max(mx, pi[j]);
-        for (int64_t j = 0; j < kt; ++j) pi[j] -= mx;
-        exp_in_place(pi, kt);
         float sum = 0.f;
-        for (int64_t j = 0; j < kt; ++j) sum += pi[j];
+        for (int64_t j = 0; j < kt; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
         const float inv = 1.f / sum;
         for (int64_t j = 0; j < kt; ++j) pi[j] *= inv;
         float* oi = op + (b * t + i) * d + h * dh;

@@ -73,14 +73,3 @@ torch::Tensor map8(const torch::Tensor& x, const char* who) {
 }  // namespace
 
 torch::Tensor fast_tanh(const torch::Tensor& x) { return map8<tanh8>(x, "fast_tanh"); }
-
-void exp_in_place(float* x, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_loadu_ps(x + i)));
-  if (i < n) {
-    alignas(32) float buf[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int64_t j = i; j < n; ++j) buf[j - i] = x[j];
-    _mm256_store_ps(buf, exp8(_mm256_load_ps(buf)));
-    for (int64_t j = i; j < n; ++j) x[j] = buf[j - i];
-  }
-}

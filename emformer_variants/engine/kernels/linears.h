@@ -23,10 +23,6 @@ torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int6
 // tanh of every element of an fp32 tensor, within 1 ulp; a new contiguous tensor (elementwise.cpp).
 torch::Tensor fast_tanh(const torch::Tensor& x);
 
-// exp of n floats in place, Cephes' expf eight lanes at a time (within 1 ulp for arguments in
-// [-87, 88]; below, 0 is approached as expf's smallest normal) (elementwise.cpp).
-void exp_in_place(float* x, int64_t n);
-
 // The FFN activation by code (``engine.encoder._activation_code``): 0 relu, 1 gelu, 2 gelu
 // (tanh), 3 silu (kernel_linear.cpp).
 torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);

@@ -403,16 +403,35 @@ void ExactSearch::release_stale(int64_t keep) {
 torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
                                 const std::vector<int64_t>& counts, const std::vector<int64_t>& slots,
                                 int64_t n) {
-  const int64_t rows = static_cast<int64_t>(slots.size());
-  auto pred = gather(out_, 0, slots);
-  torch::Tensor enc = enc_t;
-  if (n > 1) {
-    enc = enc_t.index_select(0, index(active));
-    if (active.size() > 1) enc = enc.repeat_interleave(index(counts), 0);
-  }
+  const int64_t rows = static_cast<int64_t>(slots.size()), d = out_.size(1);
+  TORCH_CHECK(enc_t.scalar_type() == torch::kFloat && enc_t.size(1) == d && enc_t.stride(1) == 1,
+              "exact_search: encoder frame (N, D) fp32");
   RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
-  auto x = enc + pred;
-  x = activation_ == 0 ? at::relu(x) : fast_tanh(x);  // as engine.joiner.JoinerStep
+  // x = enc + pred, ReLU'd, in one pass over the rows (the same fp32 add as ATen's; ReLU keeps
+  // NaN and sends the rest at or below 0 to +0); tanh runs after, as engine.joiner.JoinerStep
+  (void)n;
+  auto x = torch::empty({rows, d}, out_.options());
+  float* xp = x.data_ptr<float>();
+  const float* cache = out_.data_ptr<float>();
+  const float* ep = enc_t.data_ptr<float>();
+  int64_t r = 0;
+  for (size_t k = 0; k < active.size(); ++k) {
+    const float* e = ep + active[k] * enc_t.stride(0);  // stream active[k]'s frame, for its rows
+    for (int64_t c = 0; c < counts[k]; ++c, ++r) {
+      const float* p = cache + slots[r] * d;
+      float* xr = xp + r * d;
+      if (activation_ == 0) {
+        for (int64_t j = 0; j < d; ++j) {
+          const float v = e[j] + p[j];
+          xr[j] = v > 0.f || v != v ? v : 0.f;
+        }
+      } else {
+        for (int64_t j = 0; j < d; ++j) xr[j] = e[j] + p[j];
+      }
+    }
+  }
+  TORCH_CHECK(r == rows, "exact_search: joiner rows do not match the streams' counts");
+  if (activation_ == 1) x = fast_tanh(x);
   auto logits = kernel_linear(x, joiner_.data(), symbols_);
   if (temperature_ != 1.0) logits = logits / temperature_;
   joiner_rows += rows;

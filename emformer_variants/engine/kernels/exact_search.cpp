@@ -290,10 +290,14 @@ void ExactSearch::add_prefix(int64_t slot, int64_t parent, int64_t token) {
   slot_of_handle_[handle_[slot]] = slot;
 }
 
+torch::Tensor ExactSearch::layer_gates(const torch::Tensor& h, int64_t i) {
+  gate_rows += h.size(0);
+  return kernel_linear(h, p2g_.data() + 4 * i, 4 * hidden_);
+}
+
 torch::Tensor ExactSearch::recurrent_gates(const torch::Tensor& h) {
   std::vector<torch::Tensor> gates;
-  for (int64_t i = 0; i < layers_; ++i) gates.push_back(kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_));
-  gate_rows += layers_ * h.size(1);
+  for (int64_t i = 0; i < layers_; ++i) gates.push_back(layer_gates(h[i], i));
   return torch::stack(gates);
 }
 
@@ -337,9 +341,8 @@ void ExactSearch::ensure_gates(const std::vector<int64_t>& parents) {
   const auto h = gather(h_, 1, todo);
   for (int64_t i = 0; i < layers_; ++i) {
     auto rows = pg_.narrow(0, i, 1);
-    scatter(rows, 1, todo, kernel_linear(h[i], p2g_.data() + 4 * i, 4 * hidden_).unsqueeze(0));
+    scatter(rows, 1, todo, layer_gates(h[i], i).unsqueeze(0));
   }
-  gate_rows += layers_ * static_cast<int64_t>(todo.size());
   for (int64_t p : todo) gates_ready_[p] = 1;
 }
 
@@ -401,15 +404,13 @@ void ExactSearch::release_stale(int64_t keep) {
 }
 
 torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
-                                const std::vector<int64_t>& counts, const std::vector<int64_t>& slots,
-                                int64_t n) {
+                                const std::vector<int64_t>& counts, const std::vector<int64_t>& slots) {
   const int64_t rows = static_cast<int64_t>(slots.size()), d = out_.size(1);
   TORCH_CHECK(enc_t.scalar_type() == torch::kFloat && enc_t.size(1) == d && enc_t.stride(1) == 1,
               "exact_search: encoder frame (N, D) fp32");
   RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
   // x = enc + pred, ReLU'd, in one pass over the rows (the same fp32 add as ATen's; ReLU keeps
   // NaN and sends the rest at or below 0 to +0); tanh runs after, as engine.joiner.JoinerStep
-  (void)n;
   auto x = torch::empty({rows, d}, out_.options());
   float* xp = x.data_ptr<float>();
   const float* cache = out_.data_ptr<float>();
@@ -453,7 +454,7 @@ std::vector<std::vector<ExactSearch::Hyp>> ExactSearch::frame(const torch::Tenso
       counts.push_back(static_cast<int64_t>(a[s].size()));
       for (const auto& h : a[s]) slots.push_back(h.slot);
     }
-    auto logp = join(enc_t, active, counts, slots, n);  // (R, V)
+    auto logp = join(enc_t, active, counts, slots);  // (R, V)
     const float* lp = logp.data_ptr<float>();
     const int64_t width = symbols_ - 1;  // the blank is the last column
     std::vector<Scored> top;

@@ -81,9 +81,10 @@ class ExactSearch {
 
   void sort_ascending(std::vector<Hyp>& b);
   std::vector<std::vector<Hyp>> frame(const torch::Tensor& enc_t, std::vector<std::vector<Hyp>> a);
-  // Log-probs (rows, V) of the hypotheses' slots against their stream's frame.
+  // Log-probs (rows, V) of the hypotheses' slots against their stream's frame: rows in order,
+  // counts[k] of them for stream active[k] (enc_t: (N, D), one frame per stream).
   torch::Tensor join(const torch::Tensor& enc_t, const std::vector<int64_t>& active,
-                     const std::vector<int64_t>& counts, const std::vector<int64_t>& slots, int64_t n);
+                     const std::vector<int64_t>& counts, const std::vector<int64_t>& slots);
   // The slot of each input handle (touched), checked live.
   std::vector<int64_t> input_slots(const std::vector<int64_t>& handles, const char* who);
   // (origin, handle, score, tokens added since origin) of a hypothesis in slot.
@@ -119,6 +120,8 @@ class ExactSearch {
   int64_t find(int64_t parent, int64_t token) const;
   // Record slot as holding parent's prefix + token (its tensors already stored).
   void add_prefix(int64_t slot, int64_t parent, int64_t token);
+  // p2g of layer i: h (Q, H) -> (Q, 4H), counted in gate_rows.
+  torch::Tensor layer_gates(const torch::Tensor& h, int64_t i);
   // p2g(h) per layer: h (L, Q, H) -> (L, Q, 4H).
   torch::Tensor recurrent_gates(const torch::Tensor& h);
   // predictor_step's [out, h, c] into slots.

@@ -60,21 +60,18 @@ torch::Tensor log_mel(const torch::Tensor& wave, const torch::Tensor& window, co
   const float g = static_cast<float>(gain), e = static_cast<float>(M_E);
   float* mp = mel.data_ptr<float>();
   const int64_t count = mel.numel();
-  std::vector<float> linear(count);
-  std::vector<char> above(count);
+  std::vector<float> gained(count);
   for (int64_t i = 0; i < count; ++i) {
     const float v = mp[i] * g;
-    above[i] = v > e;
-    linear[i] = v / e;
-    mp[i] = v > e ? v : e;  // clamp(min=e); NaN stays NaN as in clamp
-    if (v != v) mp[i] = v;
+    gained[i] = v;
+    mp[i] = v > e || v != v ? v : e;  // clamp(min=e); NaN stays NaN as in clamp
   }
   at::log_(mel);
   const auto mc = mean.contiguous(), sc = invstd.contiguous();
   const float* mu = mc.data_ptr<float>();
   const float* is = sc.data_ptr<float>();
   for (int64_t i = 0; i < count; ++i) {
-    const float v = above[i] ? mp[i] : linear[i];
+    const float v = gained[i] > e ? mp[i] : gained[i] / e;
     const int64_t f = i % mels;
     mp[i] = (v - mu[f]) * is[f];
   }

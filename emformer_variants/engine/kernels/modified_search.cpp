@@ -107,7 +107,7 @@ std::vector<std::vector<ModifiedSearch::Cand>> ModifiedSearch::frame(const torch
       }
     }
     if (flat.empty()) break;
-    auto logp = join(enc_t, keep, counts, slots, n);  // (R, V)
+    auto logp = join(enc_t, keep, counts, slots);  // (R, V)
     if (lm_) {  // shallow fusion: logp + the LM's row of each hypothesis (fp32 sums, as in Python)
       auto fusion = torch::empty_like(logp);
       float* f = fusion.data_ptr<float>();

@@ -2,8 +2,10 @@
 # One-time set-up on a fresh Debian machine (Python 3.11, root): apt packages + .venv.
 # Idempotent: re-running only installs what is missing.
 #   --nonfree-voices  also the held-out voices of data=voices_nonfree (SVOX Pico, RHVoice,
-#                     MBROLA), which live in Debian's contrib/non-free sections: adds those
-#                     sections to apt (/etc/apt/sources.list.d/emformer-variants-nonfree.sources).
+#                     MBROLA) and the accented training voices (engine_weights `accents`: 10
+#                     more MBROLA diphone sets, festival's rab), which live in Debian's
+#                     contrib/non-free sections: adds those sections to apt
+#                     (/etc/apt/sources.list.d/emformer-variants-nonfree.sources).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nonfree=0
@@ -33,7 +35,10 @@ if [ "$nonfree" = 1 ]; then
   command -v pico2wave >/dev/null || nonfree_apt+=(libttspico-utils)
   command -v RHVoice-test >/dev/null || nonfree_apt+=(rhvoice rhvoice-english)
   command -v espeak-ng >/dev/null || nonfree_apt+=(espeak-ng)
-  for v in us1 us2 us3 en1; do [ -e "/usr/share/mbrola/$v" ] || nonfree_apt+=("mbrola-$v"); done
+  for v in us1 us2 us3 en1 de1 de2 de4 de6 fr1 gr2 hu1 ro1 sw1 sw2; do
+    [ -e "/usr/share/mbrola/$v" ] || nonfree_apt+=("mbrola-$v")
+  done
+  [ -d /usr/share/festival/voices/english/rab_diphone ] || nonfree_apt+=(festvox-rablpc16k)
   if [ ${#nonfree_apt[@]} -gt 0 ]; then
     if ! apt-cache policy libttspico-utils 2>/dev/null | grep -q "Candidate: [0-9]"; then
       . /etc/os-release

@@ -125,3 +125,43 @@ def test_trainable_nonfree_voices_take_tempo_and_pitch():
         high, _ = tts.synthesize(voice, "the garden gate was open all morning", pitch=1.2)
         assert len(fast) < 0.9 * len(plain), voice.name
         assert len(high) != len(plain) or not np.array_equal(high, plain), voice.name
+
+
+def test_accent_voices_are_an_opt_in_family_held_out_of_nothing_else():
+    """``accents`` draws 13 accented voices only when a corpus names it; no corpus without it
+    changes, and no held-out voice is among them."""
+    from emformer_variants.data.synthetic import DEFAULT_ENGINE_WEIGHTS, TRAIN_ENGINES, _config
+
+    accents = tts.accent_voices()
+    names = {v.name for v in accents}
+    assert len(accents) == len(names) == 13 and {v.group for v in accents} == {"accents"}
+    assert {v.engine for v in accents} == {"mbrola", "rhvoice", "festival"}
+    held = {v.name for v in tts.held_out_voices() + tts.nonfree_voices()}
+    assert not names & held and not names & {"mbrola-us3", "festival-kal_diphone"}
+    assert not any("kdlpc" in v.options.get("voice", "") for v in accents)  # kept for outside checks
+    assert names <= {v.name for v in tts.training_voices(TRAIN_ENGINES)}
+    without = set(TRAIN_ENGINES) - {"accents"}
+    assert not names & {v.name for v in tts.training_voices(without)}
+    config = _config({"train": 1}, 0, DEFAULT_ENGINE_WEIGHTS, {"austen": 1.0})
+    assert not any("family" in v for v in config["voices"])
+
+
+@needs_nonfree
+def test_accent_voices_speak_and_take_tempo():
+    missing = [v for v in tts.accent_voices() if v.engine == "mbrola"
+               and not (tts.os.path.exists(f"/usr/share/mbrola/{v.options['voice'][3:6]}"))]
+    if missing:
+        pytest.skip(f"MBROLA diphones missing for {missing[0].name} (bash scripts/setup.sh --nonfree-voices)")
+    for voice in tts.accent_voices()[::3]:
+        wave, sr = tts.synthesize(voice, "one two three.")
+        assert 0.4 < len(wave) / sr < 4.0 and np.abs(wave).max() > 0.05, voice.name
+        fast, _ = tts.synthesize(voice, "one two three four five six.", rate=1.3)
+        plain, _ = tts.synthesize(voice, "one two three four five six.")
+        assert len(fast) < 0.9 * len(plain), voice.name
+
+
+def test_missing_mbrola_diphones_are_one_line(monkeypatch):
+    voice = tts.Voice("mbrola-zz9-en", "mbrola", {"voice": "mb-zz9-en"})
+    monkeypatch.setattr(tts.os.path, "isdir", lambda p: True)
+    with pytest.raises(UserError, match="apt-get install mbrola-zz9"):
+        tts.synthesize(voice, "hello")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -79,7 +80,8 @@ FORMAT_VERSION = 2
 TEXT_SOURCES = ("austen", "gcide", "wordnet", "fortunes", "devil", "everyday")
 DEFAULT_TEXT_WEIGHTS = {"austen": 0.15, "gcide": 0.15, "wordnet": 0.2, "fortunes": 0.12, "devil": 0.03,
                         "everyday": 0.35}
-TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix", "mbrola", "rhvoice", "pico")
+TRAIN_ENGINES = ("espeak", "flite", "festival", "hibari", "kokoro", "kokoro_mix", "mbrola", "rhvoice", "pico",
+                 "accents")
 DEFAULT_ENGINE_WEIGHTS = {"espeak": 0.3, "flite": 0.25, "festival": 0.1, "hibari": 0.35}
 EVERYDAY_TEXTS = 60000  # template sentences generated (their pools split like any source)
 # Per-utterance jitter of a training voice: multipliers on its own tempo and pitch, and
@@ -221,7 +223,7 @@ def _jittered(voice: Voice, rng: np.random.Generator) -> tuple[Voice, float, flo
         rate, pitch = 1.0, 1.0
     if voice.engine == "espeak":
         pitch_range = int(rng.integers(*JITTER["espeak_range"]))
-        voice = Voice(voice.name, voice.engine, {**voice.options, "range": pitch_range})
+        voice = dataclasses.replace(voice, options={**voice.options, "range": pitch_range})
     return voice, float(rate), float(pitch)
 
 
@@ -229,7 +231,7 @@ def _plan(texts: dict[str, list[str]], seed: int, root: Path, engine_weights: di
           ) -> list[_Job]:
     by_engine: dict[str, list[Voice]] = {}
     for v in training_voices(engine_weights):
-        by_engine.setdefault(v.engine, []).append(v)
+        by_engine.setdefault(v.group, []).append(v)
     engines = list(engine_weights)
     probs = np.array([engine_weights[e] for e in engines])
     held_out = held_out_voices()
@@ -338,7 +340,8 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
                   **{name: f"{name}-{v}" for name, v in VERSIONS.items()}},
         "text_weights": text_weights,
         "engine_weights": engine_weights,
-        "voices": [{"name": v.name, "engine": v.engine, "options": v.options}
+        "voices": [{"name": v.name, "engine": v.engine, "options": v.options,
+                    **({"family": v.family} if v.family else {})}
                    for v in training_voices(engine_weights)],
         "held_out_voices": [{"name": v.name, "engine": v.engine, "options": v.options}
                             for v in held_out_voices()],

@@ -24,6 +24,11 @@ Engines (all run offline from pip or Debian packages):
   corpus naming ``mbrola``, ``rhvoice`` or ``pico`` trains on those engines' voices of
   ``nonfree_training_voices`` (three, three and Pico en-US), the other three stay held out.
   Pico reads at its own tempo and pitch.
+- ``accents`` (a family of voices, not an engine; opt-in by naming it in ``engine_weights``):
+  ``accent_voices``, English read by 10 MBROLA diphone sets recorded by speakers of other
+  languages (espeak-ng's ``mb-XX-en`` voices: German, French, Greek, Hungarian, Romanian,
+  Swedish), RHVoice evgeniy-eng and lyubov, and festival's British rab diphone voice
+  (``festvox-rablpc16k``): 13 more human-recorded speakers, most of them accented.
 
 A voice's ``formant_ratio`` / ``pitch_median`` options pass its audio through Praat's
 "Change gender" (``augment.change_gender``): a new virtual speaker from the same engine.
@@ -77,6 +82,11 @@ class Voice:
     name: str
     engine: str
     options: dict[str, Any] = field(default_factory=dict, hash=False)
+    family: str = ""  # the engine_weights key that draws this voice, when not its engine
+
+    @property
+    def group(self) -> str:
+        return self.family or self.engine
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -137,6 +147,11 @@ _ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f1", "f2", 
 _FLITE_F0 = {"slt": 167.0, "rms": 107.0, "awb": 126.0, "kal16": 95.0, "kal": 95.0}
 # festival's diphone voice: its intonation model's mean and spread of F0 (Hz).
 _FESTIVAL_F0 = {"kal_diphone": (105.0, 14.0)}
+# MBROLA diphone sets of other languages that espeak-ng drives in English (``mb-XX-en``), those
+# of which whisper tiny.en hears at least a quarter of the words of 8 Harvard sentences (it
+# misheard 23-73% of them here, 55% of MBROLA us1's; af1, de3, de5, fr4, nl2 and pl1, 75-94%, are
+# left out; scripts/voice_manifest.py + scripts/peer_whisper.py).
+_MBROLA_ACCENTS = ("de1", "de2", "de4", "de6", "fr1", "gr2", "hu1", "ro1", "sw1", "sw2")
 
 
 # The first espeak voices, each with its own tempo (words/min) and pitch (0-99).
@@ -173,7 +188,22 @@ def training_voices(engines) -> list[Voice]:
     """The training voices of a corpus drawing from ``engines``."""
     return (default_voices() + (kokoro_voices() if "kokoro" in engines else [])
             + (kokoro_mix_voices() if "kokoro_mix" in engines else [])
-            + [v for v in nonfree_training_voices() if v.engine in engines])
+            + [v for v in nonfree_training_voices() if v.engine in engines]
+            + (accent_voices() if "accents" in engines else []))
+
+
+def accent_voices() -> list[Voice]:
+    """The ``accents`` family: English from 10 MBROLA diphone sets of other languages (through
+    espeak-ng), RHVoice evgeniy-eng and lyubov, and festival's British rab diphone voice; all
+    from Debian's contrib/non-free sections (``scripts/setup.sh --nonfree-voices``). No held-out
+    set uses any of them; training voices of a corpus naming ``accents``."""
+    mbrola = [Voice(f"mbrola-{v}-en", "mbrola", {"voice": f"mb-{v}-en"}, family="accents")
+              for v in _MBROLA_ACCENTS]
+    rhvoice = [Voice(f"rhvoice-{v}", "rhvoice", {"voice": v}, family="accents")
+               for v in ("evgeniy-eng", "lyubov")]
+    rab = Voice("festival-rab_diphone", "festival", {"voice": "rab_diphone", "f0": 110.0, "f0_std": 16.0},
+                family="accents")
+    return mbrola + rhvoice + [rab]
 
 
 def kokoro_voices() -> list[Voice]:
@@ -276,6 +306,10 @@ def _rhvoice(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tup
 
 def _mbrola(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
     """Tempo in words per minute around espeak-ng's 175, pitch around its 50 (of 0-99)."""
+    database = opts["voice"].removeprefix("mb-").split("-")[0]
+    if os.path.isdir("/usr/share/mbrola") and not os.path.exists(f"/usr/share/mbrola/{database}"):
+        raise UserError(f"MBROLA voice {opts['voice']} needs its diphones: apt-get install mbrola-{database} "
+                        "(Debian non-free; scripts/setup.sh --nonfree-voices)")
     args = ["-v", opts["voice"], "-w", "{out}"]
     args += ["-s", str(round(175 * rate))] if rate != 1.0 else []
     args += ["-p", str(int(np.clip(round(50 * pitch), 0, 99)))] if pitch != 1.0 else []

@@ -118,12 +118,15 @@ class _Stack:
         self.flops_per_row_key = sum(4 * (la.attention.heads * la.attention.rank if la.attention.kind
                                           else la.attention.cache_widths[0]) for la in layers)
         self.layers = layers
+        # the MoE modules whose observers (router telemetry) need the Python loop; read per chunk
+        self.moes = [layer.ffn.moe for layer in layers if isinstance(layer.ffn, PackedMoE)]
         # the weights and plan converted to C++ once, not on every chunk
         self.impl = packed.kernel().EmformerStackPlan(self.params, self.plan, self.dims, self.eps, self.heads,
                                                       self.scaling, self.activation)
 
     def watched(self) -> bool:
-        return any(layer.watched() for layer in self.layers)
+        """An observer of a layer's MoE (router telemetry) needs the Python loop."""
+        return any(moe.observers for moe in self.moes)
 
     @classmethod
     def build(cls, layers: list[_Layer]) -> _Stack | None:
@@ -255,10 +258,6 @@ class _Layer:
         return StackArgs(tensors, [self.attention.kind, self.attention.rank, *links, *ffn_plan],
                          [impl.out_features for c in chains for impl in c], [float(m.eps) for m in norms],
                          code, macs_per_row)
-
-    def watched(self) -> bool:
-        """An observer of this layer's MoE (router telemetry) needs the Python path."""
-        return isinstance(self.ffn, PackedMoE) and bool(self.ffn.moe.observers)
 
     @property
     def heads(self) -> int:

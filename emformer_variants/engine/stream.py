@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +31,7 @@ from emformer_variants.engine.endpoint import EndpointConfig, EndpointTracker
 from emformer_variants.engine.pipeline import Pipeline, build_pipeline
 
 STAGES = ("features", "encoder", "search")
+_NO_HOOKS = nullcontext()  # reusable: a stream without hooks times nothing
 
 
 class StreamHook:
@@ -85,7 +86,9 @@ class Stream:
         self.state = pipeline.encoder.init(n)
         self.beams = [pipeline.search.init_state() for _ in range(n)]
 
-    def _stage(self, name: str) -> ExitStack:
+    def _stage(self, name: str) -> AbstractContextManager:
+        if not self.hooks:
+            return _NO_HOOKS
         stack = ExitStack()
         for hook in self.hooks:
             stack.enter_context(hook.stage(name))

@@ -148,7 +148,7 @@ _FLITE_F0 = {"slt": 167.0, "rms": 107.0, "awb": 126.0, "kal16": 95.0, "kal": 95.
 # festival's diphone voice: its intonation model's mean and spread of F0 (Hz).
 _FESTIVAL_F0 = {"kal_diphone": (105.0, 14.0)}
 # MBROLA diphone sets of other languages that espeak-ng drives in English (``mb-XX-en``), those
-# of which whisper tiny.en hears at least a quarter of the words of 8 Harvard sentences (it
+# of which whisper tiny.en hears more than a quarter of the words of 8 Harvard sentences (it
 # misheard 23-73% of them here, 55% of MBROLA us1's; af1, de3, de5, fr4, nl2 and pl1, 75-94%, are
 # left out; scripts/voice_manifest.py + scripts/peer_whisper.py).
 _MBROLA_ACCENTS = ("de1", "de2", "de4", "de6", "fr1", "gr2", "hu1", "ro1", "sw1", "sw2")

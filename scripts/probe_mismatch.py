@@ -26,6 +26,7 @@ import torch
 from emformer_variants.compare import compare, read_hyps
 from emformer_variants.data import augment as A
 from emformer_variants.data.manifest import Utterance, read_manifest, write_manifest
+from emformer_variants.data.synthetic import trim_silence
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.results import run_step
 from emformer_variants.utils.paths import PROJECT_ROOT
@@ -43,6 +44,13 @@ TRANSFORMS = {
     "tel": ("telephone band: 300-3400 Hz, 8 kHz and back", lambda w: A.telephone(w, SR)),
     "fast": ("speed x1.15 (tempo and pitch)", lambda w: A.speed_perturb(w, SR, 1.15)),
     "slow": ("speed x0.87", lambda w: A.speed_perturb(w, SR, 0.87)),
+    "fast130": ("speed x1.3", lambda w: A.speed_perturb(w, SR, 1.3)),
+    "fast145": ("speed x1.45 (about the training audio's words per minute)",
+                lambda w: A.speed_perturb(w, SR, 1.45)),
+    "tempo130": ("tempo x1.3, pitch kept (PSOLA)", lambda w: A.change_gender(w, SR, duration=1 / 1.3)),
+    "tempo145": ("tempo x1.45, pitch kept (PSOLA)", lambda w: A.change_gender(w, SR, duration=1 / 1.45)),
+    "trim": ("silence trimmed as the corpus's (0.15 s kept at each end)",
+             lambda w: torch.from_numpy(trim_silence(w.numpy(), SR, 0.15).copy())),
     "male": ("formants x0.87, pitch median 120 Hz (Praat Change gender)",
              lambda w: A.change_gender(w, SR, formant_ratio=0.87, pitch_median_hz=120.0)),
     "lowf": ("formants x0.92", lambda w: A.change_gender(w, SR, formant_ratio=0.92)),

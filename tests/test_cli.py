@@ -202,3 +202,30 @@ def test_wer_breakdown_script_groups_by_engine(tmp_path):
     proc = run_cli("scripts/wer_breakdown.py", str(tmp_path / "hyps.jsonl"), timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"error: {tmp_path / 'hyps.jsonl'}: a row has no speaker (/a/u0.flac); pass --manifest")
+
+
+def test_speaking_rate_script_counts_words_and_characters(tmp_path):
+    """scripts/speaking_rate.py: words a minute over all audio, median characters a second."""
+    import soundfile as sf
+
+    from emformer_variants.data.manifest import Utterance, write_manifest
+
+    rows = []
+    for i, (text, seconds) in enumerate([("one two three", 2.0), ("four five six seven", 4.0)]):
+        path = tmp_path / f"{i}.flac"
+        sf.write(path, [0.0] * int(16000 * seconds), 16000)
+        rows.append(Utterance(str(path), text, seconds))
+    write_manifest(tmp_path / "test.jsonl", rows)
+    proc = run_cli("scripts/speaking_rate.py", str(tmp_path / "test.jsonl"), timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # 7 words in 6 s = 70/min; characters a second 11/2 and 16/4, median 4.75
+    assert "70.0 words/min, 4.75 chars/s (median), 2 utterances" in proc.stdout
+    proc = run_cli("scripts/speaking_rate.py", str(tmp_path / "nope.jsonl"), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such manifest" in proc.stderr
+
+
+def test_voice_manifest_script_names_an_unknown_voice(tmp_path):
+    out = tmp_path / "x"
+    proc = run_cli("scripts/voice_manifest.py", "--voices", "nobody", "--out", str(out), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr[-2000:]
+    assert "--voices nobody: unknown voice" in proc.stderr and not out.exists()

@@ -52,10 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts", type=int, default=8, help="Harvard sentences per voice (the first N)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    import torch
-
     from emformer_variants.data.english import load_english
-    from emformer_variants.data.synthetic import SAMPLE_RATE, _resampler
+    from emformer_variants.data.synthetic import SAMPLE_RATE, to_sample_rate
 
     voices = resolve(args.voices)
     texts = [normalize_text(t) for t in load_english("harvard", project_cache_dir())[: args.texts]]
@@ -65,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, ((voice, text, *_), (wave, sr)) in enumerate(zip(requests, waves, strict=True)):
         path = args.out / f"{voice.name}-{n % len(texts):03d}.flac"
         path.parent.mkdir(parents=True, exist_ok=True)
-        if sr != SAMPLE_RATE:
-            with torch.no_grad():
-                wave = _resampler(sr)(torch.from_numpy(wave)).numpy()
+        wave = to_sample_rate(wave, sr)
         sf.write(path, wave, SAMPLE_RATE)
         utts.append(Utterance(str(path), text, len(wave) / SAMPLE_RATE, voice.name))
     write_manifest(args.out / "test.jsonl", utts)

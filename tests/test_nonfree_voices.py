@@ -149,7 +149,7 @@ def test_accent_voices_are_an_opt_in_family_held_out_of_nothing_else():
 @needs_nonfree
 def test_accent_voices_speak_and_take_tempo():
     missing = [v for v in tts.accent_voices() if v.engine == "mbrola"
-               and not (tts.os.path.exists(f"/usr/share/mbrola/{v.options['voice'][3:6]}"))]
+               and not tts.os.path.exists(f"/usr/share/mbrola/{tts.mbrola_database(v.options['voice'])}")]
     if missing:
         pytest.skip(f"MBROLA diphones missing for {missing[0].name} (bash scripts/setup.sh --nonfree-voices)")
     for voice in tts.accent_voices()[::3]:

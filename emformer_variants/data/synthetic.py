@@ -275,15 +275,22 @@ def _resampler(orig_freq: int):
     return AT.Resample(orig_freq, SAMPLE_RATE)  # caches its kernel: 4x faster than the function
 
 
+def to_sample_rate(wave: np.ndarray, sr: int) -> np.ndarray:
+    """A float32 waveform at ``sr`` Hz resampled to the corpus's ``SAMPLE_RATE``."""
+    if sr == SAMPLE_RATE:
+        return wave
+    import torch
+
+    with torch.no_grad():
+        return _resampler(sr)(torch.from_numpy(wave)).numpy()
+
+
 def _finish(job: _Job, wave: np.ndarray, sr: int) -> Utterance:
     import soundfile as sf
-    import torch
 
     if wave.size == 0 or not np.isfinite(wave).all() or np.abs(wave).max() == 0:
         raise RuntimeError(f"voice {job.voice.name} produced no audio for {job.text!r}")
-    if sr != SAMPLE_RATE:
-        with torch.no_grad():
-            wave = _resampler(sr)(torch.from_numpy(wave)).numpy()
+    wave = to_sample_rate(wave, sr)
     wave = trim_silence(wave, SAMPLE_RATE, job.pad_seconds)
     wave = wave * (10 ** (job.peak_dbfs / 20) / np.abs(wave).max())
     Path(job.path).parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +333,13 @@ def _render_block(jobs: list[_Job]) -> list[Utterance]:
     return [_finish(job, wave, sr) for job, (wave, sr) in zip(jobs, audio, strict=True)]
 
 
+def _voice_record(v: Voice) -> dict:
+    """A voice as the corpus config records it (``family`` only when set, so the configs of
+    corpora without one stay as they were)."""
+    record = {"name": v.name, "engine": v.engine, "options": v.options}
+    return {**record, "family": v.family} if v.family else record
+
+
 def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
             text_weights: dict[str, float]) -> dict:
     from emformer_variants.data.english import VERSIONS
@@ -340,11 +354,8 @@ def _config(counts: dict[str, int], seed: int, engine_weights: dict[str, float],
                   **{name: f"{name}-{v}" for name, v in VERSIONS.items()}},
         "text_weights": text_weights,
         "engine_weights": engine_weights,
-        "voices": [{"name": v.name, "engine": v.engine, "options": v.options,
-                    **({"family": v.family} if v.family else {})}
-                   for v in training_voices(engine_weights)],
-        "held_out_voices": [{"name": v.name, "engine": v.engine, "options": v.options}
-                            for v in held_out_voices()],
+        "voices": [_voice_record(v) for v in training_voices(engine_weights)],
+        "held_out_voices": [_voice_record(v) for v in held_out_voices()],
         "jitter": {**JITTER, "peak_dbfs": PEAK_DBFS_RANGE, "pad_seconds": PAD_SECONDS_RANGE},
     }
 

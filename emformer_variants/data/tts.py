@@ -304,9 +304,14 @@ def _rhvoice(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tup
     return _run_to_wav("rhvoice", args, text_stdin=text)
 
 
+def mbrola_database(voice: str) -> str:
+    """The MBROLA diphone set an espeak-ng MBROLA voice reads with: mb-us1 -> us1, mb-de4-en -> de4."""
+    return voice.removeprefix("mb-").split("-")[0]
+
+
 def _mbrola(opts: dict, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
     """Tempo in words per minute around espeak-ng's 175, pitch around its 50 (of 0-99)."""
-    database = opts["voice"].removeprefix("mb-").split("-")[0]
+    database = mbrola_database(opts["voice"])
     if os.path.isdir("/usr/share/mbrola") and not os.path.exists(f"/usr/share/mbrola/{database}"):
         raise UserError(f"MBROLA voice {opts['voice']} needs its diphones: apt-get install mbrola-{database} "
                         "(Debian non-free; scripts/setup.sh --nonfree-voices)")

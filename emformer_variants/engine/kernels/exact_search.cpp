@@ -408,6 +408,10 @@ torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<in
   const int64_t rows = static_cast<int64_t>(slots.size()), d = out_.size(1);
   TORCH_CHECK(enc_t.scalar_type() == torch::kFloat && enc_t.size(1) == d && enc_t.stride(1) == 1,
               "exact_search: encoder frame (N, D) fp32");
+  int64_t counted = 0;
+  for (int64_t c : counts) counted += c;
+  TORCH_CHECK(counted == rows && counts.size() == active.size(),
+              "exact_search: joiner rows do not match the streams' counts");  // before any row is written
   RECORD_FUNCTION("exact_search:joiner", std::vector<c10::IValue>());
   // x = enc + pred, ReLU'd, in one pass over the rows (the same fp32 add as ATen's; ReLU keeps
   // NaN and sends the rest at or below 0 to +0); tanh runs after, as engine.joiner.JoinerStep
@@ -431,7 +435,6 @@ torch::Tensor ExactSearch::join(const torch::Tensor& enc_t, const std::vector<in
       }
     }
   }
-  TORCH_CHECK(r == rows, "exact_search: joiner rows do not match the streams' counts");
   if (activation_ == 1) x = fast_tanh(x);
   auto logits = kernel_linear(x, joiner_.data(), symbols_);
   if (temperature_ != 1.0) logits = logits / temperature_;

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-symbols", type=int, default=None, help="modified/greedy: symbols per frame")
     ap.add_argument("--lm", default=None,
                     help="modified decoder: shallow fusion with english (built on first use) or an LM file")
-    ap.add_argument("--lm-weight", type=float, default=0.2, help="the LM's scale (with --lm)")
+    ap.add_argument("--lm-weight", type=float, default=0.1, help="the LM's scale (with --lm)")
     ap.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate (Hz)")
     ap.add_argument("--channels", type=int, default=1, help="stdin PCM channels (interleaved)")
     ap.add_argument("--json", action="store_true", help="one JSON object per event and line")

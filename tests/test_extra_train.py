@@ -79,3 +79,17 @@ def test_the_all_voices_config_repeats_only_kokoro():
     weights = [set(e.engine_weights) for e in dm.extra_train]
     assert weights == [{"mbrola", "rhvoice"}, {"pico"}, {"kokoro"}] and dm.extra_repeat == [1, 1, 4]
     assert cfg.data.augment.enabled and cfg.task_name == "tiny_base_all_voices"
+
+
+def test_stage10_is_every_voice_over_its_own_2400_steps():
+    from hydra import compose, initialize_config_dir
+
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        stage10 = compose("train", overrides=["experiment=tiny_base/stage10"])
+        every = compose("train", overrides=["experiment=tiny_base/every_voice"])
+    assert stage10.trainer.max_steps == stage10.module.scheduler.total_steps == 2400
+    assert stage10.data == every.data and stage10.module.optimizer == every.module.optimizer
+    assert stage10.task_name == "tiny_base_stage10"

@@ -93,3 +93,20 @@ def test_stage10_is_every_voice_over_its_own_2400_steps():
     assert stage10.trainer.max_steps == stage10.module.scheduler.total_steps == 2400
     assert stage10.data == every.data and stage10.module.optimizer == every.module.optimizer
     assert stage10.task_name == "tiny_base_stage10"
+
+
+def test_accents_more_keeps_the_stage10_sources_and_draws_two_new_ones():
+    from hydra import compose, initialize_config_dir
+
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        more = compose("train", overrides=["experiment=tiny_base/accents_more"])
+        stage10 = compose("train", overrides=["experiment=tiny_base/stage10"])
+    old, new = list(stage10.data.extra_train), list(more.data.extra_train)
+    repeats = list(more.data.extra_repeat)
+    assert new[:len(old)] == old and repeats[:len(old)] == list(stage10.data.extra_repeat)
+    added = [dict(x.engine_weights) for x in new[len(old):]]
+    assert added == [{"accents": 1.0}, {"mbrola": 0.5, "rhvoice": 0.5}]
+    assert len({x.seed for x in new}) == len(new) and more.trainer.max_steps == 2400

@@ -15,6 +15,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def compose_config(name: str, overrides: list[str]):
+    """The config of entry point ``name`` (``train``, ``evaluate``) composed from ``conf/`` with
+    ``overrides``, as Hydra composes it for the CLI (the project's resolvers registered)."""
+    from hydra import compose, initialize_config_dir
+
+    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
 SENTENCES = [
     "it is a truth universally acknowledged",
     "she was the youngest of the two daughters",

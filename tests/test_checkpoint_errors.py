@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from emformer_variants.errors import UserError
@@ -18,20 +17,14 @@ from emformer_variants.models.recognizer import Recognizer, recognizer_payload, 
 from emformer_variants.models.tokenizer import train_tokenizer
 from emformer_variants.surgery.registry import apply_surgery_, requested_specs
 from emformer_variants.utils.config_checks import check_train_config
-from emformer_variants.utils.paths import PROJECT_ROOT
-from tests.conftest import TEXTS, TINY_ARCH, run_cli
+from tests.conftest import TEXTS, TINY_ARCH, compose_config, run_cli
 
 MOE = {"name": "moe", "num_experts": 4, "top_k": 2, "d_ff": 16, "init": "upcycle"}
 
 
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose(name, overrides=overrides)
-
-
 def _tiny_rec(variant: dict | None = None) -> Recognizer:
     """A model of the TINY_ARCH config (what the CLI tests train), optionally with a variant."""
-    arch = OmegaConf.to_container(_compose("train", TINY_ARCH).model.arch, resolve=True)
+    arch = OmegaConf.to_container(compose_config("train", TINY_ARCH).model.arch, resolve=True)
     torch.manual_seed(0)
     rec = Recognizer(arch, FeatureConfig(), train_tokenizer(TEXTS * 5))
     if variant:
@@ -89,7 +82,7 @@ def _damage_tensor_bytes(src, dst) -> None:
 ])
 def test_bad_files_for_evaluation(files, name, needle):
     with pytest.raises(UserError) as e:
-        resolve_checkpoint(str(files / name), _compose("evaluate", ["ckpt=base"]).model)
+        resolve_checkpoint(str(files / name), compose_config("evaluate", ["ckpt=base"]).model)
     msg = str(e.value)
     assert needle in msg and str(files / name) in msg and "\n" not in msg
 
@@ -100,7 +93,7 @@ def test_bad_files_for_evaluation(files, name, needle):
     ("foreign.pt", "not an emformer-variants checkpoint"),
 ])
 def test_bad_files_for_resume(files, name, needle):
-    cfg = _compose("train", [*TINY_ARCH, "init=scratch", f"ckpt_path={files / name}"])
+    cfg = compose_config("train", [*TINY_ARCH, "init=scratch", f"ckpt_path={files / name}"])
     with pytest.raises(UserError) as e:
         check_train_config(cfg)
     assert needle in str(e.value) and str(files / name) in str(e.value)
@@ -116,25 +109,26 @@ def test_corrupt_resume_checkpoint_fails_its_checksum(files, tmp_path):
 def test_resume_with_another_variant_lists_what_differs(files):
     ok = [*TINY_ARCH, "init=scratch", f"ckpt_path={files / 'moe.ckpt'}", "variant=moe",
           "variant.num_experts=4", "variant.d_ff=16"]
-    check_train_config(_compose("train", [*ok, "variant.init=upcycle"]))  # the same variant resumes
+    check_train_config(compose_config("train", [*ok, "variant.init=upcycle"]))  # the same variant resumes
     with pytest.raises(UserError) as e:
-        check_train_config(_compose("train", [*ok, "variant.top_k=1", "variant.init=random"]))
+        check_train_config(compose_config("train", [*ok, "variant.top_k=1", "variant.init=random"]))
     msg = str(e.value)
     assert msg.startswith(f"ckpt_path={files / 'moe.ckpt'}: the checkpoint differs from the requested model")
     assert "moe.top_k: 2 in the checkpoint vs 1 requested" in msg
     assert "moe.init: 'upcycle' in the checkpoint vs 'random' requested" in msg
     with pytest.raises(UserError, match="variant moe in the checkpoint vs mla requested"):
-        check_train_config(_compose("train", [*TINY_ARCH, "init=scratch", f"ckpt_path={files / 'moe.ckpt'}",
-                                              "variant=mla"]))
+        check_train_config(compose_config("train", [*TINY_ARCH, "init=scratch",
+                                                    f"ckpt_path={files / 'moe.ckpt'}", "variant=mla"]))
     with pytest.raises(UserError, match="variant moe in the checkpoint vs dense requested"):
-        check_train_config(_compose("train", [*TINY_ARCH, "init=scratch", f"ckpt_path={files / 'moe.ckpt'}"]))
+        check_train_config(compose_config("train", [*TINY_ARCH, "init=scratch",
+                                                    f"ckpt_path={files / 'moe.ckpt'}"]))
 
 
 def test_resume_with_another_architecture_lists_what_differs(files):
     with pytest.raises(UserError) as e:  # the default tiny size, not the checkpoint's test size
-        check_train_config(_compose("train", ["init=scratch", f"ckpt_path={files / 'moe.ckpt'}",
-                                              "variant=moe", "variant.num_experts=4", "variant.d_ff=16",
-                                              "variant.init=upcycle"]))
+        check_train_config(compose_config("train", ["init=scratch", f"ckpt_path={files / 'moe.ckpt'}",
+                                                    "variant=moe", "variant.num_experts=4", "variant.d_ff=16",
+                                                    "variant.init=upcycle"]))
     assert "arch.encoding_dim: 32 in the checkpoint vs 256 requested" in str(e.value)
     assert "arch.transformer_ffn_dim: 64 in the checkpoint vs 1024 requested" in str(e.value)
     assert "; and 1 more;" in str(e.value)  # at most 6 listed: the line stays readable
@@ -142,11 +136,12 @@ def test_resume_with_another_architecture_lists_what_differs(files):
 
 def test_resume_from_final_pt_is_refused(files):
     with pytest.raises(UserError, match="holds a recognizer but no optimizer, scheduler or loop state"):
-        check_train_config(_compose("train", [*TINY_ARCH, "init=scratch", f"ckpt_path={files / 'dense.pt'}"]))
+        check_train_config(compose_config("train", [*TINY_ARCH, "init=scratch",
+                                                    f"ckpt_path={files / 'dense.pt'}"]))
 
 
 def test_expected_variant_in_evaluation(files):
-    rec = resolve_checkpoint(str(files / "moe.pt"), _compose("evaluate", ["ckpt=base"]).model)
+    rec = resolve_checkpoint(str(files / "moe.pt"), compose_config("evaluate", ["ckpt=base"]).model)
     moe = dict(MOE)
     assert diff_variants(rec.variants, requested_specs(moe)) == []
     assert "moe.num_experts: 4 in the checkpoint vs 8 requested" in \

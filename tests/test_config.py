@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from emformer_variants.utils.paths import PROJECT_ROOT
+from tests.conftest import compose_config
 
 CONF = PROJECT_ROOT / "conf"
-
-
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(name, overrides=overrides, return_hydra_config=False)
 
 
 @pytest.mark.parametrize("group", ["data", "model", "variant", "trainer", "callbacks", "logger", "module",
@@ -26,14 +21,14 @@ def test_every_option_composes(group):
             overrides.append("data.path=/nonexistent")
         if group == "data" and option in ("librispeech", "manifest"):
             overrides.append("data.root=/nonexistent")
-        cfg = _compose("train", overrides)
+        cfg = compose_config("train", overrides)
         assert cfg[group if group != "experiment" else "task_name"] is not None
 
 
 def test_evaluate_requires_ckpt():
     from omegaconf.errors import MissingMandatoryValue
 
-    cfg = _compose("evaluate", [])
+    cfg = compose_config("evaluate", [])
     with pytest.raises(MissingMandatoryValue):
         _ = cfg.ckpt
 
@@ -41,9 +36,9 @@ def test_evaluate_requires_ckpt():
 def test_the_default_module_distils_from_the_base_and_not_from_scratch():
     """module=recovery_short: from the base, a teacher and only the surgery's parameters; with
     init=scratch (no base) no teacher and every parameter, unless a run sets them itself."""
-    base = _compose("train", [])
+    base = compose_config("train", [])
     assert base.module.distill.weight == 1.0 and base.module.train_only == "auto"
     assert base.module.optimizer.lr == 1e-4 and base.trainer.max_steps == 300
-    scratch = _compose("train", ["init=scratch"])
+    scratch = compose_config("train", ["init=scratch"])
     assert scratch.module.distill.weight == 0.0 and scratch.module.train_only == "all"
-    assert _compose("train", ["init=scratch", "module.distill.weight=1"]).module.distill.weight == 1
+    assert compose_config("train", ["init=scratch", "module.distill.weight=1"]).module.distill.weight == 1

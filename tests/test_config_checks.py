@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from emformer_variants.errors import UserError
 from emformer_variants.utils.config_checks import check_evaluate_config, check_train_config
 from emformer_variants.utils.paths import PROJECT_ROOT
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 CONF = PROJECT_ROOT / "conf"
-
-
-def _compose(name: str, overrides: list[str]):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose(name, overrides=overrides)
 
 
 @pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF / "variant").glob("*.yaml")))
 @pytest.mark.parametrize("model", ["tiny", "emformer_base"])
 def test_shipped_configs_pass(variant, model):
     """Every shipped variant fits both architectures (emformer_base: structure only, no weights)."""
-    check_train_config(_compose("train", [f"variant={variant}", f"model={model}"]))
+    check_train_config(compose_config("train", [f"variant={variant}", f"model={model}"]))
 
 
 @pytest.mark.parametrize("experiment", sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                                               for p in (CONF / "experiment").rglob("*.yaml")))
 def test_shipped_experiments_pass(experiment):
-    check_train_config(_compose("train", [f"experiment={experiment}"]))
+    check_train_config(compose_config("train", [f"experiment={experiment}"]))
 
 
 BAD_TRAIN = [
@@ -72,7 +66,7 @@ BAD_TRAIN = [
 @pytest.mark.parametrize("overrides,needle", BAD_TRAIN, ids=[" ".join(o) for o, _ in BAD_TRAIN])
 def test_bad_train_settings(overrides, needle):
     with pytest.raises(UserError) as e:
-        check_train_config(_compose("train", overrides))
+        check_train_config(compose_config("train", overrides))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -89,7 +83,7 @@ BAD_EVAL = [
 @pytest.mark.parametrize("overrides,needle", BAD_EVAL, ids=[" ".join(o) for o, _ in BAD_EVAL])
 def test_bad_evaluate_settings(overrides, needle):
     with pytest.raises(UserError) as e:
-        check_evaluate_config(_compose("evaluate", overrides))
+        check_evaluate_config(compose_config("evaluate", overrides))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -109,8 +103,8 @@ def test_cli_rejects_before_any_work(tmp_path):
 @pytest.mark.parametrize("data", sorted(p.stem for p in (CONF / "data").glob("*.yaml")))
 def test_every_data_config_passes(data):
     extra = {"audiofolder": ["data.path=/x"], "librispeech": ["data.root=/x"], "manifest": ["data.root=/x"]}
-    check_train_config(_compose("train", [f"data={data}", *extra.get(data, [])]))
-    check_evaluate_config(_compose("evaluate", ["ckpt=base", f"data={data}", *extra.get(data, [])]))
+    check_train_config(compose_config("train", [f"data={data}", *extra.get(data, [])]))
+    check_evaluate_config(compose_config("evaluate", ["ckpt=base", f"data={data}", *extra.get(data, [])]))
 
 
 def test_unknown_variant_option_lists_the_choices(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 from emformer_variants.data.datamodule import ASRDataModule
 from emformer_variants.data.sources import ManifestSource
 from emformer_variants.errors import UserError
+from tests.conftest import compose_config
 
 
 def test_extra_sources_add_their_train_split_repeated(mini_corpus):
@@ -45,13 +46,7 @@ def test_extra_source_without_train_is_a_user_error(mini_corpus, tmp_path):
 
 @pytest.mark.parametrize("name", ["pretrain_kokoro", "pretrain_kokoro_more"])
 def test_the_kokoro_configs_compose(name):
-    from hydra import compose, initialize_config_dir
-
-    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
-    from tests.conftest import ROOT
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=[f"data={name}"])
+    cfg = compose_config("train", [f"data={name}"])
     extra = cfg.data.extra_train[0]
     assert extra.engine_weights == {"kokoro": 1.0} and cfg.data.extra_repeat == 4
     assert cfg.data.source.num_train == 24000
@@ -66,13 +61,7 @@ def test_the_kokoro_configs_compose(name):
 
 
 def test_the_all_voices_config_repeats_only_kokoro():
-    from hydra import compose, initialize_config_dir
-
-    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
-    from tests.conftest import ROOT
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        cfg = compose("train", overrides=["experiment=tiny_base/all_voices"])
+    cfg = compose_config("train", ["experiment=tiny_base/all_voices"])
     import hydra
 
     dm = hydra.utils.instantiate(cfg.data)  # builds nothing yet
@@ -82,28 +71,16 @@ def test_the_all_voices_config_repeats_only_kokoro():
 
 
 def test_stage10_is_every_voice_over_its_own_2400_steps():
-    from hydra import compose, initialize_config_dir
-
-    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
-    from tests.conftest import ROOT
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        stage10 = compose("train", overrides=["experiment=tiny_base/stage10"])
-        every = compose("train", overrides=["experiment=tiny_base/every_voice"])
+    stage10 = compose_config("train", ["experiment=tiny_base/stage10"])
+    every = compose_config("train", ["experiment=tiny_base/every_voice"])
     assert stage10.trainer.max_steps == stage10.module.scheduler.total_steps == 2400
     assert stage10.data == every.data and stage10.module.optimizer == every.module.optimizer
     assert stage10.task_name == "tiny_base_stage10"
 
 
 def test_accents_more_keeps_the_stage10_sources_and_draws_two_new_ones():
-    from hydra import compose, initialize_config_dir
-
-    import emformer_variants.utils.paths  # noqa: F401  (the ev_* resolvers)
-    from tests.conftest import ROOT
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
-        more = compose("train", overrides=["experiment=tiny_base/accents_more"])
-        stage10 = compose("train", overrides=["experiment=tiny_base/stage10"])
+    more = compose_config("train", ["experiment=tiny_base/accents_more"])
+    stage10 = compose_config("train", ["experiment=tiny_base/stage10"])
     old, new = list(stage10.data.extra_train), list(more.data.extra_train)
     repeats = list(more.data.extra_repeat)
     assert new[:len(old)] == old and repeats[:len(old)] == list(stage10.data.extra_repeat)

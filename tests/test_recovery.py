@@ -139,3 +139,20 @@ def test_train_only_auto_is_surgery_with_a_surgery_and_all_without():
     assert all(p.requires_grad for p in model.parameters())
     assert freeze_outside_surgery_(model, "auto", ["1.weight", "1.bias"]) == 3 * 2 + 2
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["1.weight", "1.bias"]
+
+
+SHIPPED_STAGE = "tiny_base/stage10"   # the stage checkpoints/tiny_base.pt comes from (docs/tiny_base.md)
+
+
+@pytest.mark.parametrize("row", ["dense", "moe", "mla", "lowrank", "lowrank_asvd", "mla_moe",
+                                 "mla_lowrank", "moe_neutral"])
+def test_recovery_recipes_read_the_shipped_base_pretraining_data(row):
+    """The recovery recipe fine-tunes on the corpus and augmentation the shipped base was last
+    pretrained on, not on an earlier stage's (which left voices out and moved the dense control)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    base = compose_config("train", [f"experiment={SHIPPED_STAGE}"])
+    recipe = compose_config("train", [f"experiment=finetune/{row}"])
+    assert OmegaConf.to_container(recipe.data) == OmegaConf.to_container(base.data)  # augmentation included

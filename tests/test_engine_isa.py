@@ -2,11 +2,13 @@
 the same results on every path this machine has.
 
 What is bit-exact and what is compared with a tolerance, and why:
-- AVX2 vs AVX-512, every precision: **bit for bit**. Both paths use the same packed layouts.
+- AVX2 vs AVX-512 vs AMX, every precision: **bit for bit**. Both paths use the same packed layouts.
   fp32/fp16/bf16 weights: each output is one fp32 FMA chain over k in order, then the same
   bias add, whatever the vector width (the fp16/bf16 widening is exact). int8: the integer
   sums are exact on both (vpmaddubsw + vpmaddwd on AVX2, vpdpbusd on AVX-512 VNNI; 7-bit
-  inputs never saturate), and quantising x and scaling the sums is the same shared code.
+  inputs never saturate; AMX's tdpbusd on 16-row tiles alike), and quantising x and scaling
+  the sums is the same shared code. AMX runs only the int8 sums of 16 rows or more with K a
+  multiple of 64; the shapes below include such cases.
   The fused paths (encoder stack, predictor step, exact search) call these kernels and
   ATen's ops, so they are bit for bit too.
 - A kernel vs the torch fallback: **tolerance**. ``F.linear`` (MKL) sums in another order;
@@ -31,8 +33,9 @@ from tests.conftest import ROOT, make_tiny_rec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-KERNEL_ISAS = ("avx2", "avx512")
+KERNEL_ISAS = ("avx2", "avx512", "amx")
 AVX512_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni")
+AMX_FLAGS = (*AVX512_FLAGS, "amx_tile", "amx_int8")
 
 
 def require(*isas: str) -> None:
@@ -42,13 +45,22 @@ def require(*isas: str) -> None:
     for isa in isas:
         if isa not in packed.available_isas():
             k = packed.kernel()
-            missing = [f for f in AVX512_FLAGS if not k.cpu_flags().get(f)] if isa == "avx512" else []
+            needed = {"avx512": AVX512_FLAGS, "amx": AMX_FLAGS}.get(isa, ())
+            missing = [f for f in needed if not k.cpu_flags().get(f)]
             why = f"CPU lacks {' '.join(missing)}" if missing else "the compiler did not build it"
+            if not missing and isa == "amx" and k.amx_built() and not k.amx_permitted():
+                why = "the OS did not grant the AMX tile state (arch_prctl)"
             pytest.skip(f"{isa} path skipped: {why} ({packed.cpu_name()})")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view(torch.int32)  # compares -0.0 and NaN payloads too
+
+
+def faster_paths() -> list[str]:
+    """The paths above AVX2 this machine has, each compared with AVX2; skips when there is none."""
+    require("avx2", "avx512")
+    return [isa for isa in KERNEL_ISAS[1:] if isa in packed.available_isas()]
 
 
 def run_in(isa: str, fn, *args):
@@ -69,7 +81,8 @@ def test_flags_come_from_the_cpu_and_the_best_path_is_chosen():
                           if line.startswith("flags")).split(":")[1].split())
         assert {f for f, on in flags.items() if on} == {f for f in flags if f in listed}
     has512 = all(flags[f] for f in AVX512_FLAGS) and k.avx512_built()
-    assert k.best_isa() == ("avx512" if has512 else "avx2")
+    has_amx = has512 and all(flags[f] for f in AMX_FLAGS) and k.amx_built() and k.amx_permitted()
+    assert k.best_isa() == ("amx" if has_amx else "avx512" if has512 else "avx2")
     assert packed.available_isas() == list(packed.ISAS[packed.ISAS.index(k.best_isa()):])
     forced = packed._forced_isa()
     assert packed.isa() == (forced if forced in packed.available_isas() else k.best_isa())
@@ -86,10 +99,11 @@ def test_use_isa_switches_and_restores_and_rejects_what_is_missing():
         with pytest.raises(ValueError, match="available here"):
             with packed.use_isa(name):
                 pass
-    if "avx512" not in packed.available_isas():
-        with pytest.raises(ValueError, match="available here"):
-            with packed.use_isa("avx512"):
-                pass
+    for name in ("avx512", "amx"):
+        if name not in packed.available_isas():
+            with pytest.raises(ValueError, match="available here"):
+                with packed.use_isa(name):
+                    pass
 
 
 def _isa_in_subprocess(value: str) -> subprocess.CompletedProcess:
@@ -100,7 +114,7 @@ def _isa_in_subprocess(value: str) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
-@pytest.mark.parametrize("value", ["avx2", "avx512", "none"])
+@pytest.mark.parametrize("value", ["avx2", "avx512", "amx", "none"])
 def test_environment_forces_the_path(value):
     if value != "none":
         require(value)
@@ -119,12 +133,12 @@ def test_environment_typo_is_an_error():
 # ---------------------------------------------------------------- linears
 
 SHAPES = [(1, 1), (17, 33), (64, 16), (300, 97), (1024, 257)]  # (K, N)
-ROWS = (0, 1, 4, 5, 6, 7, 11, 12, 13, 25, 40)
+ROWS = (0, 1, 4, 5, 6, 7, 11, 12, 13, 16, 25, 33, 40)  # AMX: 16 rows and more
 
 
 @pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
-def test_avx2_and_avx512_give_the_same_bits(kind):
-    require("avx2", "avx512")
+def test_every_path_gives_the_same_bits_as_avx2(kind):
+    paths = faster_paths()
     g = torch.Generator().manual_seed(21)
     for k, n in SHAPES:
         w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
@@ -136,8 +150,9 @@ def test_avx2_and_avx512_give_the_same_bits(kind):
         for m in ROWS:
             x = torch.randn(m, k, generator=g) * 3
             for lin in lins:
-                same = torch.equal(bits(run_in("avx2", lin, x)), bits(run_in("avx512", lin, x)))
-                assert same, (kind, k, n, m)
+                ref = bits(run_in("avx2", lin, x))
+                for isa in paths:
+                    assert torch.equal(ref, bits(run_in(isa, lin, x))), (kind, isa, k, n, m)
 
 
 @pytest.mark.parametrize("isa", KERNEL_ISAS)
@@ -167,7 +182,7 @@ def test_each_path_matches_torch_within_rounding(isa):
 # ---------------------------------------------------------------- fused paths
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
-def test_fused_encoder_and_exact_search_give_the_same_bits_on_both_paths(precision):
+def test_fused_encoder_and_exact_search_give_the_same_bits_on_every_path(precision):
     """The whole engine (fused layer stack, predictor step, exact search with its prefix cache)
     on two streams, one restarted, run once per path: every chunk's encoder output and beam
     (tokens and fp32 scores) is identical."""
@@ -175,11 +190,11 @@ def test_fused_encoder_and_exact_search_give_the_same_bits_on_both_paths(precisi
     from emformer_variants.engine.exact import ExactBeamSearch
     from emformer_variants.engine.precision import apply_precision_
 
-    require("avx2", "avx512")
+    paths = ["avx2", *faster_paths()]
     rec = make_tiny_rec(7)
     apply_precision_(rec, precision)
     runs = {}
-    for isa in KERNEL_ISAS:
+    for isa in paths:
         enc = StreamingEncoder(rec.model)
         search = ExactBeamSearch(rec.model, rec.blank, 8)
         assert enc.stack is not None and search.fused is not None
@@ -194,17 +209,18 @@ def test_fused_encoder_and_exact_search_give_the_same_bits_on_both_paths(precisi
                 beams = search.step(out * 4, beams)  # sharper logits: more tokens per frame
                 trace.append((bits(out), [search.hypotheses(b) for b in beams]))
         runs[isa] = trace
-    for (ya, ha), (yb, hb) in zip(runs["avx2"], runs["avx512"], strict=True):
-        assert torch.equal(ya, yb) and ha == hb
+    for isa in paths[1:]:
+        for (ya, ha), (yb, hb) in zip(runs["avx2"], runs[isa], strict=True):
+            assert torch.equal(ya, yb) and ha == hb, isa
     assert len(runs["avx2"][-1][1][0][0][0]) > 3  # tokens were emitted
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_fused_predictor_step_gives_the_same_bits_on_both_paths(precision):
+def test_fused_predictor_step_gives_the_same_bits_on_every_path(precision):
     from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.engine.predictor import PredictorStep
 
-    require("avx2", "avx512")
+    paths = faster_paths()
     rec = make_tiny_rec(9)
     apply_precision_(rec, precision)
     step = PredictorStep(rec.model.predictor)
@@ -214,5 +230,7 @@ def test_fused_predictor_step_gives_the_same_bits_on_both_paths(precision):
         tokens = torch.randint(0, step.table0.shape[0], (m,), generator=g)
         h, c = (torch.randn(step.num_layers, m, step.hidden, generator=g) for _ in range(2))
         with torch.inference_mode():
-            a, b = (run_in(isa, step, tokens, run_in(isa, step.recurrent_gates, h), c) for isa in KERNEL_ISAS)
-        assert all(torch.equal(bits(u), bits(v)) for u, v in zip(a, b, strict=True))
+            a = run_in("avx2", step, tokens, run_in("avx2", step.recurrent_gates, h), c)
+            for isa in paths:
+                b = run_in(isa, step, tokens, run_in(isa, step.recurrent_gates, h), c)
+                assert all(torch.equal(bits(u), bits(v)) for u, v in zip(a, b, strict=True)), isa

@@ -26,7 +26,7 @@ def test_kernel_builds_where_it_can():
     a kernel switched off (EMFORMER_VARIANTS_KERNEL_ISA=none) skips."""
     if packed._unavailable_reason():
         pytest.skip(f"kernel disabled: {packed._unavailable_reason()}")
-    assert require_kernel() is kernel() is not None and packed.isa() in ("avx2", "avx512")
+    assert require_kernel() is kernel() is not None and packed.isa() in ("avx2", "avx512", "amx")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -15,9 +15,12 @@ instruction does 32 products where an fp32 FMA does 8, so it is 1.7x the fp16 ke
 base's encoder linears and 7.4x ``F.linear`` (``scripts/bench_linears.py``).
 
 Instruction set (``isa()``): each kernel has an AVX2 path and an AVX-512 path (AVX-512
-F/BW/DQ/VL with VNNI; ``kernels/avx512.cpp``), chosen at run time from the CPU's flags. Both
-give the same bits (see ``kernels/avx512.cpp``). ``EMFORMER_VARIANTS_KERNEL_ISA=avx2|avx512|none``
-forces one (``none``: the torch fallback); ``use_isa`` switches between the two in a process.
+F/BW/DQ/VL with VNNI; ``kernels/avx512.cpp``), and on CPUs with AMX-INT8 (Sapphire Rapids and
+later, the OS granting the tile state) the ``amx`` level runs the int8 linear's sums on tiles
+for 16 rows or more and K a multiple of 64 (``kernels/amx.cpp``; many streams), the rest as
+``avx512``. The level is chosen at run time from the CPU's flags; all give the same bits (see
+``kernels/avx512.cpp``, ``kernels/amx.cpp``). ``EMFORMER_VARIANTS_KERNEL_ISA=amx|avx512|avx2|none``
+forces one (``none``: the torch fallback); ``use_isa`` switches between them in a process.
 
 The kernels are compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja;
 about a minute, cached under ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``,
@@ -54,7 +57,7 @@ EXTENSION = "emformer_variants_packed_linear_" + hashlib.sha1(
     f"{KERNELS.resolve()}|{sys.prefix}".encode()).hexdigest()[:10]
 WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ISA_ENV = "EMFORMER_VARIANTS_KERNEL_ISA"
-ISAS = ("avx512", "avx2", "none")  # best first; "none" = the torch fallback
+ISAS = ("amx", "avx512", "avx2", "none")  # best first; "none" = the torch fallback
 
 _KERNEL: object | None = None
 _TRIED = False
@@ -172,7 +175,8 @@ def _flag_text(k) -> str:
 
 
 def isa() -> str:
-    """The instruction set the kernels run on now: ``avx512`` (AVX-512 F/BW/DQ/VL with VNNI),
+    """The instruction set the kernels run on now: ``amx`` (``avx512`` plus AMX-INT8 tiles for the
+    int8 linears), ``avx512`` (AVX-512 F/BW/DQ/VL with VNNI),
     ``avx2`` (AVX2, FMA, F16C) or ``none`` (no kernel: the torch fallback)."""
     k = kernel()
     return "none" if k is None else k.isa()
@@ -216,7 +220,7 @@ def isa_report() -> str:
 
 @contextmanager
 def use_isa(name: str) -> Iterator[None]:
-    """Run the kernels with ``name`` (``avx2`` or ``avx512``) inside the block, for comparing
+    """Run the kernels with ``name`` (``avx2``, ``avx512`` or ``amx``) inside the block, for comparing
     paths in one process; ValueError if the kernel or this CPU cannot. Linears built inside or
     outside the block work with either: both paths share the packed layouts."""
     k = kernel()

@@ -1,5 +1,5 @@
 // Dynamic int8 linear layers for few rows on x86-64 CPUs: AVX2 here, AVX-512 VNNI in
-// avx512.cpp, chosen per call by active_isa(). Both give the same exact int32 sums, and the
+// avx512.cpp, AMX tiles in amx.cpp, chosen per call by active_isa(). All give the same exact int32 sums, and the
 // quantisation of x and the finish below are shared, so the outputs are the same bits.
 //
 //   y[m, n] = sx[m] * sw[n] * (sum_k xq[m, k] * q[n, k] - zx[m] * colsum[n]) + bias[n]
@@ -31,6 +31,7 @@ namespace {
 
 constexpr int64_t NR = 16;
 constexpr int64_t MR_MAX = 5;
+constexpr int64_t kAmxMinRows = 16;
 constexpr int64_t kAhead = 16384;  // bytes ahead into L2, as in avx512.cpp
 
 template <int MR>
@@ -167,7 +168,11 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   // quantise x: per row, asymmetric 0..127 with 0 exact; padding k's are 0 (their weights are 0)
   const int64_t ldx = 4 * K4;
   thread_local std::vector<uint8_t> xq;  // reused by the calling thread: no allocation per call
-  if (static_cast<int64_t>(xq.size()) < M * ldx) xq.resize(M * ldx);
+  // AMX tiles take 16 rows and 64 k at a time: M is padded with zero rows, K must fill whole
+  // tiles (else the VNNI path); below kAmxMinRows rows VNNI is as fast (bench_linears.py)
+  const bool amx = active_isa() == Isa::amx && K4 % 16 == 0 && M >= kAmxMinRows;
+  const int64_t Mpad = amx ? (M + 15) / 16 * 16 : M;
+  if (static_cast<int64_t>(xq.size()) < Mpad * ldx) xq.resize(Mpad * ldx);
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
   const float* xp = x.data_ptr<float>();
@@ -184,13 +189,36 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
     quantize_row(row, K, s, z, q);
     for (int64_t k = K; k < ldx; ++k) q[k] = 0;
   }
+  if (Mpad > M) std::memset(xq.data() + M * ldx, 0, (Mpad - M) * ldx);
   const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const int8_t* w = packed.data_ptr<int8_t>();
   const int32_t* cs = colsum.data_ptr<int32_t>();
   const float* sw = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K4 * 64));
-  const bool vnni = active_isa() == Isa::avx512;
+  if (amx) {  // two panels at a time: each activation tile feeds two products
+    struct Finish {
+      int64_t M, N, Mpad;
+      const float *sx, *sw, *b;
+      const int32_t *zx, *cs;
+      float* y;
+    } fin{M, N, Mpad, sx.data(), sw, b, zx.data(), cs, yp};
+    const AmxPanelsDone done = [](void* ctx, int64_t p, int panels, const int32_t* sums) {
+      const Finish& f = *static_cast<const Finish*>(ctx);
+      for (int i = 0; i < panels; ++i) {
+        const int64_t n0 = (p + i) * NR, n = std::min(NR, f.N - n0);
+        finish(sums + i * f.Mpad * NR, static_cast<int>(f.M), f.sx, f.zx, f.cs + n0, f.sw + n0,
+               f.b ? f.b + n0 : nullptr, f.y + n0, f.N, n);
+      }
+    };
+    at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
+      thread_local std::vector<int32_t> tile_sums;
+      if (static_cast<int64_t>(tile_sums.size()) < 2 * Mpad * NR) tile_sums.resize(2 * Mpad * NR);
+      int8_panels_amx(xqp, ldx, Mpad / 16, K4, w, begin, end, tile_sums.data(), done, &fin);
+    });
+    return y;
+  }
+  const bool vnni = active_isa() >= Isa::avx512;
   const int rows = vnni ? kVnniRows : static_cast<int>(MR_MAX);
   // the row blocks, the same for every panel: at most ``rows`` rows each, as equal as possible
   // with VNNI (13 rows: 7 + 6); worked out once here, not per panel (two integer divisions)

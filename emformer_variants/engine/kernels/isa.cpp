@@ -35,6 +35,10 @@ CpuFlags detect() {
   f.avx512bw = zmm && (b & (1u << 30));
   f.avx512vl = zmm && (b & (1u << 31));
   f.avx512vnni = zmm && (c & (1u << 11));
+  const bool tile_state = (xcr & 0x60000) == 0x60000;  // XTILECFG and XTILEDATA
+  f.amx_tile = tile_state && (d & (1u << 24));
+  f.amx_int8 = f.amx_tile && (d & (1u << 25));
+  f.amx_bf16 = f.amx_tile && (d & (1u << 22));
   __cpuid_count(7, 1, a, b, c, d);
   f.avx512bf16 = zmm && (a & (1u << 5));
   return f;
@@ -52,8 +56,10 @@ const CpuFlags& cpu_flags() {
 Isa best_isa() {
   const CpuFlags& f = cpu_flags();
   if (!(f.avx2 && f.fma && f.f16c)) return Isa::none;
-  if (avx512_built() && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni)
+  if (avx512_built() && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512vnni) {
+    if (amx_built() && f.amx_int8 && amx_permitted()) return Isa::amx;
     return Isa::avx512;
+  }
   return Isa::avx2;
 }
 
@@ -74,6 +80,7 @@ bool set_active_isa(Isa level) {
 
 const char* isa_name(Isa level) {
   switch (level) {
+    case Isa::amx: return "amx";
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     default: return "none";

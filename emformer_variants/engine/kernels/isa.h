@@ -7,12 +7,15 @@
 #include <cstdint>
 
 // Levels, in order. avx2 needs AVX2, FMA and F16C; avx512 needs AVX-512 F, BW, DQ, VL and
-// VNNI (Ice Lake, Zen 4 and later). Every file but avx512.cpp is built with -mavx2 -mfma
+// VNNI (Ice Lake, Zen 4 and later); amx is avx512 plus AMX-TILE and AMX-INT8 with the OS's
+// grant of the tile state (Sapphire Rapids and later): the int8 linear's sums run on tiles,
+// everything else on the avx512 path. Every file but avx512.cpp is built with -mavx2 -mfma
 // -mf16c, so the extension needs at least avx2 to be loaded (engine/packed.py checks first).
-enum class Isa : int { none = 0, avx2 = 1, avx512 = 2 };
+enum class Isa : int { none = 0, avx2 = 1, avx512 = 2, amx = 3 };
 
 struct CpuFlags {
   bool avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl, avx512vnni, avx512bf16;
+  bool amx_tile, amx_int8, amx_bf16;  // cpuid, and XCR0 enabling the tile state
 };
 
 // What cpuid and xgetbv report (xgetbv: whether the OS saves the AVX / AVX-512 registers).
@@ -40,3 +43,18 @@ void packed_panels_avx512(const float* x, int64_t M, int64_t K, const void* w, i
 constexpr int kVnniRows = 12;
 void int8_sums_vnni(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, int mr,
                     int32_t* sums);
+
+// ---- AMX kernel (amx.cpp); call only when active_isa() == Isa::amx.
+
+// Whether the compiler could build it (else amx is never chosen).
+bool amx_built();
+// Whether Linux lets this process use the tile data (asked once, for the whole process).
+bool amx_permitted();
+// int8_linear's exact int32 sums on tiles for ``blocks`` blocks of 16 rows of xq (row stride
+// ldx; rows past M zero) and panels [begin, end) of w (P x K4 x 16 x 4 int8, K4 a multiple of
+// 16), two panels at a time: after each pair (or last single panel) it calls
+// done(ctx, p, panels, sums) with sums[(i * blocks * 16 + m) * 16 + j] for panel p + i.
+// sums holds 2 * blocks * 256 int32.
+using AmxPanelsDone = void (*)(void* ctx, int64_t p, int panels, const int32_t* sums);
+void int8_panels_amx(const uint8_t* xq, int64_t ldx, int64_t blocks, int64_t K4, const int8_t* w,
+                     int64_t begin, int64_t end, int32_t* sums, AmxPanelsDone done, void* ctx);

@@ -17,9 +17,10 @@ torch::Tensor moe_experts(torch::Tensor grouped, std::vector<int64_t> sizes,
 namespace {
 
 Isa parse_isa(const std::string& name) {
+  if (name == "amx") return Isa::amx;
   if (name == "avx512") return Isa::avx512;
   if (name == "avx2") return Isa::avx2;
-  TORCH_CHECK(false, "unknown instruction set ", name, " (avx512 or avx2)");
+  TORCH_CHECK(false, "unknown instruction set ", name, " (amx, avx512 or avx2)");
   return Isa::none;
 }
 
@@ -27,7 +28,8 @@ std::map<std::string, bool> flags() {
   const CpuFlags& f = cpu_flags();
   return {{"avx2", f.avx2}, {"fma", f.fma}, {"f16c", f.f16c}, {"avx512f", f.avx512f},
           {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq}, {"avx512vl", f.avx512vl},
-          {"avx512_vnni", f.avx512vnni}, {"avx512_bf16", f.avx512bf16}};
+          {"avx512_vnni", f.avx512vnni}, {"avx512_bf16", f.avx512bf16},
+          {"amx_tile", f.amx_tile}, {"amx_int8", f.amx_int8}, {"amx_bf16", f.amx_bf16}};
 }
 
 // A search on the prefix cache of exact_search.h (ExactSearch or a search derived from it):
@@ -61,8 +63,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "the best level this CPU and build support");
   m.def("isa", [] { return std::string(isa_name(active_isa())); }, "the level the kernels use now");
   m.def("avx512_built", &avx512_built, "whether the compiler built the AVX-512 kernels");
+  m.def("amx_built", &amx_built, "whether the compiler built the AMX int8 kernel");
+  m.def("amx_permitted", &amx_permitted, "whether Linux granted this process the AMX tile state");
   m.def("set_isa", [](const std::string& name) { return set_active_isa(parse_isa(name)); },
-        "use avx512 or avx2 from now on; False (no change) when this CPU or build cannot");
+        "use amx, avx512 or avx2 from now on; False (no change) when this CPU or build cannot");
   m.def("fast_tanh", &fast_tanh, "tanh of every element, fp32, within 1 ulp (elementwise.cpp)");
   m.def("stream_read", &stream_read, "read every byte of a tensor once, one thread (bandwidth floor)");
   m.def("emformer_stack", &emformer_stack, "one streaming chunk through packed Emformer layers");

@@ -134,7 +134,7 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
   float* yp = y.data_ptr<float>();
   // Split panels across threads only when each gets a few hundred KB of weights.
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K * NR * packed.element_size()));
-  if (active_isa() == Isa::avx512) {
+  if (active_isa() >= Isa::avx512) {  // amx: the fp kernels stay AVX-512
     const int code = dtype == torch::kFloat ? 0 : dtype == torch::kHalf ? 1 : 2;
     const void* w = packed.data_ptr();
     at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {

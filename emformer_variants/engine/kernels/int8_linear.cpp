@@ -196,24 +196,26 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   const float* sw = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K4 * 64));
-  if (amx) {  // two panels at a time: each activation tile feeds two products
+  if (amx) {
     struct Finish {
-      int64_t M, N, Mpad;
+      int64_t M, N;
       const float *sx, *sw, *b;
       const int32_t *zx, *cs;
       float* y;
-    } fin{M, N, Mpad, sx.data(), sw, b, zx.data(), cs, yp};
-    const AmxPanelsDone done = [](void* ctx, int64_t p, int panels, const int32_t* sums) {
+    } fin{M, N, sx.data(), sw, b, zx.data(), cs, yp};
+    const AmxPanelsDone done = [](void* ctx, int64_t row0, int64_t p0, int64_t p1, const int32_t* sums) {
       const Finish& f = *static_cast<const Finish*>(ctx);
-      for (int i = 0; i < panels; ++i) {
-        const int64_t n0 = (p + i) * NR, n = std::min(NR, f.N - n0);
-        finish(sums + i * f.Mpad * NR, static_cast<int>(f.M), f.sx, f.zx, f.cs + n0, f.sw + n0,
-               f.b ? f.b + n0 : nullptr, f.y + n0, f.N, n);
+      const int rows = static_cast<int>(std::min<int64_t>(32, f.M - row0));
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * NR, n = std::min(NR, f.N - n0);
+        finish(sums + (p - p0) * 32 * NR, rows, f.sx + row0, f.zx + row0, f.cs + n0, f.sw + n0,
+               f.b ? f.b + n0 : nullptr, f.y + row0 * f.N + n0, f.N, n);
       }
     };
     at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
       thread_local std::vector<int32_t> tile_sums;
-      if (static_cast<int64_t>(tile_sums.size()) < 2 * Mpad * NR) tile_sums.resize(2 * Mpad * NR);
+      const int64_t need = amx_group_panels(K4) * 32 * NR;
+      if (static_cast<int64_t>(tile_sums.size()) < need) tile_sums.resize(need);
       int8_panels_amx(xqp, ldx, Mpad / 16, K4, w, begin, end, tile_sums.data(), done, &fin);
     });
     return y;

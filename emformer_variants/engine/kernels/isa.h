@@ -52,9 +52,12 @@ bool amx_built();
 bool amx_permitted();
 // int8_linear's exact int32 sums on tiles for ``blocks`` blocks of 16 rows of xq (row stride
 // ldx; rows past M zero) and panels [begin, end) of w (P x K4 x 16 x 4 int8, K4 a multiple of
-// 16), two panels at a time: after each pair (or last single panel) it calls
-// done(ctx, p, panels, sums) with sums[(i * blocks * 16 + m) * 16 + j] for panel p + i.
-// sums holds 2 * blocks * 256 int32.
-using AmxPanelsDone = void (*)(void* ctx, int64_t p, int panels, const int32_t* sums);
+// 16). Panels go in groups of amx_group_panels(K4); for each pair of row blocks b, b + 1 and
+// group [p0, p1) it calls done(ctx, 16 * b, p0, p1, sums) with
+// sums[((p - p0) * 32 + r) * 16 + j] for row 16 * b + r (r < 32) and column 16 * p + j.
+// sums holds amx_group_panels(K4) * 32 * 16 int32.
+using AmxPanelsDone = void (*)(void* ctx, int64_t row0, int64_t p0, int64_t p1, const int32_t* sums);
 void int8_panels_amx(const uint8_t* xq, int64_t ldx, int64_t blocks, int64_t K4, const int8_t* w,
                      int64_t begin, int64_t end, int32_t* sums, AmxPanelsDone done, void* ctx);
+// Panels per group: an even number whose weights take at most 256 KB (2 to 64).
+int64_t amx_group_panels(int64_t K4);

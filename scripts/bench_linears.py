@@ -1,17 +1,18 @@
 """Time the emformer_base linears at the engine's batch sizes, one backend against another.
 
-    python scripts/bench_linears.py [--threads 1] [--reps 9]
+    python scripts/bench_linears.py [--threads 1] [--reps 9] [--streams 1]
 
 Every linear of the random-weight ``emformer_base`` (torchaudio's architecture) is grouped as
 the engine calls it: the 20 encoder layers' linears (query/key/value fused, attention output,
 both FFN halves) on one chunk (5 rows: 4 frames + 1 right-context frame), and the joiner and
-the predictor's linears on a beam of 10 rows. Each pass calls every linear of a group once,
+the predictor's linears on a beam of 10 rows; ``--streams N`` multiplies both by N (N streams
+stepped together, as ``bench --streams`` batches them). Each pass calls every linear of a group once,
 so the weights stream from memory as in decoding (they do not fit in cache). Backends run in
 rotating order, pass by pass; the median pass (wall time, or with ``--clock cpu`` the thread's
 CPU time) is reported, with the weight bytes and
 floating-point operations per pass turned into GB/s and GFLOP/s.
 
-The packed kernels run once per instruction set this CPU has (``[avx512]``, ``[avx2]``;
+The packed kernels run once per instruction set this CPU has (``[amx]``, ``[avx512]``, ``[avx2]``;
 ``engine.packed.use_isa``), in the same rotation. The "memory floor" rows time one thread
 reading the group's int8 weight bytes once, one buffer per linear (``stream_read``, in the
 same rotation): no int8
@@ -50,8 +51,8 @@ from emformer_variants.engine.packed import (  # noqa: E402
 )
 
 
-def groups(model) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
-    """name -> (rows per call, linears)."""
+def groups(model, streams: int = 1) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
+    """name -> (rows per call, linears), for ``streams`` streams stepped together."""
     encoder, search = [], []
     for layer in model.transcriber.transformer.emformer_layers:
         att = layer.attention
@@ -60,7 +61,9 @@ def groups(model) -> dict[str, tuple[int, list[torch.nn.Linear]]]:
     for lstm in model.predictor.lstm_layers:
         search += [lstm.x2g, lstm.p2g]
     search += [model.predictor.linear, model.joiner.linear]
-    return {"encoder (20 layers, 5 rows)": (5, encoder), "joiner + predictor (10 rows)": (10, search)}
+    enc_rows, search_rows = 5 * streams, 10 * streams
+    return {f"encoder (20 layers, {enc_rows} rows)": (enc_rows, encoder),
+            f"joiner + predictor ({search_rows} rows)": (search_rows, search)}
 
 
 def reader(nbytes: int):
@@ -111,6 +114,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--streams", type=int, default=1,
+                   help="rows per call x N: N streams stepped together (AMX runs from 16 rows)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time, or the thread's CPU time (steadier on a busy machine)")
     args = p.parse_args()
@@ -128,7 +133,7 @@ def main() -> int:
     print("| group | backend | ms per pass | vs F.linear | weight GB/s | GFLOP/s |")
     print("|---|---|---|---|---|---|")
     with torch.inference_mode():
-        for name, (rows, linears) in groups(model).items():
+        for name, (rows, linears) in groups(model, args.streams).items():
             fns, isas = backends(linears)
             xs = {m.in_features: torch.randn(rows, m.in_features) for m in linears}
             times: dict[str, list[float]] = {b: [] for b in fns}

@@ -2,7 +2,7 @@
 the same results on every path this machine has.
 
 What is bit-exact and what is compared with a tolerance, and why:
-- AVX2 vs AVX-512 vs AMX, every precision: **bit for bit**. Both paths use the same packed layouts.
+- AVX2 vs AVX-512 vs AMX, every precision: **bit for bit**. All paths use the same packed layouts.
   fp32/fp16/bf16 weights: each output is one fp32 FMA chain over k in order, then the same
   bias add, whatever the vector width (the fp16/bf16 widening is exact). int8: the integer
   sums are exact on both (vpmaddubsw + vpmaddwd on AVX2, vpdpbusd on AVX-512 VNNI; 7-bit

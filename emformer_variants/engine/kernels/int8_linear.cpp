@@ -169,7 +169,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   const int64_t ldx = 4 * K4;
   thread_local std::vector<uint8_t> xq;  // reused by the calling thread: no allocation per call
   // AMX tiles take 16 rows and 64 k at a time: M is padded with zero rows, K must fill whole
-  // tiles (else the VNNI path); below kAmxMinRows rows VNNI is as fast (bench_linears.py)
+  // tiles (else the VNNI path); below kAmxMinRows rows most of each tile would be padding
   const bool amx = active_isa() == Isa::amx && K4 % 16 == 0 && M >= kAmxMinRows;
   const int64_t Mpad = amx ? (M + 15) / 16 * 16 : M;
   if (static_cast<int64_t>(xq.size()) < Mpad * ldx) xq.resize(Mpad * ldx);

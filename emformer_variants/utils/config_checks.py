@@ -228,6 +228,9 @@ def check_train_config(cfg: DictConfig) -> None:
                         "checkpoint); set module.distill.weight=0 to train from scratch")
     if cfg.get("export", "last") not in ("best", "last"):
         raise UserError(f"export={cfg.get('export')!r}: choose best or last")
+    ema = cfg.get("ema_decay", 0.0)
+    if not (_is_num(ema) and 0 <= ema < 1):
+        raise UserError(f"ema_decay={ema!r}: must be a number in [0, 1), e.g. 0.99 (0: no weight averaging)")
     train_only = _get(cfg, "module.train_only") or "all"
     if train_only not in TRAIN_ONLY:
         raise UserError(f"module.train_only={train_only!r}: choose one of {', '.join(TRAIN_ONLY)}")

@@ -3,8 +3,11 @@
 Same math as torchaudio's ``RNNT.transcribe_streaming`` (``_EmformerEncoder.infer`` and
 ``Emformer.infer`` with ``max_memory_size=0``), arranged for speed:
 - per layer, the left-context keys/values of all streams sit in one (N, L, D) tensor; the
-  keys of a chunk are ``[right context, left context, utterance]`` as in torchaudio, and
-  the next left context is the last L rows of that same tensor (no extra copies);
+  keys of a chunk are ``[right context, left context, utterance]`` as in torchaudio. The
+  fused stack keeps that tensor as a ring (``EncoderState.head``, its oldest row): a chunk
+  writes its S rows in place and attention reads the left context where it lies, so no
+  (N, R + L + S, D) concatenation is copied per layer; the Python loop concatenates and
+  starts a new tensor (head 0). ``EncoderState.left_context`` gives either in age order;
 - each stream has its own history length, so a stream that has seen fewer than L frames
   masks the unused slots (torchaudio's batched ``infer`` takes the first stream's length
   for all), and streams can start and stop independently (``reset``);
@@ -53,9 +56,15 @@ from emformer_variants.surgery.mla import MLAAttention, MLAEmformerLayer
 
 @dataclass
 class EncoderState:
-    keys: list[torch.Tensor]  # per layer (N, L, D)
+    keys: list[torch.Tensor]  # per layer (N, L, D): a ring, its oldest row at ``head``
     values: list[torch.Tensor]
     past: list[int] = field(default_factory=list)  # utterance frames seen, per stream
+    head: int = 0  # the slot of the oldest left-context row (the same in every layer and stream)
+
+    def left_context(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s keys and values (N, L, ·) oldest first, as torchaudio's state holds them."""
+        k, v = self.keys[layer], self.values[layer]
+        return (k.roll(-self.head, 1), v.roll(-self.head, 1)) if self.head else (k, v)
 
     def nbytes(self, stream: int | None = None) -> int:
         total = sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -139,14 +148,17 @@ class _Stack:
         return cls(layers, args)
 
     def __call__(self, x: torch.Tensor, r: int, lo: int, s: int, keys: list[torch.Tensor],
-                 values: list[torch.Tensor], mask: torch.Tensor | None):
-        """-> (output (N, R + S, D), next keys, next values) as ``StreamingEncoder.step``'s loop."""
-        keys_seen = r + keys[0].shape[1] - lo + s
+                 values: list[torch.Tensor], head: int, mask: torch.Tensor | None):
+        """-> (output (N, R + S, D), keys, values, head) as ``StreamingEncoder.step``'s loop;
+        the caches are rings (``EncoderState``) updated in place."""
+        left = keys[0].shape[1]
+        keys_seen = r + left - lo + s
         per_row = self.flops_per_row + keys_seen * self.flops_per_row_key
         packed.count_flops(x.shape[0] * x.shape[1] * per_row)
-        out = packed.call(self.impl.run, x.contiguous(), r, lo, s, keys, values, mask, label="emformer_stack")
+        out = packed.call(self.impl.run, x.contiguous(), r, lo, s, head, keys, values, mask,
+                          label="emformer_stack")
         n = len(keys)
-        return out[0], out[1:1 + n], out[1 + n:]
+        return out[0], out[1:1 + n], out[1 + n:], (head + s) % left if left else 0
 
 
 class _Attention:
@@ -307,16 +319,20 @@ class StreamingEncoder:
         state.past[stream] = 0
 
     def _loop(self, x: torch.Tensor, r: int, lo: int, s: int, keys_old: list[torch.Tensor],
-              values_old: list[torch.Tensor], mask: torch.Tensor | None):
-        """The layers one by one in Python: what ``_Stack`` does in one C++ call."""
+              values_old: list[torch.Tensor], head: int, mask: torch.Tensor | None):
+        """The layers one by one in Python: what ``_Stack`` does in one C++ call. New caches
+        in age order (head 0)."""
         left = self.left
+        if head:
+            keys_old = [k.roll(-head, 1) for k in keys_old]
+            values_old = [v.roll(-head, 1) for v in values_old]
         keys, values = [], []
         for layer, k_old, v_old in zip(self.layers, keys_old, values_old, strict=True):
             x, k, v = layer(x, r, k_old[:, lo:], v_old[:, lo:], mask)
             # next left context: the last L rows of [old left context, this utterance]
             keys.append(k[:, -left:] if s >= lo else torch.cat([k_old[:, s:], k[:, -s:]], dim=1))
             values.append(v[:, -left:] if s >= lo else torch.cat([v_old[:, s:], v[:, -s:]], dim=1))
-        return x, keys, values
+        return x, keys, values, 0
 
     @torch.inference_mode()
     def step(self, feats: torch.Tensor, state: EncoderState) -> tuple[torch.Tensor, EncoderState]:
@@ -336,6 +352,6 @@ class StreamingEncoder:
             start = torch.tensor([r + (left - v) - lo for v in valid])
             mask = (cols[None, :] >= r) & (cols[None, :] < start[:, None])
         run = self._loop if self.stack is None or self.stack.watched() else self.stack
-        x, keys, values = run(x, r, lo, s, state.keys, state.values, mask)
+        x, keys, values, head = run(x, r, lo, s, state.keys, state.values, state.head, mask)
         out = self.out_norm(self.output_linear(x[:, r:]))
-        return out, EncoderState(keys, values, [p + s for p in state.past])
+        return out, EncoderState(keys, values, [p + s for p in state.past], head)

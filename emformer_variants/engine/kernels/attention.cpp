@@ -4,7 +4,9 @@
 // same function as torchaudio's ``bmm(q * scaling, k^T)``, ``masked_fill(-1e8)``, softmax,
 // ``bmm(p, v)`` on heads reshaped to (N*H, ·, Dh), without those reshapes (the copies and
 // per-op costs that were half of a 32-stream encoder step outside the matmuls); sums run in
-// another order, so results agree to fp32 rounding.
+// another order, so results agree to fp32 rounding. ``ring_attention`` reads the left context
+// from the streaming cache's ring (``emformer_stack``) instead of a concatenated copy: the same
+// keys in the same order, so the same bits as ``stream_attention`` on the concatenation.
 #include "linears.h"
 
 #include <immintrin.h>
@@ -55,38 +57,24 @@ inline __m128 dot4(const float* a, const float* const* keys, int64_t dh) {
 
 #define EV_MULADD(w, x, o) _mm256_add_ps(o, _mm256_mul_ps(w, x))
 
-torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling) {
-  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.scalar_type() == torch::kFloat &&
-                  k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat,
-              "stream_attention: q (N, T, D), k and v (N, K, D), fp32");
-  TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1 && v.stride(2) == 1,
-              "stream_attention: the last dimension must be contiguous");
-  const int64_t n = q.size(0), t = q.size(1), d = q.size(2), kt = k.size(1), dh = d / heads;
-  TORCH_CHECK(dh * heads == d && k.size(0) == n && v.size(0) == n && v.size(1) == kt && k.size(2) == d &&
-                  v.size(2) == d,
-              "stream_attention: shapes do not match");
-  const bool has_mask = mask.has_value() && mask->defined();
-  torch::Tensor m;
-  if (has_mask) {
-    m = mask->to(torch::kBool).contiguous();
-    TORCH_CHECK(m.dim() == 2 && m.size(0) == n && m.size(1) == kt, "stream_attention: mask must be (N, K)");
-  }
-  const bool* mp = has_mask ? m.data_ptr<bool>() : nullptr;
-  auto out = at::empty({n, t, d}, q.options());
+namespace {
+
+// The attention of every (stream, head, query row) given each stream's key and value rows as
+// pointers, kt per stream in key order (krows[b * kt + j]); out (N, T, D) contiguous.
+void attend(const torch::Tensor& q, const float* const* krows, const float* const* vrows, int64_t kt,
+            const bool* mp, int64_t heads, double scaling, float* op) {
+  const int64_t n = q.size(0), t = q.size(1), d = q.size(2), dh = d / heads;
   const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
   const float scale = static_cast<float>(scaling);
   // strides as plain numbers: a TensorBase::stride call in the inner loops is not hoisted
-  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), ks0 = k.stride(0), ks1 = k.stride(1);
-  const int64_t vs0 = v.stride(0), vs1 = v.stride(1);
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1);
   // per (stream, head): all T query rows against each key row in turn (each key and value row
   // is read once for the T rows)
   std::vector<float> qs(t * dh), p(t * kt);
   for (int64_t b = 0; b < n; ++b) {
     const bool* mb = mp ? mp + b * kt : nullptr;
+    const float* const* kb = krows + b * kt;
+    const float* const* vb = vrows + b * kt;
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t i = 0; i < t; ++i) {
         const float* qi = qp + b * qs0 + i * qs1 + h * dh;
@@ -96,7 +84,7 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
       if (dh % 8 == 0)
         for (; j + 4 <= kt; j += 4) {
           const float* kj[4];
-          for (int m = 0; m < 4; ++m) kj[m] = kp + b * ks0 + (j + m) * ks1 + h * dh;
+          for (int m = 0; m < 4; ++m) kj[m] = kb[j + m] + h * dh;
           for (int64_t i = 0; i < t; ++i) {
             alignas(16) float sc[4];
             _mm_store_ps(sc, dot4(&qs[i * dh], kj, dh));
@@ -104,7 +92,7 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
           }
         }
       for (; j < kt; ++j) {
-        const float* kj = kp + b * ks0 + j * ks1 + h * dh;
+        const float* kj = kb[j] + h * dh;
         for (int64_t i = 0; i < t; ++i) p[i * kt + j] = (mb && mb[j]) ? -1e8f : dot(&qs[i * dh], kj, dh);
       }
       for (int64_t i = 0; i < t; ++i) {
@@ -121,14 +109,13 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
       if (dh % 32 == 0) {
         // the weighted sum with 32 outputs of a row in registers: the same multiply and add per
         // element, in the same key order, as the loop below
-        const float* v0 = vp + b * vs0 + h * dh;
         for (int64_t i = 0; i < t; ++i) {
           float* oi = op + (b * t + i) * d + h * dh;
           for (int64_t c = 0; c < dh; c += 32) {
             __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
             for (int64_t j = 0; j < kt; ++j) {
               const __m256 w = _mm256_set1_ps(p[i * kt + j]);
-              const float* vj = v0 + j * vs1 + c;
+              const float* vj = vb[j] + h * dh + c;
               o0 = EV_MULADD(w, _mm256_loadu_ps(vj), o0);
               o1 = EV_MULADD(w, _mm256_loadu_ps(vj + 8), o1);
               o2 = EV_MULADD(w, _mm256_loadu_ps(vj + 16), o2);
@@ -142,7 +129,7 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
         }
       } else {
         for (int64_t j = 0; j < kt; ++j) {
-          const float* vj = vp + b * vs0 + j * vs1 + h * dh;
+          const float* vj = vb[j] + h * dh;
           for (int64_t i = 0; i < t; ++i) {
             const float w = p[i * kt + j];
             float* oi = op + (b * t + i) * d + h * dh;
@@ -152,5 +139,84 @@ torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, c
       }
     }
   }
+}
+
+void check_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads,
+               const char* who) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && q.scalar_type() == torch::kFloat &&
+                  k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat,
+              who, ": q (N, T, D), k and v (N, K, D), fp32");
+  TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1 && v.stride(2) == 1, who,
+              ": the last dimension must be contiguous");
+  const int64_t d = q.size(2);
+  TORCH_CHECK((d / heads) * heads == d && k.size(0) == q.size(0) && v.size(0) == q.size(0) &&
+                  k.size(1) == v.size(1) && k.size(2) == d && v.size(2) == d,
+              who, ": shapes do not match");
+}
+
+const bool* mask_rows(const c10::optional<torch::Tensor>& mask, int64_t n, int64_t kt, torch::Tensor& held) {
+  if (!mask.has_value() || !mask->defined()) return nullptr;
+  held = mask->to(torch::kBool).contiguous();
+  TORCH_CHECK(held.dim() == 2 && held.size(0) == n && held.size(1) == kt, "stream_attention: mask must be (N, K)");
+  return held.data_ptr<bool>();
+}
+
+}  // namespace
+
+torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling) {
+  check_qkv(q, k, v, heads, "stream_attention");
+  const int64_t n = q.size(0), kt = k.size(1);
+  torch::Tensor held;
+  const bool* mp = mask_rows(mask, n, kt, held);
+  std::vector<const float*> krows(n * kt), vrows(n * kt);
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t j = 0; j < kt; ++j) {
+      krows[b * kt + j] = kp + b * k.stride(0) + j * k.stride(1);
+      vrows[b * kt + j] = vp + b * v.stride(0) + j * v.stride(1);
+    }
+  auto out = at::empty({n, q.size(1), q.size(2)}, q.options());
+  attend(q, krows.data(), vrows.data(), kt, mp, heads, scaling, out.data_ptr<float>());
+  return out;
+}
+
+torch::Tensor ring_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& k_ring, const torch::Tensor& v_ring, int64_t r, int64_t lo,
+                             int64_t head, const c10::optional<torch::Tensor>& mask, int64_t heads,
+                             double scaling) {
+  check_qkv(q, k, v, heads, "ring_attention");
+  check_qkv(q, k_ring, v_ring, heads, "ring_attention");
+  const int64_t n = q.size(0), t = k.size(1), left = k_ring.size(1), kt = t + left - lo;
+  TORCH_CHECK(0 <= r && r <= t && 0 <= lo && lo <= left && (left == 0 || (0 <= head && head < left)),
+              "ring_attention: bad r, lo or head");
+  torch::Tensor held;
+  const bool* mp = mask_rows(mask, n, kt, held);
+  std::vector<const float*> krows(n * kt), vrows(n * kt);
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* krp = k_ring.data_ptr<float>();
+  const float* vrp = v_ring.data_ptr<float>();
+  for (int64_t b = 0; b < n; ++b) {
+    const float** kb = krows.data() + b * kt;
+    const float** vb = vrows.data() + b * kt;
+    int64_t j = 0;
+    for (int64_t i = 0; i < r; ++i, ++j) {  // right context
+      kb[j] = kp + b * k.stride(0) + i * k.stride(1);
+      vb[j] = vp + b * v.stride(0) + i * v.stride(1);
+    }
+    for (int64_t c = lo; c < left; ++c, ++j) {  // left context, oldest first
+      const int64_t slot = (head + c) % left;
+      kb[j] = krp + b * k_ring.stride(0) + slot * k_ring.stride(1);
+      vb[j] = vrp + b * v_ring.stride(0) + slot * v_ring.stride(1);
+    }
+    for (int64_t i = r; i < t; ++i, ++j) {  // utterance
+      kb[j] = kp + b * k.stride(0) + i * k.stride(1);
+      vb[j] = vp + b * v.stride(0) + i * v.stride(1);
+    }
+  }
+  auto out = at::empty({n, q.size(1), q.size(2)}, q.options());
+  attend(q, krows.data(), vrows.data(), kt, mp, heads, scaling, out.data_ptr<float>());
   return out;
 }

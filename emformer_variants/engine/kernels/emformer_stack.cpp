@@ -15,8 +15,9 @@
 // chain) or a MoE's (kind 1, ``engine/moe.py``: norm, then ``moe_ffn``).
 //
 // x: (N, R + S, D) rows [right context, utterance]. keys[i], values[i]: (N, L, ·), layer i's
-// left-context cache; the first ``lo`` slots are unused by every stream and skipped. mask:
-// (N, K) bool, True = masked key, or None.
+// left-context cache, a ring whose oldest row is at ``head`` (the same for every layer and
+// stream); the first ``lo`` rows by age are unused by every stream and skipped. mask: (N, K)
+// bool, True = masked key, or None.
 // plan: 10 per layer: attention kind, latent size r (0 for kind 0), the links of the chains
 // query, key_value, out, ff1, ff2 (key_value has 0 links when query gives q, k and v at once,
 // and always for attention kind 1; ff1 and ff2 have 0 for FFN kind 1), FFN kind, experts E and
@@ -28,8 +29,11 @@
 // expert's two linears (4 tensors each). dims: each link's output features (a MoE expert's
 // two linears count as two links). eps: 3 per layer. activation: 0 relu, 1 gelu, 2 gelu
 // (tanh), 3 silu.
-// Returns [y (N, R + S, D), next keys of each layer..., next values of each layer...]; next
-// keys are the last L rows of [old left context, this chunk's keys].
+// Returns [y (N, R + S, D), keys of each layer..., values of each layer...]: the caches
+// themselves, updated in place: this chunk's S utterance rows replace the oldest S, so the ring
+// holds the last L rows of [old left context, this chunk's keys] with its oldest row at
+// (head + S) mod L. Only S rows per layer are written, not the R + L + S of a concatenation
+// (at 32 streams of emformer_base that copy was a tenth of the step).
 namespace {
 
 // x (N, T, K) through ``links`` packed linears; advances p (4 tensors per link) and nd.
@@ -41,7 +45,7 @@ torch::Tensor chain(const torch::Tensor& x, const torch::Tensor*& p, const int64
 
 }  // namespace
 
-std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
+std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s, int64_t head,
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
@@ -71,6 +75,12 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
   TORCH_CHECK(activation >= 0 && activation <= 3, "emformer_stack: unknown activation");
   const int64_t n = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads;
   TORCH_CHECK(dh * heads == d, "emformer_stack: width not divisible by heads");
+  TORCH_CHECK(t == r + s && r >= 0 && s >= 0, "emformer_stack: x must hold R + S rows");
+  for (int64_t i = 0; i < layers; ++i) {
+    const int64_t left = keys[i].size(1);
+    TORCH_CHECK(values[i].size(1) == left && 0 <= lo && lo <= left && (left == 0 ? head == 0 : 0 <= head && head < left),
+                "emformer_stack: bad cache, lo or head");
+  }
   const bool has_mask = mask.has_value() && mask->defined();
   std::vector<torch::Tensor> out(1 + 2 * layers);
   const torch::Tensor* p = params.data();
@@ -80,9 +90,8 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
     const torch::Tensor* norm = p;
     p += 6;
     const double* e = eps.data() + 3 * i;
-    const torch::Tensor& k_old = keys[i];
-    const torch::Tensor& v_old = values[i];
-    const int64_t left = k_old.size(1);
+    torch::Tensor& k_ring = keys[i];
+    torch::Tensor& v_ring = values[i];
     auto ln = layer_norm_rows(x, norm[0], norm[1], e[0]);
     torch::Tensor k, v, att;
     if (pl[0] == 0) {
@@ -97,19 +106,22 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
         k = kv.narrow(2, 0, d);
         v = kv.narrow(2, d, d);
       }
-      k = concat_rows({{k, 0, r}, {k_old, lo, left - lo}, {k, r, t - r}});
-      v = concat_rows({{v, 0, r}, {v_old, lo, left - lo}, {v, r, t - r}});
-      att = stream_attention(q, k, v, mask, heads, scaling);
+      att = ring_attention(q, k, v, k_ring, v_ring, r, lo, head, mask, heads, scaling);
+      ring_push(k_ring, k, r, s, head);
+      ring_push(v_ring, v, r, s, head);
     } else {
       const int64_t rank = pl[1];
       auto qc = chain(ln, p, nd, pl[2]);  // (N, T, H*r + r)
       auto c = qc.narrow(2, heads * rank, rank);
-      k = concat_rows({{c, 0, r}, {k_old, lo, left - lo}, {c, r, t - r}});
+      std::vector<RowPiece> pieces{{c, 0, r}};
+      for (const auto& piece : ring_pieces(k_ring, lo, head)) pieces.push_back(piece);
+      pieces.push_back({c, r, s});
+      k = concat_rows(pieces);  // the latents are small (r wide): copied as before
       const int64_t kt = k.size(1);
       auto w = at::bmm(qc.narrow(2, 0, heads * rank).reshape({n, t * heads, rank}), k.transpose(1, 2));
       if (has_mask) w = w.masked_fill(mask->view({n, 1, kt}), -1e8);
       att = at::bmm(at::softmax(w, -1), k).view({n, t, heads * rank});
-      v = at::zeros({n, kt, 0}, x.options());
+      ring_push(k_ring, c, r, s, head);  // the values' cache stays (N, L, 0)
     }
     auto y = chain(att, p, nd, pl[4]);  // a new tensor: the residual adds in place, same bits
     y.add_(x);
@@ -127,15 +139,8 @@ std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo
       nd += 2 * experts;
     }
     x = layer_norm_rows(y, norm[4], norm[5], e[2]);
-    // next left context: the last L rows of [old left context, this utterance]
-    const int64_t kt = k.size(1);
-    if (s >= lo) {
-      out[1 + i] = k.narrow(1, kt - left, left);
-      out[1 + layers + i] = v.narrow(1, kt - left, left);
-    } else {
-      out[1 + i] = concat_rows({{k_old, s, left - s}, {k, kt - s, s}});
-      out[1 + layers + i] = concat_rows({{v_old, s, left - s}, {v, kt - s, s}});
-    }
+    out[1 + i] = k_ring;
+    out[1 + layers + i] = v_ring;
   }
   out[0] = x;
   return out;

@@ -32,13 +32,21 @@ torch::Tensor ffn_activation(const torch::Tensor& x, int64_t kind);
 torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling);
 
+// stream_attention with the keys [k rows 0..r, the ring's rows lo..L oldest first, k rows r..T]:
+// k_ring and v_ring (N, L, D) hold the left context as a ring whose oldest row is at ``head``
+// (attention.cpp).
+torch::Tensor ring_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& k_ring, const torch::Tensor& v_ring, int64_t r, int64_t lo,
+                             int64_t head, const c10::optional<torch::Tensor>& mask, int64_t heads,
+                             double scaling);
+
 // The routed FFN of a MoE layer on normalised rows (moe_experts.cpp).
 torch::Tensor moe_ffn(const torch::Tensor& x, const torch::Tensor* router, int64_t experts, int64_t top_k,
                       const torch::Tensor* params, const int64_t* hidden, int64_t out_dim,
                       int64_t activation);
 
 // The encoder's layers for one chunk (emformer_stack.cpp).
-std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s,
+std::vector<torch::Tensor> emformer_stack(torch::Tensor x, int64_t r, int64_t lo, int64_t s, int64_t head,
                                           std::vector<torch::Tensor> keys,
                                           std::vector<torch::Tensor> values,
                                           c10::optional<torch::Tensor> mask,
@@ -59,6 +67,14 @@ struct RowPiece {
 // at::cat of the pieces along dim 1, as row copies: a new contiguous (N, sum of counts, D) (rows.cpp).
 torch::Tensor concat_rows(const std::vector<RowPiece>& pieces);
 
+// The left-context ring of a streaming cache (N, L, D), oldest row at ``head``: its rows lo..L
+// in age order as at most two pieces, for concat_rows (rows.cpp).
+std::vector<RowPiece> ring_pieces(const torch::Tensor& ring, int64_t lo, int64_t head);
+
+// Rows [start, start + count) of src (N, T, D) enter the ring after its newest row: the oldest
+// rows are overwritten, in place; returns the new head, (head + count) mod L (rows.cpp).
+int64_t ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, int64_t count, int64_t head);
+
 // FeatureExtractor.streaming for N windows: wave (N, S) -> normalised log-mel (N, T, F) (log_mel.cpp).
 torch::Tensor log_mel(const torch::Tensor& wave, const torch::Tensor& window, const torch::Tensor& fb,
                       double gain, const torch::Tensor& mean, const torch::Tensor& invstd, int64_t hop);
@@ -72,9 +88,10 @@ struct EmformerStackPlan {
   int64_t heads;
   double scaling;
   int64_t activation;
-  std::vector<torch::Tensor> run(torch::Tensor x, int64_t r, int64_t lo, int64_t s, std::vector<torch::Tensor> keys,
-                                 std::vector<torch::Tensor> values, c10::optional<torch::Tensor> mask) const {
-    return emformer_stack(std::move(x), r, lo, s, std::move(keys), std::move(values), std::move(mask), params,
+  std::vector<torch::Tensor> run(torch::Tensor x, int64_t r, int64_t lo, int64_t s, int64_t head,
+                                 std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values,
+                                 c10::optional<torch::Tensor> mask) const {
+    return emformer_stack(std::move(x), r, lo, s, head, std::move(keys), std::move(values), std::move(mask), params,
                           plan, dims, eps, heads, scaling, activation);
   }
 };

@@ -73,8 +73,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<EmformerStackPlan>(m, "EmformerStackPlan", "emformer_stack's static arguments, held once")
       .def(py::init<std::vector<torch::Tensor>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
                     int64_t, double, int64_t>())
-      .def("run", &EmformerStackPlan::run, "emformer_stack(x, r, lo, s, keys, values, mask, <the held arguments>)");
+      .def("run", &EmformerStackPlan::run, "emformer_stack(x, r, lo, s, head, keys, values, mask, <the held arguments>)");
   m.def("stream_attention", &stream_attention, "a chunk's multi-head attention in one pass over (N, K, D) keys");
+  m.def("ring_attention", &ring_attention, "stream_attention with the left context read from a cache ring");
   m.def("moe_experts", &moe_experts, "each MoE expert's two packed linears on its grouped rows");
   m.def("predictor_step", &predictor_step, "one token step of the RNN-T predictor, packed linears");
   bind_search<ExactSearch>(m, "ExactSearch", "exact mode's beam search and prefix cache (exact_search.cpp)")

@@ -8,6 +8,7 @@
 // from the streaming cache's ring (``emformer_stack``) instead of a concatenated copy: the same
 // keys in the same order, so the same bits as ``stream_attention`` on the concatenation.
 #include "linears.h"
+#include "simd_math.h"
 
 #include <immintrin.h>
 
@@ -55,9 +56,46 @@ inline __m128 dot4(const float* a, const float* const* keys, int64_t dh) {
 
 }  // namespace
 
-#define EV_MULADD(w, x, o) _mm256_add_ps(o, _mm256_mul_ps(w, x))
-
 namespace {
+
+// row[0..n) -> softmax, in place, eight lanes at a time: the maximum (exact in any order), exp8
+// (Cephes expf, as fast_tanh uses; a masked score, -1e8, gives exactly 0 as expf's underflow
+// does), a sum in a fixed order (lanes, then the tail) and one reciprocal. The scalar loop of
+// max, std::exp and a serial sum spent a quarter of the attention's time waiting on its chains.
+void softmax_row(float* row, int64_t n) {
+  const int64_t full = n / 8 * 8;
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < full; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float mx = lanes[0];
+  for (int k = 1; k < 8; ++k) mx = std::max(mx, lanes[k]);
+  for (int64_t j = full; j < n; ++j) mx = std::max(mx, row[j]);
+  const __m256 m = _mm256_set1_ps(mx), floor = _mm256_set1_ps(-87.f);
+  auto exp_from = [&](__m256 x) {  // exp(x - max); 0 below e^-87 (expf's denormals and 0)
+    const __m256 z = _mm256_sub_ps(x, m);
+    return _mm256_andnot_ps(_mm256_cmp_ps(z, floor, _CMP_LT_OQ), exp8(z));
+  };
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < full; j += 8) {
+    const __m256 e = exp_from(_mm256_loadu_ps(row + j));
+    _mm256_storeu_ps(row + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  if (full < n) {  // the tail through a padded buffer, so every element gets the same arithmetic
+    alignas(32) float tail[8];
+    for (int k = 0; k < 8; ++k) tail[k] = full + k < n ? row[full + k] : -std::numeric_limits<float>::infinity();
+    const __m256 e = exp_from(_mm256_load_ps(tail));
+    _mm256_store_ps(tail, e);
+    vsum = _mm256_add_ps(vsum, e);
+    for (int64_t j = full; j < n; ++j) row[j] = tail[j - full];
+  }
+  _mm256_store_ps(lanes, vsum);
+  const float sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+  const __m256 inv = _mm256_set1_ps(1.f / sum);
+  for (int64_t j = 0; j < full; j += 8) _mm256_storeu_ps(row + j, _mm256_mul_ps(_mm256_loadu_ps(row + j), inv));
+  for (int64_t j = full; j < n; ++j) row[j] *= 1.f / sum;
+}
 
 // The attention of every (stream, head, query row) given each stream's key and value rows as
 // pointers, kt per stream in key order (krows[b * kt + j]); out (N, T, D) contiguous.
@@ -96,35 +134,48 @@ void attend(const torch::Tensor& q, const float* const* krows, const float* cons
         for (int64_t i = 0; i < t; ++i) p[i * kt + j] = (mb && mb[j]) ? -1e8f : dot(&qs[i * dh], kj, dh);
       }
       for (int64_t i = 0; i < t; ++i) {
-        float* pi = &p[i * kt];
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < kt; ++j) mx = std::max(mx, pi[j]);
-        float sum = 0.f;
-        for (int64_t j = 0; j < kt; ++j) sum += (pi[j] = std::exp(pi[j] - mx));
-        const float inv = 1.f / sum;
-        for (int64_t j = 0; j < kt; ++j) pi[j] *= inv;
-        float* oi = op + (b * t + i) * d + h * dh;
-        for (int64_t c = 0; c < dh; ++c) oi[c] = 0.f;
+        softmax_row(&p[i * kt], kt);
+        if (dh % 32 != 0) {
+          float* oi = op + (b * t + i) * d + h * dh;
+          for (int64_t c = 0; c < dh; ++c) oi[c] = 0.f;
+        }
       }
       if (dh % 32 == 0) {
-        // the weighted sum with 32 outputs of a row in registers: the same multiply and add per
-        // element, in the same key order, as the loop below
-        for (int64_t i = 0; i < t; ++i) {
-          float* oi = op + (b * t + i) * d + h * dh;
+        // the weighted sum, two query rows at a time: 32 outputs of each in registers (eight
+        // independent chains of fused multiply-adds, so the adds' latency is hidden), each
+        // value row loaded once for both; per element the same sum in key order
+        for (int64_t i = 0; i < t; i += 2) {
+          const bool two = i + 1 < t;
+          const float* pa = &p[i * kt];
+          const float* pb = two ? pa + kt : pa;
+          float* oa = op + (b * t + i) * d + h * dh;
+          float* ob = oa + d;
           for (int64_t c = 0; c < dh; c += 32) {
-            __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int64_t j = 0; j < kt; ++j) {
-              const __m256 w = _mm256_set1_ps(p[i * kt + j]);
+              const __m256 wa = _mm256_set1_ps(pa[j]), wb = _mm256_set1_ps(pb[j]);
               const float* vj = vb[j] + h * dh + c;
-              o0 = EV_MULADD(w, _mm256_loadu_ps(vj), o0);
-              o1 = EV_MULADD(w, _mm256_loadu_ps(vj + 8), o1);
-              o2 = EV_MULADD(w, _mm256_loadu_ps(vj + 16), o2);
-              o3 = EV_MULADD(w, _mm256_loadu_ps(vj + 24), o3);
+              const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+              const __m256 v2 = _mm256_loadu_ps(vj + 16), v3 = _mm256_loadu_ps(vj + 24);
+              a0 = _mm256_fmadd_ps(wa, v0, a0);
+              a1 = _mm256_fmadd_ps(wa, v1, a1);
+              a2 = _mm256_fmadd_ps(wa, v2, a2);
+              a3 = _mm256_fmadd_ps(wa, v3, a3);
+              b0 = _mm256_fmadd_ps(wb, v0, b0);
+              b1 = _mm256_fmadd_ps(wb, v1, b1);
+              b2 = _mm256_fmadd_ps(wb, v2, b2);
+              b3 = _mm256_fmadd_ps(wb, v3, b3);
             }
-            _mm256_storeu_ps(oi + c, o0);
-            _mm256_storeu_ps(oi + c + 8, o1);
-            _mm256_storeu_ps(oi + c + 16, o2);
-            _mm256_storeu_ps(oi + c + 24, o3);
+            _mm256_storeu_ps(oa + c, a0);
+            _mm256_storeu_ps(oa + c + 8, a1);
+            _mm256_storeu_ps(oa + c + 16, a2);
+            _mm256_storeu_ps(oa + c + 24, a3);
+            if (two) {
+              _mm256_storeu_ps(ob + c, b0);
+              _mm256_storeu_ps(ob + c + 8, b1);
+              _mm256_storeu_ps(ob + c + 16, b2);
+              _mm256_storeu_ps(ob + c + 24, b3);
+            }
           }
         }
       } else {
@@ -133,7 +184,7 @@ void attend(const torch::Tensor& q, const float* const* krows, const float* cons
           for (int64_t i = 0; i < t; ++i) {
             const float w = p[i * kt + j];
             float* oi = op + (b * t + i) * d + h * dh;
-            for (int64_t c = 0; c < dh; ++c) oi[c] += w * vj[c];
+            for (int64_t c = 0; c < dh; ++c) oi[c] = std::fma(w, vj[c], oi[c]);
           }
         }
       }

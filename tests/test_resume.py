@@ -246,3 +246,20 @@ def test_loader_resumes_at_the_consumed_batch(workers):
     third = loader()
     third.load_state_dict({"epoch": 2, "batches": 4})
     assert list(third) == full
+
+
+def test_a_resume_into_the_same_folder_keeps_the_earlier_csv_rows(mini_corpus, tmp_path):
+    """``python -m emformer_variants.results`` continues an interrupted row in its own folder:
+    metrics.csv then holds both runs' rows (Lightning's CSV logger would delete the first's)."""
+    from emformer_variants.utils.run_dir import release_ended_claim
+
+    out = tmp_path / "run"
+    _train(mini_corpus, out, "trainer.max_steps=6", "trainer.val_check_interval=3")
+    first = _losses(out)
+    assert max(first) >= 5
+    release_ended_claim(out)
+    _train(mini_corpus, out, "trainer.max_steps=9", "trainer.val_check_interval=3",
+           f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+    both = _losses(out)
+    assert {k: v for k, v in both.items() if k in first} == first  # the first run's rows, as written
+    assert max(both) >= 8  # and the resumed run's

@@ -14,12 +14,17 @@ is a function of the position in training, so a resumed run continues exactly.
 - ``BatchOrderLog``: optional ``batch_order.jsonl`` (epoch, batch, step, utterance indices)
   to audit the data order (``log_batch_order=true``).
 - ``resolve_resume``: ``ckpt_path=last`` -> the newest ``last.ckpt`` of this task.
+- ``ResumableCSVLogger``: Lightning's CSV logger, except that a run resumed into its own folder
+  (``python -m emformer_variants.results`` continues a row there) keeps the rows ``metrics.csv``
+  already has and appends to them, where Lightning's deletes the file.
 
 The DataLoader side (skipping the batches already trained on) is data/resumable.py.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import random
@@ -30,7 +35,9 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 from emformer_variants.errors import UserError
 
@@ -133,3 +140,21 @@ def resolve_resume(ckpt_path: str | None, root_dir: str | Path, task_name: str) 
         raise UserError(f"ckpt_path=last: no last.ckpt under {Path(root_dir, 'outputs', task_name)}"
                         "/*/checkpoints; pass ckpt_path=PATH")
     return str(runs[-1])
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``metrics.csv`` keeps an earlier run's rows when a resumed run logs into the same folder:
+    the file is read before Lightning's writer deletes it, put back, and the writer appends with
+    the union of both runs' columns."""
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / "metrics.csv"
+        kept = path.read_text() if path.is_file() else ""
+        writer = super().experiment  # Lightning's writer removes an existing metrics.csv
+        if kept.strip() and rank_zero_only.rank == 0:
+            path.write_text(kept)
+            writer.metrics_keys = list(csv.DictReader(io.StringIO(kept)).fieldnames or [])
+        return writer

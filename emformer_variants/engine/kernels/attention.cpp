@@ -205,11 +205,40 @@ void check_qkv(const torch::Tensor& q, const torch::Tensor& k, const torch::Tens
               who, ": shapes do not match");
 }
 
-const bool* mask_rows(const c10::optional<torch::Tensor>& mask, int64_t n, int64_t kt, torch::Tensor& held) {
+const bool* mask_rows(const c10::optional<torch::Tensor>& mask, int64_t n, int64_t kt, torch::Tensor& held,
+                      const char* who) {
   if (!mask.has_value() || !mask->defined()) return nullptr;
   held = mask->to(torch::kBool).contiguous();
-  TORCH_CHECK(held.dim() == 2 && held.size(0) == n && held.size(1) == kt, "stream_attention: mask must be (N, K)");
+  TORCH_CHECK(held.dim() == 2 && held.size(0) == n && held.size(1) == kt, who, ": mask must be (N, K)");
   return held.data_ptr<bool>();
+}
+
+// Each stream's row pointers of (N, ·, D) pieces laid end to end along dim 1 (the keys or the
+// values in key order): rows[b * kt + j].
+std::vector<const float*> piece_rows(const std::vector<RowPiece>& pieces, int64_t n, int64_t kt) {
+  std::vector<const float*> rows(n * kt);
+  for (int64_t b = 0; b < n; ++b) {
+    const float** out = rows.data() + b * kt;
+    for (const auto& piece : pieces) {
+      const float* base = piece.t.data_ptr<float>() + b * piece.t.stride(0);
+      for (int64_t i = piece.start; i < piece.start + piece.count; ++i) *out++ = base + i * piece.t.stride(1);
+    }
+  }
+  return rows;
+}
+
+// attend over the keys and values given as pieces (each side kt rows in all), into a new (N, T, D).
+torch::Tensor attend_pieces(const torch::Tensor& q, const std::vector<RowPiece>& keys,
+                            const std::vector<RowPiece>& values, int64_t kt,
+                            const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling,
+                            const char* who) {
+  const int64_t n = q.size(0);
+  torch::Tensor held;
+  const bool* mp = mask_rows(mask, n, kt, held, who);
+  const auto krows = piece_rows(keys, n, kt), vrows = piece_rows(values, n, kt);
+  auto out = at::empty({n, q.size(1), q.size(2)}, q.options());
+  attend(q, krows.data(), vrows.data(), kt, mp, heads, scaling, out.data_ptr<float>());
+  return out;
 }
 
 }  // namespace
@@ -217,20 +246,8 @@ const bool* mask_rows(const c10::optional<torch::Tensor>& mask, int64_t n, int64
 torch::Tensor stream_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const c10::optional<torch::Tensor>& mask, int64_t heads, double scaling) {
   check_qkv(q, k, v, heads, "stream_attention");
-  const int64_t n = q.size(0), kt = k.size(1);
-  torch::Tensor held;
-  const bool* mp = mask_rows(mask, n, kt, held);
-  std::vector<const float*> krows(n * kt), vrows(n * kt);
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  for (int64_t b = 0; b < n; ++b)
-    for (int64_t j = 0; j < kt; ++j) {
-      krows[b * kt + j] = kp + b * k.stride(0) + j * k.stride(1);
-      vrows[b * kt + j] = vp + b * v.stride(0) + j * v.stride(1);
-    }
-  auto out = at::empty({n, q.size(1), q.size(2)}, q.options());
-  attend(q, krows.data(), vrows.data(), kt, mp, heads, scaling, out.data_ptr<float>());
-  return out;
+  const int64_t kt = k.size(1);
+  return attend_pieces(q, {{k, 0, kt}}, {{v, 0, kt}}, kt, mask, heads, scaling, "stream_attention");
 }
 
 torch::Tensor ring_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -239,35 +256,14 @@ torch::Tensor ring_attention(const torch::Tensor& q, const torch::Tensor& k, con
                              double scaling) {
   check_qkv(q, k, v, heads, "ring_attention");
   check_qkv(q, k_ring, v_ring, heads, "ring_attention");
-  const int64_t n = q.size(0), t = k.size(1), left = k_ring.size(1), kt = t + left - lo;
+  const int64_t t = k.size(1), left = k_ring.size(1);
   TORCH_CHECK(0 <= r && r <= t && 0 <= lo && lo <= left && (left == 0 || (0 <= head && head < left)),
               "ring_attention: bad r, lo or head");
-  torch::Tensor held;
-  const bool* mp = mask_rows(mask, n, kt, held);
-  std::vector<const float*> krows(n * kt), vrows(n * kt);
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float* krp = k_ring.data_ptr<float>();
-  const float* vrp = v_ring.data_ptr<float>();
-  for (int64_t b = 0; b < n; ++b) {
-    const float** kb = krows.data() + b * kt;
-    const float** vb = vrows.data() + b * kt;
-    int64_t j = 0;
-    for (int64_t i = 0; i < r; ++i, ++j) {  // right context
-      kb[j] = kp + b * k.stride(0) + i * k.stride(1);
-      vb[j] = vp + b * v.stride(0) + i * v.stride(1);
-    }
-    for (int64_t c = lo; c < left; ++c, ++j) {  // left context, oldest first
-      const int64_t slot = (head + c) % left;
-      kb[j] = krp + b * k_ring.stride(0) + slot * k_ring.stride(1);
-      vb[j] = vrp + b * v_ring.stride(0) + slot * v_ring.stride(1);
-    }
-    for (int64_t i = r; i < t; ++i, ++j) {  // utterance
-      kb[j] = kp + b * k.stride(0) + i * k.stride(1);
-      vb[j] = vp + b * v.stride(0) + i * v.stride(1);
-    }
-  }
-  auto out = at::empty({n, q.size(1), q.size(2)}, q.options());
-  attend(q, krows.data(), vrows.data(), kt, mp, heads, scaling, out.data_ptr<float>());
-  return out;
+  // [right context, the ring's rows lo..L oldest first, utterance]
+  std::vector<RowPiece> keys{{k, 0, r}}, values{{v, 0, r}};
+  for (const auto& piece : ring_pieces(k_ring, lo, head)) keys.push_back(piece);
+  for (const auto& piece : ring_pieces(v_ring, lo, head)) values.push_back(piece);
+  keys.push_back({k, r, t - r});
+  values.push_back({v, r, t - r});
+  return attend_pieces(q, keys, values, t + left - lo, mask, heads, scaling, "ring_attention");
 }

@@ -72,8 +72,8 @@ torch::Tensor concat_rows(const std::vector<RowPiece>& pieces);
 std::vector<RowPiece> ring_pieces(const torch::Tensor& ring, int64_t lo, int64_t head);
 
 // Rows [start, start + count) of src (N, T, D) enter the ring after its newest row: the oldest
-// rows are overwritten, in place; returns the new head, (head + count) mod L (rows.cpp).
-int64_t ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, int64_t count, int64_t head);
+// rows are overwritten, in place, and the oldest row is then at (head + count) mod L (rows.cpp).
+void ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, int64_t count, int64_t head);
 
 // FeatureExtractor.streaming for N windows: wave (N, S) -> normalised log-mel (N, T, F) (log_mel.cpp).
 torch::Tensor log_mel(const torch::Tensor& wave, const torch::Tensor& window, const torch::Tensor& fb,

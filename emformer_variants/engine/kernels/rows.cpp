@@ -52,9 +52,9 @@ std::vector<RowPiece> ring_pieces(const torch::Tensor& ring, int64_t lo, int64_t
   return {{ring, start, left - start}, {ring, 0, start + count - left}};
 }
 
-int64_t ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, int64_t count, int64_t head) {
+void ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, int64_t count, int64_t head) {
   const int64_t left = ring.size(1), n = ring.size(0), d = ring.size(2);
-  if (left == 0) return 0;
+  if (left == 0) return;
   TORCH_CHECK(ring.dim() == 3 && src.dim() == 3 && src.size(0) == n && src.size(2) == d &&
                   ring.scalar_type() == torch::kFloat && src.scalar_type() == torch::kFloat &&
                   (d == 0 || (ring.stride(2) == 1 && src.stride(2) == 1)) && 0 <= start && 0 <= count &&
@@ -71,5 +71,4 @@ int64_t ring_push(torch::Tensor& ring, const torch::Tensor& src, int64_t start, 
                     from + b * src.stride(0) + (start + i) * src.stride(1), d * sizeof(float));
     }
   }
-  return (head + count) % left;
 }

@@ -62,5 +62,5 @@ def test_a_resumed_run_continues_the_same_average(runs):
 def test_a_bad_decay_is_a_one_line_error(decay, tmp_path):
     proc = run_cli("train.py", *TINY_ARCH, f"ema_decay={decay}", f"paths.output_dir={tmp_path}")
     assert proc.returncode != 0
-    assert f"ema_decay={decay!r}" in proc.stderr or "ema_decay=" in proc.stderr
+    assert "ema_decay=" in proc.stderr and "must be a number in [0, 1)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -8,7 +8,7 @@ the same weights and the same audio, interleaved chunk by chunk in one process.
 
 A mode is ``decoder[:K][@precision]``: decoder from ``engine.pipeline`` (stock, exact,
 modified, greedy), K = symbols per frame for modified/greedy, precision from
-``engine.precision`` (fp32, bf16, fp16, int8, int8-fbgemm). Every mode decodes every chunk of every
+``engine.precision`` (fp32, bf16, fp16, int8, int4, int8-fbgemm). Every mode decodes every chunk of every
 utterance; within a chunk the modes run in rotating order, so a load change on the machine
 hits all of them alike. Per-chunk latency = features + encoder + search, wall clock (CPU
 time of the thread beside it). ``tiny`` is the shipped trained base on TTS speech (or
@@ -29,7 +29,7 @@ steady-state chunk (``arch_report.measure``) relative to dense. The engine runs 
 variant's low-rank chains, MLA's latent attention and MoE FFNs (routing included) inside the
 fused C++ layer stack.
 
-For modes whose linears all run in the packed kernels (fp32, fp16, bf16 and int8 engine
+For modes whose linears all run in the packed kernels (fp32, fp16, bf16, int8 and int4 engine
 modes), the table adds the kernels' matmul work per chunk, and for the fp32-arithmetic ones
 that work's time at the fp32 matmul peak measured in the same run: a floor no implementation
 of those matmuls at fp32 arithmetic can beat on this CPU.
@@ -307,7 +307,7 @@ def summarize(results: dict[str, Timings], audio_s: float, reference: str | None
         gflop = statistics.mean(t.gflop) if t.gflop else 0.0
         if gflop > 0:  # only modes whose linears all run through the packed kernel count
             row["gflop_per_chunk"] = gflop
-            if peak_gflops and not label.endswith("@int8"):  # int8 products are not fp32 work
+            if peak_gflops and not label.endswith(("@int8", "@int4")):  # integer products are not fp32 work
                 row["floor_ms"] = 1000 * gflop / peak_gflops
         if texts is not None and decode is not None:
             from emformer_variants.metrics.wer import error_rates
@@ -353,7 +353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--chunks", type=int, default=60, help="streaming chunks (0.16 s each) per mode")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--modes", nargs="+", default=["stock", "exact", "exact@fp16", "exact@int8",
+    p.add_argument("--modes", nargs="+", default=["stock", "exact", "exact@fp16", "exact@int8", "exact@int4",
                                                    "modified:4@fp16", "modified:4@int8", "modified@int8",
                                                    "greedy@fp16"],
                    help="decoder[:K][@precision]; the first stock mode is the reference")
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {isa_report()}")
     print(f"# fp32 matmul peak here: {peak:.0f} GFLOP/s (256x1024x4096); 'floor ms at peak' = the packed "
           f"kernel's matmul work per chunk at that rate (fp32-arithmetic modes whose linears all run in "
-          f"the packed kernels; int8 modes show the work only)")
+          f"the packed kernels; int8 and int4 modes show the work only)")
     print(format_table(rows))
     stream_rows = []
     for m in stream_modes if args.streams else []:

@@ -23,7 +23,7 @@ from pathlib import Path
 from emformer_variants.engine.endpoint import EndpointConfig
 from emformer_variants.errors import UserError, one_line_errors
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
 DECODERS = ("stock", "exact", "modified", "greedy")
 
 

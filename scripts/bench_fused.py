@@ -69,7 +69,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
-                   choices=["fp32", "fp16", "bf16", "int8"])
+                   choices=["fp32", "fp16", "bf16", "int8", "int4"])
     p.add_argument("--chunks", type=int, default=40)
     p.add_argument("--rows", type=int, default=10, help="predictor rows per call")
     p.add_argument("--beam", type=int, default=10, help="exact search beam")

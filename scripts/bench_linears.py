@@ -14,9 +14,9 @@ floating-point operations per pass turned into GB/s and GFLOP/s.
 
 The packed kernels run once per instruction set this CPU has (``[amx]``, ``[avx512]``, ``[avx2]``;
 ``engine.packed.use_isa``), in the same rotation. The "memory floor" rows time one thread
-reading the group's int8 weight bytes once, one buffer per linear (``stream_read``, in the
-same rotation): no int8
-kernel that streams those bytes from memory can be faster. The header gives that read rate on
+reading the group's int8 (or int4, with its group scales) weight bytes once, one buffer per
+linear (``stream_read``, in the same rotation): no kernel that streams those bytes from memory
+can be faster. The header gives that read rate on
 a buffer of all of emformer_base's int8 weights.
 """
 
@@ -42,6 +42,8 @@ from emformer_variants.engine.linear import (  # noqa: E402
     onednn_available,
 )
 from emformer_variants.engine.packed import (  # noqa: E402
+    INT4_GROUP,
+    Int4Linear,
     Int8Linear,
     PackedLinear,
     available_isas,
@@ -72,6 +74,11 @@ def reader(nbytes: int):
     return lambda x: kernel().stream_read(buffer)
 
 
+def int4_bytes(m: torch.nn.Linear) -> int:
+    """Bytes of ``m``'s int4 weight with its fp32 group scales, as ``Int4Linear`` streams them."""
+    return m.weight.numel() // 2 + 4 * m.out_features * -(-m.in_features // INT4_GROUP)
+
+
 def backends(linears: list[torch.nn.Linear]) -> tuple[dict[str, list], dict[str, str]]:
     """(name -> callables, name -> instruction set for the packed ones)."""
     out = {"F.linear (MKL)": [PlainLinear(m) for m in linears]}
@@ -86,8 +93,13 @@ def backends(linears: list[torch.nn.Linear]) -> tuple[dict[str, list], dict[str,
         fns = [Int8Linear(m.weight, m.bias) for m in linears]
         for isa in available_isas()[:-1]:
             out[f"packed dynamic int8 [{isa}]"], isas[f"packed dynamic int8 [{isa}]"] = fns, isa
+        fns = [Int4Linear(m.weight, m.bias) for m in linears]
+        for isa in available_isas()[:-1]:
+            if isa != "amx":  # int4 has no tile path: amx runs its avx512 code
+                out[f"packed dynamic int4 [{isa}]"], isas[f"packed dynamic int4 [{isa}]"] = fns, isa
         # one buffer per linear, of its int8 weight's size: read as the int8 kernel reads it
         out["memory floor (read the int8 bytes)"] = [reader(m.weight.numel()) for m in linears]
+        out["memory floor (read the int4 bytes)"] = [reader(int4_bytes(m)) for m in linears]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from torch.ao import quantization as tq
@@ -125,7 +137,8 @@ def main() -> int:
     params_all = sum(p.numel() for p in model.parameters())
     print(f"# threads {args.threads}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"median {args.clock} time of {args.reps} passes; weight GB/s counts fp32 bytes for "
-          f"F.linear/oneDNN/packed fp32, 2 bytes for fp16/bf16, 1 for int8 and the memory floor")
+          f"F.linear/oneDNN/packed fp32, 2 bytes for fp16/bf16, 1 for int8 and its memory floor, "
+          f"{0.5 + 4 / INT4_GROUP:.4g} for int4 (scales included) and its floor")
     print(f"# {isa_report()}")
     if kernel() is not None:
         print(f"# one-thread streaming read of {params_all / 1e6:.1f} MB (emformer_base's weights at one "
@@ -151,7 +164,8 @@ def main() -> int:
             base = statistics.median(times["F.linear (MKL)"])
             for b in labels:
                 ms = statistics.median(times[b])
-                width = 1 if ("int8" in b or "floor" in b) else 2 if ("fp16" in b or "bf16" in b) else 4
+                width = (0.5 + 4 / INT4_GROUP if "int4" in b else 1 if ("int8" in b or "floor" in b)
+                         else 2 if ("fp16" in b or "bf16" in b) else 4)
                 gflops = "" if "floor" in b else f"{flops / ms / 1e6:.1f}"
                 print(f"| {name} | {b} | {ms:.1f} | {base / ms:.2f}x | {params * width / ms / 1e6:.1f} "
                       f"| {gflops} |")

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
     p.add_argument("--precision", nargs="+", default=["fp32", "int8"],
-                   choices=["fp32", "fp16", "bf16", "int8"])
+                   choices=["fp32", "fp16", "bf16", "int8", "int4"])
     p.add_argument("--streams", nargs="+", type=int, default=[1, 32])
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)

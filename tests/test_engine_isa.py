@@ -8,12 +8,14 @@ What is bit-exact and what is compared with a tolerance, and why:
   sums are exact on both (vpmaddubsw + vpmaddwd on AVX2, vpdpbusd on AVX-512 VNNI; 7-bit
   inputs never saturate; AMX's tdpbusd on 16-row tiles alike), and quantising x and scaling
   the sums is the same shared code. AMX runs only the int8 sums of 16 rows or more with K a
-  multiple of 64; the shapes below include such cases.
+  multiple of 64; the shapes below include such cases. int4: the same exact integer sums per
+  group of k (two nibbles unpacked to int8, then as int8), and each group's sums turned to fp32
+  by the same fused multiply-add in the same order; it has no tile path (amx runs its VNNI code).
   The fused paths (encoder stack, predictor step, exact search) call these kernels and
   ATen's ops, so they are bit for bit too.
 - A kernel vs the torch fallback: **tolerance**. ``F.linear`` (MKL) sums in another order;
-  the int8 reference sums in float64 and scales in another order, so only the last fp32
-  steps differ (its integers are the same).
+  the int8 and int4 references sum in float64 and scale in another order, so only the last
+  fp32 steps differ (their integers are the same).
 Paths this CPU lacks are skipped, with the reason (``pytest -rs`` lists them).
 """
 
@@ -28,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from emformer_variants.engine import packed
-from emformer_variants.engine.packed import Int8Linear, PackedLinear
+from emformer_variants.engine.packed import Int4Linear, Int8Linear, PackedLinear
 from tests.conftest import ROOT, make_tiny_rec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -136,7 +138,7 @@ SHAPES = [(1, 1), (17, 33), (64, 16), (300, 97), (1024, 257)]  # (K, N)
 ROWS = (0, 1, 4, 5, 6, 7, 11, 12, 13, 16, 25, 33, 40)  # AMX: 16 rows and more
 
 
-@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_every_path_gives_the_same_bits_as_avx2(kind):
     paths = faster_paths()
     g = torch.Generator().manual_seed(21)
@@ -144,6 +146,8 @@ def test_every_path_gives_the_same_bits_as_avx2(kind):
         w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
         if kind == "int8":
             lins = [Int8Linear(w, b), Int8Linear(w, None)]
+        elif kind == "int4":
+            lins = [Int4Linear(w, b), Int4Linear(w, None, group=8)]
         else:
             dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[kind]
             lins = [PackedLinear(w, b, dtype), PackedLinear(w, None, dtype)]
@@ -164,7 +168,7 @@ def test_each_path_matches_torch_within_rounding(isa):
     g = torch.Generator().manual_seed(22)
     for k, n in SHAPES:
         w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
-        int8 = Int8Linear(w, b)
+        int8, int4 = Int8Linear(w, b), Int4Linear(w, b)
         for dtype in packed.WEIGHT_DTYPES:
             lin = PackedLinear(w, b, dtype)
             for m in ROWS:
@@ -173,15 +177,16 @@ def test_each_path_matches_torch_within_rounding(isa):
                                            rtol=1e-5, atol=4e-6 * k ** 0.5)
         for m in ROWS:
             x = torch.randn(m, k, generator=g) * 3
-            y = run_in(isa, int8, x)
-            torch.testing.assert_close(y, int8.reference(x), rtol=1e-5, atol=1e-5)
-            if m > 3:
-                assert torch.equal(bits(y[2:4]), bits(run_in(isa, int8, x[2:4])))
+            for lin in (int8, int4):
+                y = run_in(isa, lin, x)
+                torch.testing.assert_close(y, lin.reference(x), rtol=1e-5, atol=1e-5 * max(1, k / 64))
+                if m > 3:
+                    assert torch.equal(bits(y[2:4]), bits(run_in(isa, lin, x[2:4])))
 
 
 # ---------------------------------------------------------------- fused paths
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "int4"])
 def test_fused_encoder_and_exact_search_give_the_same_bits_on_every_path(precision):
     """The whole engine (fused layer stack, predictor step, exact search with its prefix cache)
     on two streams, one restarted, run once per path: every chunk's encoder output and beam
@@ -215,7 +220,7 @@ def test_fused_encoder_and_exact_search_give_the_same_bits_on_every_path(precisi
     assert len(runs["avx2"][-1][1][0][0][0]) > 3  # tokens were emitted
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 def test_fused_predictor_step_gives_the_same_bits_on_every_path(precision):
     from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.engine.predictor import PredictorStep

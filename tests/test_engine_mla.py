@@ -12,7 +12,7 @@ import torch
 from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.mla import LatentAttention
 from emformer_variants.engine.pipeline import EngineEncoder, StockEncoder, build_pipeline
-from emformer_variants.engine.precision import Int8DynamicLinear, apply_precision_
+from emformer_variants.engine.precision import Int4DynamicLinear, Int8DynamicLinear, apply_precision_
 from emformer_variants.surgery.registry import apply_surgery_
 from tests.conftest import feature_chunks, make_tiny_rec, run_encoder
 
@@ -79,16 +79,18 @@ def test_streams_with_different_histories_equal_each_stream_alone():
     torch.testing.assert_close(torch.cat(list(together[2:, 1]), dim=0), alone1[0], atol=1e-5, rtol=1e-5)
 
 
-def test_int8_latent_engine_stays_close_and_quantises_the_absorbed_linears():
+@pytest.mark.parametrize("precision,kind,tol", [("int8", Int8DynamicLinear, 0.05),
+                                                ("int4", Int4DynamicLinear, 0.3)])
+def test_quantised_latent_engine_stays_close_and_quantises_the_absorbed_linears(precision, kind, tol):
     rec = mla_rec(kv_rank=16)
     feats = feature_chunks(5)
     ref = run_encoder(StreamingEncoder(rec.model), feats)
-    apply_precision_(rec, "int8")
+    apply_precision_(rec, precision)
     engine = StreamingEncoder(rec.model)
     att = engine.layers[0].attention
-    assert isinstance(att.project_in, Int8DynamicLinear) and isinstance(att.project_out, Int8DynamicLinear)
+    assert isinstance(att.project_in, kind) and isinstance(att.project_out, kind)
     out = run_encoder(engine, feats)
-    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (out - ref).abs().max() < tol * ref.abs().max()
 
 
 def test_decoders_use_the_engine_encoder_for_mla():

@@ -11,7 +11,12 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from emformer_variants.engine.linear import fuse_linears
 from emformer_variants.engine.pipeline import build_pipeline
-from emformer_variants.engine.precision import Int8DynamicLinear, WeightCastLinear, apply_precision_
+from emformer_variants.engine.precision import (
+    Int4DynamicLinear,
+    Int8DynamicLinear,
+    WeightCastLinear,
+    apply_precision_,
+)
 from emformer_variants.engine.stream import stream_decode
 from emformer_variants.errors import UserError
 from tests.conftest import make_tiny_rec
@@ -22,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("precision,kind,tol", [("bf16", WeightCastLinear, 0.02),
                                                 ("fp16", WeightCastLinear, 0.002),
                                                 ("int8", Int8DynamicLinear, 0.1),
+                                                ("int4", Int4DynamicLinear, 0.2),
                                                 ("int8-fbgemm", DynamicLinear, 0.1)])
 def test_every_linear_is_converted_and_outputs_stay_close(precision, kind, tol):
     rec = make_tiny_rec(0)
@@ -43,11 +49,12 @@ def test_fp32_is_a_no_op_and_unknown_precision_is_rejected():
     rec = make_tiny_rec(0)
     assert apply_precision_(rec, "fp32")["replaced"] == 0
     with pytest.raises(UserError,
-                       match="precision=fp8: unknown; choose one of fp32, bf16, fp16, int8, int8-fbgemm"):
+                       match="precision=fp8: unknown; choose one of fp32, bf16, fp16, int8, int4, "
+                             "int8-fbgemm"):
         apply_precision_(rec, "fp8")
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8", "int8-fbgemm"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "int8", "int4", "int8-fbgemm"])
 def test_fused_linears_equal_separate_ones(precision):
     torch.manual_seed(0)
     holder = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.Linear(32, 48))
@@ -67,7 +74,7 @@ def test_per_tensor_int8_is_not_fused():
     assert fuse_linears(list(holder)) is None
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8", "int8-fbgemm"])
+@pytest.mark.parametrize("precision", ["bf16", "int8", "int4", "int8-fbgemm"])
 @pytest.mark.parametrize("decoder", ["stock", "exact"])
 def test_pipelines_decode_converted_models(precision, decoder):
     rec = make_tiny_rec(1)

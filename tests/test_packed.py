@@ -9,12 +9,16 @@ from torch.nn import functional as F
 
 from emformer_variants.engine import packed
 from emformer_variants.engine.packed import (
+    INT4_CLIPS,
+    Int4Linear,
     Int8Linear,
     PackedLinear,
     kernel,
     pack,
+    pack_int4,
     pack_int8,
     quantize_activations,
+    quantize_groups,
     quantize_rows,
     unpack,
 )
@@ -154,3 +158,72 @@ def test_pack_int8_layout():
     assert p.shape == (2, 2, 16, 4)
     assert p[0, 0, 3].tolist() == q[3, :4].tolist() and p[0, 1, 3].tolist() == [*q[3, 4:].tolist(), 0, 0]
     assert p[1, 0, 3].tolist() == q[19, :4].tolist() and p[1, 0, 4].abs().sum() == 0
+
+
+def test_int4_groups_reproduce_weights_on_their_grid_and_clip_only_to_err_less():
+    """A weight already on an int4 grid (q * s, a scale per row and group) comes back exactly;
+    a group with one outlier is clipped when that lowers its squared error."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-7, 8, (5, 24), generator=g)
+    q[:, ::8] = 7  # every group reaches the top of the range
+    s = torch.rand(5, 3, generator=g) + 0.1
+    w = (q.view(5, 3, 8) * s[..., None]).view(5, 24)
+    q2, s2 = quantize_groups(w, group=8)
+    assert q2.dtype == torch.int8 and torch.equal(q2.long(), q)
+    torch.testing.assert_close(s2, s)
+    outlier = torch.tensor([[1.0, 0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.55] * 1])
+    q3, s3 = quantize_groups(outlier, group=8)
+    err = lambda qq, ss: ((qq.float() * ss[..., None] - outlier.view(1, 1, 8)) ** 2).sum()  # noqa: E731
+    full = torch.round(outlier / (1.0 / 7)).clamp(-7, 7).view(1, 1, 8)
+    assert err(q3.view(1, 1, 8), s3) <= err(full, torch.tensor([[1.0 / 7]])) + 1e-9
+    assert min(INT4_CLIPS) * 1.0 / 7 - 1e-7 <= s3.item() <= 1.0 / 7 + 1e-7
+    zeros, zs = quantize_groups(torch.zeros(2, 16), group=8)
+    assert zeros.abs().sum() == 0 and torch.isfinite(zs).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        quantize_groups(w, group=12)
+
+
+def test_pack_int4_layout():
+    """Each 64-byte step holds two of pack_int8's 4-k steps: the first in the low nibbles."""
+    q = (torch.arange(20 * 16) % 15 - 7).to(torch.int8).view(20, 16)
+    p = pack_int4(q)
+    p8 = pack_int8(q).view(2, 2, 2, 64)
+    assert p.shape == (2, 2, 64) and p.dtype == torch.uint8
+    lo = (p.to(torch.int16) & 0xF).to(torch.int8)
+    hi = (p.to(torch.int16) >> 4).to(torch.int8)
+    sign = lambda v: torch.where(v > 7, v - 16, v)  # noqa: E731
+    assert torch.equal(sign(lo), p8[:, :, 0]) and torch.equal(sign(hi), p8[:, :, 1])
+
+
+@pytest.mark.parametrize("k,n,group", [(1, 1, 8), (17, 33, 8), (64, 16, 64), (300, 97, 64), (1000, 40, 32)])
+def test_int4_kernel_equals_its_torch_reference(k, n, group):
+    """Exact integer sums per group, so kernel and reference differ only in the last fp32 steps;
+    both stay within int4 rounding of the fp32 linear, and rows are independent of the batch."""
+    require_kernel()
+    g = torch.Generator().manual_seed(k + n)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+    lin = Int4Linear(w, b, group=group)
+    for m in (0, 1, 4, 5, 12, 13, 25):
+        x = torch.randn(m, k, generator=g) * 3
+        y = lin(x)
+        assert y.shape == (m, n)
+        torch.testing.assert_close(y, lin.reference(x), rtol=1e-5, atol=1e-5 * max(1, k / 64))
+        if m:
+            exact = F.linear(x, lin.weight(), None)  # only the 7-bit inputs differ from this
+            assert (y - exact - b).norm() <= 0.03 * exact.norm() + 1e-6
+            assert (y - F.linear(x, w, b)).norm() <= 0.2 * F.linear(x, w, None).norm() + 1e-6
+    x = torch.randn(7, k, generator=g)
+    torch.testing.assert_close(lin(x)[3:5], lin(x[3:5]), rtol=0, atol=0)
+
+
+def test_int4_fallback_computes_the_same(monkeypatch):
+    require_kernel()
+    g = torch.Generator().manual_seed(5)
+    w, b = torch.randn(40, 200, generator=g), torch.randn(40, generator=g)
+    x = torch.randn(6, 200, generator=g)
+    monkeypatch.setattr(packed, "kernel", lambda: None)
+    slow = Int4Linear(w, b)
+    monkeypatch.undo()
+    assert not slow.uses_kernel
+    torch.testing.assert_close(slow(x), Int4Linear(w, b)(x), rtol=1e-5, atol=1e-4)
+

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from emformer_variants.engine.packed import Int8Linear, PackedLinear, kernel
+from emformer_variants.engine.packed import Int4Linear, Int8Linear, PackedLinear, kernel
 
 ONEDNN_MIN_IN = 1024
 ONEDNN_MIN_NUMEL = 1 << 20
@@ -87,23 +87,26 @@ class LinearChain:
 NO_TENSOR = torch.empty(0)  # "none" in the C++ kernels' tensor lists
 
 
-def kernel_impl(linear) -> PackedLinear | Int8Linear | None:
-    """The packed kernel behind ``linear`` (a ``PackedLinear``/``Int8Linear``, or a module
+def kernel_impl(linear) -> PackedLinear | Int8Linear | Int4Linear | None:
+    """The packed kernel behind ``linear`` (a ``PackedLinear``/``Int8Linear``/``Int4Linear``, or a module
     wrapping one), or None when it does not run in one (no kernel here, or another module)."""
     from emformer_variants.engine.precision import KernelLinear
 
     if isinstance(linear, KernelLinear):
         linear = linear.impl
-    ok = isinstance(linear, PackedLinear | Int8Linear) and kernel() is not None
+    ok = isinstance(linear, PackedLinear | Int8Linear | Int4Linear) and kernel() is not None
     return linear if ok else None
 
 
-def kernel_args(impl: PackedLinear | Int8Linear) -> list[torch.Tensor]:
+def kernel_args(impl: PackedLinear | Int8Linear | Int4Linear) -> list[torch.Tensor]:
     """A kernel linear as the C++ kernels take it (``kernel_linear`` in kernels/linears.h):
-    packed weight, bias, and for int8 the weight scales and column sums; empty = none."""
+    packed weight, bias, and for int8 the weight scales and column sums, for int4 the group
+    scales and zero corrections; empty = none."""
     bias = NO_TENSOR if impl.bias is None else impl.bias
     if isinstance(impl, Int8Linear):
         return [impl.packed, bias, impl.scale, impl.colsum]
+    if isinstance(impl, Int4Linear):
+        return [impl.packed, bias, impl.scales, impl.zc]
     return [impl.packed, bias, NO_TENSOR, NO_TENSOR]
 
 
@@ -147,7 +150,7 @@ def fuse_linears(modules: list[torch.nn.Module]):
     concatenate their rows, which is lossless. Saves a call's fixed cost (for int8: quantising the input
     again) per extra module.
     """
-    from emformer_variants.engine.precision import Int8DynamicLinear, WeightCastLinear
+    from emformer_variants.engine.precision import Int4DynamicLinear, Int8DynamicLinear, WeightCastLinear
 
     kinds = {type(m) for m in modules}
     if len(kinds) != 1:
@@ -155,12 +158,14 @@ def fuse_linears(modules: list[torch.nn.Module]):
     kind = kinds.pop()
     if kind is WeightCastLinear and len({m.dtype for m in modules}) != 1:
         return None
-    if kind in (torch.nn.Linear, WeightCastLinear, Int8DynamicLinear):
+    if kind in (torch.nn.Linear, WeightCastLinear, Int8DynamicLinear, Int4DynamicLinear):
         fused = concat_linears(modules)
         if fused is None:
             return None
         if kind is WeightCastLinear:
             return WeightCastLinear(fused, modules[0].dtype)
+        if kind is Int4DynamicLinear:  # rows are quantised one by one: the same integers and scales
+            return Int4DynamicLinear(fused)
         # int8: the rows are quantised one by one, so requantising the dequantised rows
         # gives the same integers (scales to fp32 rounding)
         return Int8DynamicLinear(fused) if kind is Int8DynamicLinear else fast_linear(fused)

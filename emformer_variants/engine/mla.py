@@ -33,7 +33,7 @@ from emformer_variants.surgery.weights import dense_bias, dense_weight
 
 def _linear_like(template: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor | None):
     """A callable ``x @ weight.T + bias`` stored the way ``template`` stores its weight."""
-    from emformer_variants.engine.precision import Int8DynamicLinear, WeightCastLinear
+    from emformer_variants.engine.precision import Int4DynamicLinear, Int8DynamicLinear, WeightCastLinear
 
     lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
@@ -43,8 +43,8 @@ def _linear_like(template: torch.nn.Module, weight: torch.Tensor, bias: torch.Te
     lin.eval()
     if isinstance(template, WeightCastLinear):
         return WeightCastLinear(lin, template.dtype)
-    if isinstance(template, Int8DynamicLinear):
-        return Int8DynamicLinear(lin)
+    if isinstance(template, Int8DynamicLinear | Int4DynamicLinear):
+        return type(template)(lin)
     return fast_linear(lin)
 
 

@@ -364,3 +364,96 @@ class Int8Linear(_FewRowLinear):
 
     def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
         return run("int8_linear", flat, self.packed, self.colsum, self.scale, self.bias, self.out_features)
+
+
+INT4_GROUP = 64  # k per int4 weight scale (engine.precision's int4)
+INT4_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # group maxima tried as the int4 range
+
+
+def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int4 in groups of ``group`` consecutive k per output row: (N, K) -> (int8
+    (N, Kpad) in -7..7, fp32 scales (N, Kpad / group)), K zero-padded to whole groups. Each
+    group's scale maps a fraction of its largest magnitude (``INT4_CLIPS``) to 7, the one with
+    the least squared error: clipping a rare large weight keeps the steps of the others fine."""
+    if group % 8 or group <= 0:
+        raise ValueError(f"quantize_groups: group={group} must be a positive multiple of 8")
+    w = weight.detach().float()
+    n, k = w.shape
+    groups = -(-k // group)
+    padded = torch.zeros(n, groups * group)
+    padded[:, :k] = w
+    wg = padded.view(n, groups, group)
+    amax = wg.abs().amax(dim=2)
+    amax = torch.where(amax > 0, amax, torch.full_like(amax, 7.0))  # an all-zero group stays zero
+    best_q = best_s = best_err = None
+    for clip in INT4_CLIPS:
+        scale = amax * clip / 7
+        q = torch.round(wg / scale[..., None]).clamp_(-7, 7)
+        err = ((q * scale[..., None] - wg) ** 2).sum(dim=2)
+        if best_q is None:
+            best_q, best_s, best_err = q, scale, err
+        else:
+            better = err < best_err
+            best_q = torch.where(better[..., None], q, best_q)
+            best_s = torch.where(better, scale, best_s)
+            best_err = torch.where(better, err, best_err)
+    return best_q.view(n, -1).to(torch.int8), best_s.contiguous()
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """int8 (N, K) in -8..7, K a multiple of 8 -> uint8 (ceil(N / 16), K / 8, 64): ``pack_int8``'s
+    layout with each pair of its 4-k steps in one 64-byte step, the first in the low nibbles and
+    the second in the high ones (the layout of ``kernels/int4_linear.cpp``)."""
+    if q.shape[1] % 8:
+        raise ValueError(f"pack_int4: K={q.shape[1]} must be a multiple of 8")
+    steps = pack_int8(q).view(-(-q.shape[0] // PANEL), q.shape[1] // 8, 2, 64).to(torch.int16) & 0xF
+    return (steps[:, :, 0] | (steps[:, :, 1] << 4)).to(torch.uint8).contiguous()
+
+
+class Int4Linear(_FewRowLinear):
+    """``x @ W^T + b`` with int4 weights in groups of k (``quantize_groups``) and each row of x
+    quantised to 7 bits per call as for ``Int8Linear``; integer sums per group, exact, then
+    scaled (``kernels/int4_linear.cpp``). Half the weight bytes of int8 (plus a scale per
+    group): for the single-stream case, where every call streams the weights from memory.
+    Without the kernel, ``reference`` computes the same numbers in torch."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group: int = INT4_GROUP):
+        self.out_features, self.in_features = weight.shape
+        self.group = group
+        self.q, self.group_scale = quantize_groups(weight, group)
+        self.packed = pack_int4(self.q)
+        panels, groups = self.packed.shape[0], self.group_scale.shape[1]
+        scales = torch.zeros(panels * PANEL, groups)
+        scales[:self.out_features] = self.group_scale
+        self.scales = scales.view(panels, PANEL, groups).transpose(1, 2).contiguous()
+        group_sums = self.q.view(self.out_features, groups, group).sum(dim=2, dtype=torch.int32)
+        zc = torch.zeros(panels * PANEL, dtype=torch.float32)
+        zc[:self.out_features] = (self.group_scale.double() * group_sums.double()).sum(dim=1).float()
+        self.zc = zc
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+        self.uses_kernel = kernel() is not None
+
+    def weight(self) -> torch.Tensor:
+        """The dequantised weight (N, K), fp32."""
+        groups = self.group_scale.shape[1]
+        w = self.q.float().view(self.out_features, groups, self.group) * self.group_scale[..., None]
+        return w.view(self.out_features, -1)[:, :self.in_features].contiguous()
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, K) -> (M, N): the kernel's arithmetic in torch (float64 group sums)."""
+        xq, sx, zx = quantize_activations(x.float())
+        groups = self.group_scale.shape[1]
+        xg = torch.zeros(x.shape[0], groups * self.group, dtype=torch.float64)
+        xg[:, :self.in_features] = xq.double()
+        sums = torch.einsum("mgk,ngk->mng", xg.view(-1, groups, self.group),
+                            self.q.double().view(self.out_features, groups, self.group))
+        acc = (sums * self.group_scale.double()[None]).sum(dim=2)
+        zc = self.zc[:self.out_features].double()
+        y = ((acc - zx.double()[:, None] * zc) * sx.double()[:, None]).float()
+        return y if self.bias is None else y + self.bias
+
+    def _torch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+
+    def _kernel(self, flat: torch.Tensor) -> torch.Tensor:
+        return run("int4_linear", flat, self.packed, self.zc, self.scales, self.bias, self.out_features)

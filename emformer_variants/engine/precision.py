@@ -9,6 +9,12 @@
   with one scale per output row; each input row quantised per call to 7 bits (asymmetric, 0
   exact); integer products summed exactly in int32, then scaled to fp32. Without the kernel
   the same numbers come from torch (slowly).
+- int4: weight-only int4 (``Int4DynamicLinear`` over ``engine.packed.Int4Linear``): 4-bit
+  weights in groups of 64 k per output row, each group with its own fp32 scale (the group's
+  largest magnitude, or a clipped fraction of it where that errs less); inputs quantised per row
+  to 7 bits as for int8; exact integer sums per group. 0.56 bytes per weight against int8's 1:
+  for one stream, whose every call streams the weights from memory. No AMX path (tiles take
+  int8), so many streams run it on AVX-512 VNNI. A MoE router stays int8.
 - int8-fbgemm: torch's own dynamic quantisation (``torch.ao.quantization.quantize_dynamic``
   with ``per_channel_dynamic_qconfig``, fbgemm: per-channel int8 weights, one activation
   scale per call), kept as the reference method. It was ``int8`` until the packed int8
@@ -32,11 +38,11 @@ import warnings
 import torch
 
 from emformer_variants.engine.moe import split_experts_
-from emformer_variants.engine.packed import Int8Linear, PackedLinear, isa, kernel
+from emformer_variants.engine.packed import INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, isa, kernel
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-fbgemm")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4", "int8-fbgemm")
 
 CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -83,9 +89,21 @@ class Int8DynamicLinear(KernelLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, dynamic int8"
 
 
+class Int4DynamicLinear(KernelLinear):
+    """int4 weights (a scale per row and group of k), inputs quantised per row and call, int32
+    sums per group."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__(linear, Int4Linear(linear.weight, linear.bias))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 weights (groups of {self.impl.group}), dynamic inputs")
+
+
 def _swap_linears_(model: torch.nn.Module, make) -> int:
-    """Every ``nn.Linear`` replaced by ``make(linear)`` (built first, then swapped in)."""
-    new = {name: make(mod) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear}
+    """Every ``nn.Linear`` replaced by ``make(linear, its name)`` (built first, then swapped in)."""
+    new = {name: make(mod, name) for name, mod in model.named_modules() if type(mod) is torch.nn.Linear}
     return len(swap_modules_(model, new))
 
 
@@ -103,17 +121,25 @@ def apply_precision_(rec, precision: str) -> dict:
     split_experts_(model)  # stacked MoE experts -> nn.Linear pairs, converted below like every linear
     if precision in CAST_DTYPES:
         dtype = CAST_DTYPES[precision]
-        replaced = _swap_linears_(model, lambda m: WeightCastLinear(m, dtype))
+        replaced = _swap_linears_(model, lambda m, _: WeightCastLinear(m, dtype))
         kernel_used = kernel() is not None
         return {"precision": precision, "replaced": replaced,
                 "method": f"{precision} weights, fp32 compute ("
                           + (f"packed {isa()} kernel" if kernel_used else "F.linear on widened weights")
                           + ")"}
     if precision == "int8":
-        replaced = _swap_linears_(model, Int8DynamicLinear)
+        replaced = _swap_linears_(model, lambda m, _: Int8DynamicLinear(m))
         return {"precision": precision, "replaced": replaced,
                 "method": "dynamic int8: int8 weights (scale per row), inputs to 7 bits per row and call, "
                           + (f"packed {isa()} int8 kernel" if kernel() is not None else "torch reference")}
+    if precision == "int4":
+        # a MoE router stays int8: its few bytes buy nothing at 4 bits, and its top-k is discrete
+        replaced = _swap_linears_(model, lambda m, name: (Int8DynamicLinear(m) if name.endswith("router")
+                                                          else Int4DynamicLinear(m)))
+        return {"precision": precision, "replaced": replaced,
+                "method": f"int4 weights (groups of {INT4_GROUP} k, a scale each), "
+                          "inputs to 7 bits per row and call, "
+                          + (f"packed {isa()} int4 kernel" if kernel() is not None else "torch reference")}
     from torch.ao import quantization as tq
 
     before = sum(type(m) is torch.nn.Linear for m in model.modules())

@@ -16,6 +16,7 @@
 // vpmaddubsw (pairs -> int16) and vpmaddwd with ones (-> int32 per column) accumulate 32
 // multiply-adds. Blocks of up to 5 rows x 16 columns keep 10 accumulators in registers (VNNI:
 // one vpdpbusd per 4 k and row does the 64 multiply-adds, 12 rows per block).
+#include "act_quant.h"
 #include "isa.h"
 #include "linears.h"
 
@@ -28,6 +29,8 @@
 #include <vector>
 
 namespace {
+
+using act_quant::quantize_x;
 
 constexpr int64_t NR = 16;
 constexpr int64_t MR_MAX = 5;
@@ -71,32 +74,6 @@ void sums_avx2(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* panel, 
   }
 }
 
-// lo = min(0, row...), hi = max(0, row...), 8 lanes at a time. NaNs are skipped and the
-// result is the same as the scalar std::min/std::max loop: each lane keeps x only when
-// x < lo (x > hi), as std::min(lo, x) does, and the lanes hold no -0, so their order is moot.
-inline void row_range(const float* row, int64_t K, float& lo, float& hi) {
-  __m256 vlo = _mm256_setzero_ps(), vhi = vlo;
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 v = _mm256_loadu_ps(row + k);
-    vlo = _mm256_min_ps(v, vlo);  // v < vlo ? v : vlo
-    vhi = _mm256_max_ps(v, vhi);  // v > vhi ? v : vhi
-  }
-  alignas(32) float l[8], h[8];
-  _mm256_store_ps(l, vlo);
-  _mm256_store_ps(h, vhi);
-  lo = 0.f;
-  hi = 0.f;
-  for (int i = 0; i < 8; ++i) {
-    lo = std::min(lo, l[i]);
-    hi = std::max(hi, h[i]);
-  }
-  for (; k < K; ++k) {
-    lo = std::min(lo, row[k]);
-    hi = std::max(hi, row[k]);
-  }
-}
-
 // sums (16 per row) -> y for rows m0.., columns n0..n0+n: y = (sums - zx * colsum) * (sx * sw)
 // + bias, the bias added in one fused multiply-add, eight columns at a time; the scalar tail
 // does the same operations, so every column rounds alike.
@@ -121,23 +98,6 @@ void finish(const int32_t* all_sums, int mr, const float* sx, const int32_t* zx,
       yi[j] = bias ? std::fma(f, scale, bias[j]) : f * scale;
     }
   }
-}
-
-// One row of x to 0..127: q = clamp(nearbyint(x / s) + z), eight at a time with the same
-// operations (an fp32 division, round to nearest even, add, clamp), so the same bytes.
-void quantize_row(const float* row, int64_t K, float s, float z, uint8_t* q) {
-  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
-  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(127.f);
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(row + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(v, vz)));
-    const __m256i i32 = _mm256_cvttps_epi32(v);  // whole numbers 0..127: exact
-    const __m128i i16 = _mm_packs_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packus_epi16(i16, i16));
-  }
-  for (; k < K; ++k)
-    q[k] = static_cast<uint8_t>(std::min(127.f, std::max(0.f, std::nearbyint(row[k] / s) + z)));
 }
 
 }  // namespace
@@ -175,20 +135,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   if (static_cast<int64_t>(xq.size()) < Mpad * ldx) xq.resize(Mpad * ldx);
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
-  const float* xp = x.data_ptr<float>();
-  for (int64_t m = 0; m < M; ++m) {
-    const float* row = xp + m * K;
-    float lo, hi;
-    row_range(row, K, lo, hi);
-    float s = (hi - lo) / 127.f;
-    if (!(s > 0.f)) s = 1.f;
-    const float z = std::nearbyint(-lo / s);
-    sx[m] = s;
-    zx[m] = static_cast<int32_t>(z);
-    uint8_t* q = xq.data() + m * ldx;
-    quantize_row(row, K, s, z, q);
-    for (int64_t k = K; k < ldx; ++k) q[k] = 0;
-  }
+  quantize_x(x.data_ptr<float>(), M, K, ldx, xq.data(), sx.data(), zx.data());
   if (Mpad > M) std::memset(xq.data() + M * ldx, 0, (Mpad - M) * ldx);
   const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const int8_t* w = packed.data_ptr<int8_t>();

@@ -12,11 +12,17 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
 torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
                           torch::Tensor scale, c10::optional<torch::Tensor> bias, int64_t N);
 
+// y = x @ W^T + bias with int4 weights (P, K/8, 64) in groups of k with fp32 scales (P, groups, 16)
+// and each row of x quantised to 7 bits on the fly: exact int32 sums per group (int4_linear.cpp).
+torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor zc, torch::Tensor scales,
+                          c10::optional<torch::Tensor> bias, int64_t N);
+
 // Reads every byte of buffer once in one thread; returns a checksum (packed_linear.cpp).
 int64_t stream_read(torch::Tensor buffer);
 
 // A linear given as 4 tensors (the engine's ``kernel_args``): packed weight, bias, and for
-// int8 the weight scales and column sums, else two empty tensors (an empty bias = none).
+// int8 the weight scales and column sums, for int4 (a uint8 packed weight) the group scales and
+// zero corrections, else two empty tensors (an empty bias = none).
 // x: (M, K) fp32 -> (M, n) (kernel_linear.cpp).
 torch::Tensor kernel_linear(const torch::Tensor& x, const torch::Tensor* p, int64_t n);
 

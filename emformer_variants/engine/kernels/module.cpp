@@ -59,6 +59,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "y = x @ W^T + b with W packed in 16-column panels");
   m.def("log_mel", &log_mel, "FeatureExtractor.streaming: wave (N, S) -> normalised log-mel (N, T, F)");
   m.def("int8_linear", &int8_linear, "y = x @ W^T + b with W int8 and x quantised per row to 7 bits");
+  m.def("int4_linear", &int4_linear, "y = x @ W^T + b with W int4 in groups of k and x quantised per row to 7 bits");
   m.def("cpu_flags", &flags, "the CPU's flags as cpuid and xgetbv report them");
   m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "the best level this CPU and build support");
   m.def("isa", [] { return std::string(isa_name(active_isa())); }, "the level the kernels use now");

@@ -184,15 +184,16 @@ def test_int4_groups_reproduce_weights_on_their_grid_and_clip_only_to_err_less()
 
 
 def test_pack_int4_layout():
-    """Each 64-byte step holds two of pack_int8's 4-k steps: the first in the low nibbles."""
+    """Each 64-byte step holds two of pack_int8's 4-k steps as q + 8: the first in the low
+    nibbles; padded columns hold 8 (q = 0)."""
     q = (torch.arange(20 * 16) % 15 - 7).to(torch.int8).view(20, 16)
     p = pack_int4(q)
     p8 = pack_int8(q).view(2, 2, 2, 64)
     assert p.shape == (2, 2, 64) and p.dtype == torch.uint8
-    lo = (p.to(torch.int16) & 0xF).to(torch.int8)
-    hi = (p.to(torch.int16) >> 4).to(torch.int8)
-    sign = lambda v: torch.where(v > 7, v - 16, v)  # noqa: E731
-    assert torch.equal(sign(lo), p8[:, :, 0]) and torch.equal(sign(hi), p8[:, :, 1])
+    lo = (p.to(torch.int16) & 0xF).to(torch.int8) - 8
+    hi = (p.to(torch.int16) >> 4).to(torch.int8) - 8
+    assert torch.equal(lo, p8[:, :, 0]) and torch.equal(hi, p8[:, :, 1])
+    assert p[1, :, 16:].unique().tolist() == [8 + 16 * 8]  # panel 1's columns 4-15: rows 20-31, padding
 
 
 @pytest.mark.parametrize("k,n,group", [(1, 1, 8), (17, 33, 8), (64, 16, 64), (300, 97, 64), (1000, 40, 32)])

@@ -402,11 +402,12 @@ def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torc
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """int8 (N, K) in -8..7, K a multiple of 8 -> uint8 (ceil(N / 16), K / 8, 64): ``pack_int8``'s
-    layout with each pair of its 4-k steps in one 64-byte step, the first in the low nibbles and
-    the second in the high ones (the layout of ``kernels/int4_linear.cpp``)."""
+    layout with each pair of its 4-k steps in one 64-byte step as q + 8 (0..15), the first in the
+    low nibbles and the second in the high ones (the layout of ``kernels/int4_linear.cpp``;
+    padded columns hold q = 0, stored as 8)."""
     if q.shape[1] % 8:
         raise ValueError(f"pack_int4: K={q.shape[1]} must be a multiple of 8")
-    steps = pack_int8(q).view(-(-q.shape[0] // PANEL), q.shape[1] // 8, 2, 64).to(torch.int16) & 0xF
+    steps = pack_int8(q).view(-(-q.shape[0] // PANEL), q.shape[1] // 8, 2, 64).to(torch.int16) + 8
     return (steps[:, :, 0] | (steps[:, :, 1] << 4)).to(torch.uint8).contiguous()
 
 

@@ -156,12 +156,15 @@ EV_TARGET void vnni_block(const uint8_t* xq, int64_t ldx, int64_t K4, const int8
 
 // int4_linear's block (int4_linear.cpp): MR rows x 16 columns, acc[i * 16 + j] = sum_g s[g, j] *
 // S_g[i, j], each group's exact int32 sums turned to fp32 with one fused multiply-add, as the
-// AVX2 block does, so the same bits. One 64-byte load holds two 4-k steps as nibbles. The fp32
-// sums stay in acc (L1) between groups, so 12 rows of int32 sums fit in registers.
+// AVX2 block does, so the same bits. One 64-byte load holds two 4-k steps as nibbles u = q + 8
+// (0..15): vpdpbusd takes them as its unsigned operand and the activation bytes (0..127, valid
+// signed bytes too) as its signed one, and 8 x the group's activation sum (xsum) is taken off
+// the int32 sums. The fp32 sums stay in acc (L1) between groups, so 12 rows of int32 sums fit
+// in registers.
 template <int MR>
-EV_TARGET void vnni4_block(const uint8_t* xq, int64_t ldx, int64_t groups, int64_t g8, const uint8_t* panel,
-                           const float* scales, float* acc) {
-  const __m512i m4 = _mm512_set1_epi8(0x0F), s8 = _mm512_set1_epi8(8);
+EV_TARGET void vnni4_block(const uint8_t* xq, int64_t ldx, const int32_t* xsum, int64_t groups, int64_t g8,
+                           const uint8_t* panel, const float* scales, float* acc) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (int i = 0; i < MR; ++i) _mm512_storeu_ps(acc + i * NR, _mm512_setzero_ps());
   for (int64_t g = 0; g < groups; ++g) {
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -170,23 +173,26 @@ EV_TARGET void vnni4_block(const uint8_t* xq, int64_t ldx, int64_t groups, int64
       _mm_prefetch(reinterpret_cast<const char*>(panel) + t * 64 + kNear, _MM_HINT_T0);
       _mm_prefetch(reinterpret_cast<const char*>(panel) + t * 64 + kAhead, _MM_HINT_T1);
       const __m512i w = _mm512_loadu_si512(panel + t * 64);
-      const __m512i lo = _mm512_sub_epi8(_mm512_xor_si512(_mm512_and_si512(w, m4), s8), s8);
-      const __m512i hi = _mm512_sub_epi8(_mm512_xor_si512(_mm512_and_si512(_mm512_srli_epi16(w, 4), m4), s8), s8);
+      const __m512i lo = _mm512_and_si512(w, m4), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
       int32_t q0, q1;
 #define EV_ROW(i)                                                                                  \
       if (MR > i) {                                                                                \
         __builtin_memcpy(&q0, xq + i * ldx + 8 * t, 4);                                            \
         __builtin_memcpy(&q1, xq + i * ldx + 8 * t + 4, 4);                                        \
-        a##i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a##i, _mm512_set1_epi32(q0), lo),           \
-                                   _mm512_set1_epi32(q1), hi);                                     \
+        a##i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a##i, lo, _mm512_set1_epi32(q0)), hi,       \
+                                   _mm512_set1_epi32(q1));                                         \
       }
       EV_ROW(0) EV_ROW(1) EV_ROW(2) EV_ROW(3) EV_ROW(4) EV_ROW(5)
       EV_ROW(6) EV_ROW(7) EV_ROW(8) EV_ROW(9) EV_ROW(10) EV_ROW(11)
 #undef EV_ROW
     }
     const __m512 s = _mm512_loadu_ps(scales + g * NR);
-#define EV_ACC(i) \
-    if (MR > i) _mm512_storeu_ps(acc + i * NR, _mm512_fmadd_ps(_mm512_cvtepi32_ps(a##i), s, _mm512_loadu_ps(acc + i * NR)));
+#define EV_ACC(i)                                                                                  \
+    if (MR > i) {                                                                                  \
+      const __m512i d = _mm512_sub_epi32(a##i, _mm512_set1_epi32(8 * xsum[i * groups + g]));       \
+      _mm512_storeu_ps(acc + i * NR,                                                               \
+                       _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, _mm512_loadu_ps(acc + i * NR)));  \
+    }
     EV_ACC(0) EV_ACC(1) EV_ACC(2) EV_ACC(3) EV_ACC(4) EV_ACC(5)
     EV_ACC(6) EV_ACC(7) EV_ACC(8) EV_ACC(9) EV_ACC(10) EV_ACC(11)
 #undef EV_ACC
@@ -222,15 +228,15 @@ EV_TARGET void int8_sums_vnni(const uint8_t* xq, int64_t ldx, int64_t K4, const 
   }
 }
 
-EV_TARGET void int4_acc_vnni(const uint8_t* xq, int64_t ldx, int64_t groups, int64_t g8, const uint8_t* panel,
-                             const float* scales, int mr, float* acc) {
+EV_TARGET void int4_acc_vnni(const uint8_t* xq, int64_t ldx, const int32_t* xsum, int64_t groups, int64_t g8,
+                             const uint8_t* panel, const float* scales, int mr, float* acc) {
   switch (mr) {
 #define EV_CASE(i) \
-    case i: vnni4_block<i>(xq, ldx, groups, g8, panel, scales, acc); break;
+    case i: vnni4_block<i>(xq, ldx, xsum, groups, g8, panel, scales, acc); break;
     EV_CASE(1) EV_CASE(2) EV_CASE(3) EV_CASE(4) EV_CASE(5) EV_CASE(6)
     EV_CASE(7) EV_CASE(8) EV_CASE(9) EV_CASE(10) EV_CASE(11)
 #undef EV_CASE
-    default: vnni4_block<12>(xq, ldx, groups, g8, panel, scales, acc); break;
+    default: vnni4_block<12>(xq, ldx, xsum, groups, g8, panel, scales, acc); break;
   }
 }
 
@@ -240,6 +246,7 @@ bool avx512_built() { return false; }
 void packed_panels_avx512(const float*, int64_t, int64_t, const void*, int, const float*, float*, int64_t,
                           int64_t, int64_t) {}
 void int8_sums_vnni(const uint8_t*, int64_t, int64_t, const int8_t*, int, int32_t*) {}
-void int4_acc_vnni(const uint8_t*, int64_t, int64_t, int64_t, const uint8_t*, const float*, int, float*) {}
+void int4_acc_vnni(const uint8_t*, int64_t, const int32_t*, int64_t, int64_t, const uint8_t*, const float*, int,
+                   float*) {}
 
 #endif

@@ -5,7 +5,8 @@
 // steps below are the same operations in the same order.
 //
 //   y[m, n] = sx[m] * (sum_g s[n, g] * S_g[m, n] - zx[m] * zc[n]) + bias[n]
-//   S_g[m, n] = sum_{k in group g} xq[m, k] * q[n, k]              (exact int32)
+//   S_g[m, n] = sum_{k in group g} xq[m, k] * q[n, k]
+//             = sum_{k in g} xq[m, k] * (q[n, k] + 8) - 8 * sum_{k in g} xq[m, k]   (exact int32)
 //
 // q: the weight in 4 bits, symmetric (-7..7), one fp32 scale s[n, g] per output row and group
 // of G consecutive k (engine.packed.quantize_groups); zc[n] = sum_g s[n, g] * sum_{k in g}
@@ -14,9 +15,13 @@
 // (acc = S_g * s_g + acc), groups in order.
 //
 // q is packed as (P, K8, 64) bytes: panels of 16 output columns; each 64-byte step holds two
-// of the int8 layout's 4-k steps (16 columns x 4 consecutive k), the first in the low nibbles
-// and the second in the high nibbles, so one 64-byte load unpacks to two int8 weight vectors
-// of that layout (mask, then x ^ 8 - 8 sign-extends a nibble). Scales: (P, groups, 16) fp32.
+// of the int8 layout's 4-k steps (16 columns x 4 consecutive k) as u = q + 8 (0..15), the first
+// in the low nibbles and the second in the high ones, so one 64-byte load unpacks to two
+// vectors of unsigned bytes with a mask and a shift. The products take the weight as the
+// unsigned operand and the activation byte (0..127, a valid signed byte too) as the signed one,
+// and 8 x each group's activation sum, worked out once per call, is taken off the integer sums.
+// Both blocks keep the fp32 sums in a small buffer (L1) between groups, so the registers hold
+// only int32 sums. Scales: (P, groups, 16) fp32.
 #include "act_quant.h"
 #include "isa.h"
 #include "linears.h"
@@ -32,56 +37,52 @@
 namespace {
 
 constexpr int64_t NR = 16;
-constexpr int kAvx2Rows = 2;
-
-// Two 4-k steps of 8 columns from 32 packed bytes: the low nibbles (first step) and high.
-inline void unpack8(__m256i w, __m256i& lo, __m256i& hi) {
-  const __m256i m4 = _mm256_set1_epi8(0x0F), s8 = _mm256_set1_epi8(8);
-  lo = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(w, m4), s8), s8);
-  hi = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(w, 4), m4), s8), s8);
-}
+constexpr int kAvx2Rows = 4;
 
 // MR rows x 16 columns: acc[i * 16 + j] = sum_g s[g, j] * S_g[i, j]. vpmaddubsw adds two
-// products of at most 127 x 8 into int16: no saturation.
+// products of at most 15 x 127 into int16, and the two steps' pairs add to at most 7,620: no
+// saturation.
 template <int MR>
-void block_avx2(const uint8_t* xq, int64_t ldx, int64_t groups, int64_t g8, const uint8_t* panel,
-                const float* scales, float* acc) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0;  // row i: f(2i) columns 0-7, f(2i+1) 8-15
+void block_avx2(const uint8_t* xq, int64_t ldx, const int32_t* xsum, int64_t groups, int64_t g8,
+                const uint8_t* panel, const float* scales, float* acc) {
+  const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+  for (int i = 0; i < 2 * MR; ++i) _mm256_storeu_ps(acc + 8 * i, _mm256_setzero_ps());
   for (int64_t g = 0; g < groups; ++g) {
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    __m256i a0 = _mm256_setzero_si256(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0;
     for (int64_t t = g * g8; t < (g + 1) * g8; ++t) {
       _mm_prefetch(reinterpret_cast<const char*>(panel + t * 64 + 1024), _MM_HINT_T0);
-      __m256i lo0, hi0, lo1, hi1;
-      unpack8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + t * 64)), lo0, hi0);
-      unpack8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + t * 64 + 32)), lo1, hi1);
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + t * 64));
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + t * 64 + 32));
+      const __m256i lo0 = _mm256_and_si256(w0, m4), hi0 = _mm256_and_si256(_mm256_srli_epi16(w0, 4), m4);
+      const __m256i lo1 = _mm256_and_si256(w1, m4), hi1 = _mm256_and_si256(_mm256_srli_epi16(w1, 4), m4);
       int32_t q0, q1;
-#define EV_ROW(i, A, B)                                                                                   \
+#define EV_ROW(i)                                                                                         \
       if (MR > i) {                                                                                       \
         std::memcpy(&q0, xq + i * ldx + 8 * t, 4);                                                        \
         std::memcpy(&q1, xq + i * ldx + 8 * t + 4, 4);                                                    \
         const __m256i x0 = _mm256_set1_epi32(q0), x1 = _mm256_set1_epi32(q1);                             \
-        A = _mm256_add_epi32(A, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(x0, lo0),         \
-                                                                   _mm256_maddubs_epi16(x1, hi0)), ones)); \
-        B = _mm256_add_epi32(B, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(x0, lo1),         \
-                                                                   _mm256_maddubs_epi16(x1, hi1)), ones)); \
+        a##i = _mm256_add_epi32(a##i, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo0, x0),   \
+                                                                         _mm256_maddubs_epi16(hi0, x1)),  \
+                                                        ones));                                           \
+        b##i = _mm256_add_epi32(b##i, _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(lo1, x0),   \
+                                                                         _mm256_maddubs_epi16(hi1, x1)),  \
+                                                        ones));                                           \
       }
-      EV_ROW(0, a0, a1) EV_ROW(1, a2, a3)
+      EV_ROW(0) EV_ROW(1) EV_ROW(2) EV_ROW(3)
 #undef EV_ROW
     }
     const __m256 s0 = _mm256_loadu_ps(scales + g * NR), s1 = _mm256_loadu_ps(scales + g * NR + 8);
-    f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), s0, f0);
-    f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), s1, f1);
-    if (MR > 1) {
-      f2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a2), s0, f2);
-      f3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a3), s1, f3);
+#define EV_ACC(i)                                                                                        \
+    if (MR > i) {                                                                                        \
+      const __m256i z = _mm256_set1_epi32(8 * xsum[i * groups + g]);                                     \
+      float* f = acc + i * NR;                                                                           \
+      _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(a##i, z)), s0,             \
+                                          _mm256_loadu_ps(f)));                                          \
+      _mm256_storeu_ps(f + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(b##i, z)), s1,         \
+                                              _mm256_loadu_ps(f + 8)));                                  \
     }
-  }
-  _mm256_storeu_ps(acc, f0);
-  _mm256_storeu_ps(acc + 8, f1);
-  if (MR > 1) {
-    _mm256_storeu_ps(acc + NR, f2);
-    _mm256_storeu_ps(acc + NR + 8, f3);
+    EV_ACC(0) EV_ACC(1) EV_ACC(2) EV_ACC(3)
+#undef EV_ACC
   }
 }
 
@@ -143,6 +144,17 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor z
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
   act_quant::quantize_x(x.data_ptr<float>(), M, K, ldx, xq.data(), sx.data(), zx.data());
+  // each row's activation bytes summed per group, 8 bytes at a time (psadbw against zero)
+  std::vector<int32_t> xsum(M * groups);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      const uint8_t* q = xq.data() + m * ldx + g * 8 * g8;
+      __m128i total = _mm_setzero_si128();
+      for (int64_t t = 0; t < g8; ++t)
+        total = _mm_add_epi64(total, _mm_sad_epu8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * t)),
+                                                  _mm_setzero_si128()));
+      xsum[m * groups + g] = static_cast<int32_t>(_mm_cvtsi128_si64(total));
+    }
   const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const uint8_t* w = packed.data_ptr<uint8_t>();
   const float* sc = scales.data_ptr<float>();
@@ -166,9 +178,12 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor z
       const int64_t n0 = p * NR, n = std::min(NR, N - n0);
       for (const auto& [m, mr] : row_blocks) {
         const uint8_t* xm = xqp + m * ldx;
-        if (vnni) int4_acc_vnni(xm, ldx, groups, g8, panel, ps, mr, acc);
-        else if (mr == 1) block_avx2<1>(xm, ldx, groups, g8, panel, ps, acc);
-        else block_avx2<2>(xm, ldx, groups, g8, panel, ps, acc);
+        const int32_t* xs = xsum.data() + m * groups;
+        if (vnni) int4_acc_vnni(xm, ldx, xs, groups, g8, panel, ps, mr, acc);
+        else if (mr == 1) block_avx2<1>(xm, ldx, xs, groups, g8, panel, ps, acc);
+        else if (mr == 2) block_avx2<2>(xm, ldx, xs, groups, g8, panel, ps, acc);
+        else if (mr == 3) block_avx2<3>(xm, ldx, xs, groups, g8, panel, ps, acc);
+        else block_avx2<4>(xm, ldx, xs, groups, g8, panel, ps, acc);
         finish(acc, mr, sx.data() + m, zx.data() + m, zcp + n0, b ? b + n0 : nullptr, yp + m * N + n0, N, n);
       }
     }

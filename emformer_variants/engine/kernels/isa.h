@@ -45,11 +45,12 @@ void int8_sums_vnni(const uint8_t* xq, int64_t ldx, int64_t K4, const int8_t* pa
                     int32_t* sums);
 
 // int4_linear's fp32 accumulators for ``mr`` (1..kVnni4Rows) rows of xq and one panel (K8 x 64
-// bytes, two 4-k steps per 64 as nibbles; ``groups`` groups of g8 steps, scales (groups, 16)):
+// bytes, two 4-k steps per 64 as nibbles q + 8; ``groups`` groups of g8 steps, scales (groups,
+// 16); xsum[i * groups + g] the row's activation bytes summed over the group):
 // acc[i * 16 + j] = sum_g scales[g, j] * (exact int32 sum of the group).
 constexpr int kVnni4Rows = 12;
-void int4_acc_vnni(const uint8_t* xq, int64_t ldx, int64_t groups, int64_t g8, const uint8_t* panel,
-                   const float* scales, int mr, float* acc);
+void int4_acc_vnni(const uint8_t* xq, int64_t ldx, const int32_t* xsum, int64_t groups, int64_t g8,
+                   const uint8_t* panel, const float* scales, int mr, float* acc);
 
 // ---- AMX kernel (amx.cpp); call only when active_isa() == Isa::amx.
 

@@ -54,6 +54,11 @@ from emformer_variants.engine.moe import PackedMoE
 from emformer_variants.surgery.mla import MLAAttention, MLAEmformerLayer
 
 
+def in_age_order(ring: torch.Tensor, head: int) -> torch.Tensor:
+    """A left-context ring (N, L, ·) whose oldest row is at ``head``, oldest row first."""
+    return ring.roll(-head, 1) if head else ring
+
+
 @dataclass
 class EncoderState:
     keys: list[torch.Tensor]  # per layer (N, L, D): a ring, its oldest row at ``head``
@@ -63,8 +68,7 @@ class EncoderState:
 
     def left_context(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``layer``'s keys and values (N, L, ·) oldest first, as torchaudio's state holds them."""
-        k, v = self.keys[layer], self.values[layer]
-        return (k.roll(-self.head, 1), v.roll(-self.head, 1)) if self.head else (k, v)
+        return in_age_order(self.keys[layer], self.head), in_age_order(self.values[layer], self.head)
 
     def nbytes(self, stream: int | None = None) -> int:
         total = sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -323,9 +327,8 @@ class StreamingEncoder:
         """The layers one by one in Python: what ``_Stack`` does in one C++ call. New caches
         in age order (head 0)."""
         left = self.left
-        if head:
-            keys_old = [k.roll(-head, 1) for k in keys_old]
-            values_old = [v.roll(-head, 1) for v in values_old]
+        keys_old = [in_age_order(k, head) for k in keys_old]
+        values_old = [in_age_order(v, head) for v in values_old]
         keys, values = [], []
         for layer, k_old, v_old in zip(self.layers, keys_old, values_old, strict=True):
             x, k, v = layer(x, r, k_old[:, lo:], v_old[:, lo:], mask)

@@ -82,7 +82,7 @@ def test_pick_utterances_first_or_seeded_random():
 
 @pytest.mark.parametrize("setting,message", [
     ("decoder=viterbi", "decoder=viterbi: unknown; choose one of stock, exact, modified, greedy"),
-    ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8, int8-fbgemm"),
+    ("precision=fp8", "precision=fp8: unknown; choose one of fp32, bf16, fp16, int8, int4, int8-fbgemm"),
     ("max_symbols=2", "max_symbols=2: a count >= 1, for decoder=modified or greedy only"),
 ])
 def test_evaluate_rejects_unknown_settings_first(setting, message, capsys):

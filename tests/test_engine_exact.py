@@ -211,7 +211,7 @@ def test_exact_equals_stock_on_surgery_variants(variant):
         assert isinstance(stream_decode(rec, wave, 4, build_pipeline(rec, decoder, 4)).text, str)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_fused_predictor_step_is_bit_for_bit_the_python_loop(precision):
     from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.engine.predictor import PredictorStep
@@ -238,7 +238,7 @@ def test_predictor_falls_back_without_the_kernel(monkeypatch):
     assert PredictorStep(make_tiny_rec(3).model.predictor).fused is None
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_fused_exact_search_is_bit_for_bit_the_python_loop(precision):
     """The C++ search (kernels/exact_search.cpp) against ``_frame`` in Python: two streams
     in lockstep, beams carried, one stream restarted, the cache freeing and growing."""

@@ -28,7 +28,7 @@ def run_pair(fused, loop, rec, chunks: int = 10, streams: int = 3, seed: int = 1
         yield a, b
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
 @pytest.mark.parametrize("max_symbols", [1, 2, 3])
 def test_fused_modified_search_is_bit_for_bit_the_python_loop(precision, max_symbols):
     require_kernel()

@@ -129,13 +129,8 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor z
   TORCH_CHECK(P * NR >= N && P * NR < N + NR, "int4_linear: bad N");
   TORCH_CHECK(zc.scalar_type() == torch::kFloat && zc.numel() == P * NR && zc.is_contiguous(),
               "int4_linear: zc must be (P * 16,) fp32");
-  const float* b = nullptr;
   torch::Tensor bias_c;
-  if (bias.has_value() && bias->defined() && bias->numel()) {
-    bias_c = bias->contiguous();
-    TORCH_CHECK(bias_c.scalar_type() == torch::kFloat && bias_c.numel() == N, "int4_linear: bad bias");
-    b = bias_c.data_ptr<float>();
-  }
+  const float* b = bias_data(bias, N, bias_c, "int4_linear");
   x = x.contiguous();
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;

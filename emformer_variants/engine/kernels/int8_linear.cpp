@@ -115,13 +115,8 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
               "int8_linear: colsum must be (P * 16,) int32");
   TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.numel() == N && scale.is_contiguous(),
               "int8_linear: scale must be (N,) fp32");
-  const float* b = nullptr;
   torch::Tensor bias_c;
-  if (bias.has_value() && bias->defined() && bias->numel()) {
-    bias_c = bias->contiguous();
-    TORCH_CHECK(bias_c.scalar_type() == torch::kFloat && bias_c.numel() == N, "int8_linear: bad bias");
-    b = bias_c.data_ptr<float>();
-  }
+  const float* b = bias_data(bias, N, bias_c, "int8_linear");
   x = x.contiguous();
   auto y = torch::empty({M, N}, x.options());
   if (M == 0) return y;

@@ -17,6 +17,16 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
 torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor zc, torch::Tensor scales,
                           c10::optional<torch::Tensor> bias, int64_t N);
 
+// A linear's optional bias as the kernels take it: a contiguous fp32 (N,) tensor, held alive in
+// ``keep``, or none (nullptr, also for an empty tensor); ``who`` names the kernel in the error.
+inline const float* bias_data(const c10::optional<torch::Tensor>& bias, int64_t N, torch::Tensor& keep,
+                              const char* who) {
+  if (!bias.has_value() || !bias->defined() || !bias->numel()) return nullptr;
+  keep = bias->contiguous();
+  TORCH_CHECK(keep.scalar_type() == torch::kFloat && keep.numel() == N, who, ": bad bias");
+  return keep.data_ptr<float>();
+}
+
 // Reads every byte of buffer once in one thread; returns a checksum (packed_linear.cpp).
 int64_t stream_read(torch::Tensor buffer);
 

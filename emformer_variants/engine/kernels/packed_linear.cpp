@@ -119,13 +119,8 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional
   x = x.contiguous();
   const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
   auto y = torch::empty({M, N}, x.options());
-  const float* b = nullptr;
   torch::Tensor bias_c;
-  if (bias.has_value() && bias->defined()) {
-    bias_c = bias->contiguous();
-    TORCH_CHECK(bias_c.scalar_type() == torch::kFloat && bias_c.numel() == N, "packed_linear: bad bias");
-    b = bias_c.data_ptr<float>();
-  }
+  const float* b = bias_data(bias, N, bias_c, "packed_linear");
   const auto dtype = packed.scalar_type();
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kHalf || dtype == torch::kBFloat16,
               "packed_linear: weight dtype must be float32, float16 or bfloat16");

@@ -54,7 +54,6 @@ inline void quantize_row(const float* row, int64_t K, float s, float z, uint8_t*
     q[k] = static_cast<uint8_t>(std::min(127.f, std::max(0.f, std::nearbyint(row[k] / s) + z)));
 }
 
-
 // Rows 0..M of x (M, K) into xq (row stride ldx >= K; the padding k's set to 0, as their
 // weights are 0), with each row's scale and zero point.
 inline void quantize_x(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* xq, float* sx, int32_t* zx) {

@@ -157,13 +157,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor z
   float* yp = y.data_ptr<float>();
   const bool vnni = active_isa() >= Isa::avx512;
   const int rows = vnni ? kVnni4Rows : kAvx2Rows;
-  std::vector<std::pair<int64_t, int>> row_blocks;  // as equal as possible, worked out once
-  for (int64_t m = 0; m < M;) {
-    const int64_t blocks = (M - m + rows - 1) / rows;
-    const int mr = static_cast<int>((M - m + blocks - 1) / blocks);
-    row_blocks.emplace_back(m, mr);
-    m += mr;
-  }
+  const auto blocks = row_blocks(M, rows, true);  // as equal as possible, worked out once
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / std::max<int64_t>(1, K8 * 64));
   at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
     alignas(64) float acc[kVnni4Rows * NR];
@@ -171,7 +165,7 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor z
       const uint8_t* panel = w + p * K8 * 64;
       const float* ps = sc + p * groups * NR;
       const int64_t n0 = p * NR, n = std::min(NR, N - n0);
-      for (const auto& [m, mr] : row_blocks) {
+      for (const auto& [m, mr] : blocks) {
         const uint8_t* xm = xqp + m * ldx;
         const int32_t* xs = xsum.data() + m * groups;
         if (vnni) int4_acc_vnni(xm, ldx, xs, groups, g8, panel, ps, mr, acc);

@@ -30,8 +30,6 @@
 
 namespace {
 
-using act_quant::quantize_x;
-
 constexpr int64_t NR = 16;
 constexpr int64_t MR_MAX = 5;
 constexpr int64_t kAmxMinRows = 16;
@@ -130,7 +128,7 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   if (static_cast<int64_t>(xq.size()) < Mpad * ldx) xq.resize(Mpad * ldx);
   std::vector<float> sx(M);
   std::vector<int32_t> zx(M);
-  quantize_x(x.data_ptr<float>(), M, K, ldx, xq.data(), sx.data(), zx.data());
+  act_quant::quantize_x(x.data_ptr<float>(), M, K, ldx, xq.data(), sx.data(), zx.data());
   if (Mpad > M) std::memset(xq.data() + M * ldx, 0, (Mpad - M) * ldx);
   const uint8_t* xqp = xq.data();  // the lambda runs on other threads, with their own xq
   const int8_t* w = packed.data_ptr<int8_t>();
@@ -164,22 +162,14 @@ torch::Tensor int8_linear(torch::Tensor x, torch::Tensor packed, torch::Tensor c
   }
   const bool vnni = active_isa() >= Isa::avx512;
   const int rows = vnni ? kVnniRows : static_cast<int>(MR_MAX);
-  // the row blocks, the same for every panel: at most ``rows`` rows each, as equal as possible
-  // with VNNI (13 rows: 7 + 6); worked out once here, not per panel (two integer divisions)
-  std::vector<std::pair<int64_t, int>> row_blocks;
-  for (int64_t m = 0; m < M;) {
-    const int64_t blocks = (M - m + rows - 1) / rows;
-    const int mr = vnni ? static_cast<int>((M - m + blocks - 1) / blocks)
-                        : static_cast<int>(std::min<int64_t>(rows, M - m));
-    row_blocks.emplace_back(m, mr);
-    m += mr;
-  }
+  // the row blocks, the same for every panel, worked out once here: equal with VNNI (13 rows: 7 + 6)
+  const auto blocks = row_blocks(M, rows, vnni);
   at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
     alignas(64) int32_t sums[kVnniRows * NR];
     for (int64_t p = begin; p < end; ++p) {
       const int8_t* panel = w + p * K4 * 64;
       const int64_t n0 = p * NR, n = std::min(NR, N - n0);
-      for (const auto& [m, mr] : row_blocks) {
+      for (const auto& [m, mr] : blocks) {
         const uint8_t* xm = xqp + m * ldx;
         if (vnni) int8_sums_vnni(xm, ldx, K4, panel, mr, sums);
         else sums_avx2(xm, ldx, K4, panel, mr, sums);

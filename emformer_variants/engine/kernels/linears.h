@@ -3,6 +3,10 @@
 
 #include <torch/types.h>
 
+#include <algorithm>
+#include <utility>
+#include <vector>
+
 // y = x @ W^T + bias, W packed (P, K, 16) in fp32, fp16 or bf16; fp32 compute (packed_linear.cpp).
 torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed, c10::optional<torch::Tensor> bias,
                             int64_t N);
@@ -25,6 +29,19 @@ inline const float* bias_data(const c10::optional<torch::Tensor>& bias, int64_t 
   keep = bias->contiguous();
   TORCH_CHECK(keep.scalar_type() == torch::kFloat && keep.numel() == N, who, ": bad bias");
   return keep.data_ptr<float>();
+}
+
+// The row blocks of a few-row kernel: (first row, rows) covering M rows, at most ``rows`` each;
+// with ``even`` as equal as possible (13 rows at 12: 7 + 6), else full blocks and the rest last.
+inline std::vector<std::pair<int64_t, int>> row_blocks(int64_t M, int rows, bool even) {
+  std::vector<std::pair<int64_t, int>> out;
+  for (int64_t m = 0; m < M;) {
+    const int64_t blocks = (M - m + rows - 1) / rows;
+    const int mr = static_cast<int>(even ? (M - m + blocks - 1) / blocks : std::min<int64_t>(rows, M - m));
+    out.emplace_back(m, mr);
+    m += mr;
+  }
+  return out;
 }
 
 // Reads every byte of buffer once in one thread; returns a checksum (packed_linear.cpp).

@@ -209,6 +209,20 @@ def tiny_arch(**kw) -> dict:
     return arch
 
 
+def every_linear_at_(rec, precision: str) -> None:
+    """``apply_precision_``, except that ``int4`` puts every linear at int4 (the precision keeps
+    the predictor and joiner at int8), so the fused predictor's and searches' int4 paths stay tested."""
+    from emformer_variants.engine.precision import Int4DynamicLinear, apply_precision_
+    from emformer_variants.surgery.swap import swap_modules_
+
+    if precision != "int4":
+        apply_precision_(rec, precision)
+        return
+    rec.model.eval()
+    swap_modules_(rec.model, {name: Int4DynamicLinear(m) for name, m in rec.model.named_modules()
+                              if type(m) is torch.nn.Linear})
+
+
 def make_tiny_rec(seed: int = 0, **arch_kw):
     """A model the project never saw: random weights (fixed seed), random global stats."""
     from emformer_variants.models.features import FeatureConfig

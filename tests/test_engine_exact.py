@@ -16,7 +16,14 @@ from emformer_variants.engine.encoder import StreamingEncoder
 from emformer_variants.engine.pipeline import build_pipeline
 from emformer_variants.engine.stream import chunk_windows, stream_decode
 from emformer_variants.models.recognizer import load_recognizer
-from tests.conftest import ROOT, apply_shipped_variant_, make_tiny_rec, require_kernel, tiny_arch
+from tests.conftest import (
+    ROOT,
+    apply_shipped_variant_,
+    every_linear_at_,
+    make_tiny_rec,
+    require_kernel,
+    tiny_arch,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,12 +220,11 @@ def test_exact_equals_stock_on_surgery_variants(variant):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_fused_predictor_step_is_bit_for_bit_the_python_loop(precision):
-    from emformer_variants.engine.precision import apply_precision_
     from emformer_variants.engine.predictor import PredictorStep
 
     require_kernel()
     rec = make_tiny_rec(3)
-    apply_precision_(rec, precision)
+    every_linear_at_(rec, precision)
     fused, loop = PredictorStep(rec.model.predictor), PredictorStep(rec.model.predictor, fused=False)
     assert fused.fused is not None and loop.fused is None
     g = torch.Generator().manual_seed(6)
@@ -243,11 +249,10 @@ def test_fused_exact_search_is_bit_for_bit_the_python_loop(precision):
     """The C++ search (kernels/exact_search.cpp) against ``_frame`` in Python: two streams
     in lockstep, beams carried, one stream restarted, the cache freeing and growing."""
     from emformer_variants.engine.exact import ExactBeamSearch
-    from emformer_variants.engine.precision import apply_precision_
 
     require_kernel()
     rec = make_tiny_rec(11)
-    apply_precision_(rec, precision)
+    every_linear_at_(rec, precision)
     fused = ExactBeamSearch(rec.model, rec.blank, 6, keep_chunks=3)
     loop = ExactBeamSearch(rec.model, rec.blank, 6, keep_chunks=3, fused=False)
     assert fused.fused is not None and loop.fused is None

@@ -9,8 +9,7 @@ import torch
 from emformer_variants.engine import packed
 from emformer_variants.engine.greedy import GreedySearch
 from emformer_variants.engine.modified import ModifiedBeamSearch
-from emformer_variants.engine.precision import apply_precision_
-from tests.conftest import make_tiny_rec, require_kernel
+from tests.conftest import every_linear_at_, make_tiny_rec, require_kernel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +32,7 @@ def run_pair(fused, loop, rec, chunks: int = 10, streams: int = 3, seed: int = 1
 def test_fused_modified_search_is_bit_for_bit_the_python_loop(precision, max_symbols):
     require_kernel()
     rec = make_tiny_rec(11)
-    apply_precision_(rec, precision)
+    every_linear_at_(rec, precision)
     fused = ModifiedBeamSearch(rec.model, rec.blank, 6, max_symbols=max_symbols, keep_chunks=3)
     loop = ModifiedBeamSearch(rec.model, rec.blank, 6, max_symbols=max_symbols, keep_chunks=3, fused=False)
     assert fused.fused is not None and loop.fused is None

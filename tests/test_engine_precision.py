@@ -16,6 +16,7 @@ from emformer_variants.engine.precision import (
     Int8DynamicLinear,
     WeightCastLinear,
     apply_precision_,
+    int4_weights,
 )
 from emformer_variants.engine.stream import stream_decode
 from emformer_variants.errors import UserError
@@ -36,7 +37,13 @@ def test_every_linear_is_converted_and_outputs_stay_close(precision, kind, tol):
     report = apply_precision_(low, precision)
     assert report["replaced"] == linears
     assert not any(type(m) is torch.nn.Linear for m in low.model.modules())
-    assert sum(type(m) is kind for m in low.model.modules()) == linears
+    count = {k: sum(type(m) is k for m in low.model.modules()) for k in (kind, Int8DynamicLinear)}
+    if precision == "int4":  # the encoder only (int4_weights); the predictor and joiner int8
+        encoder = sum(type(m) is torch.nn.Linear for n, m in rec.model.named_modules()
+                      if n.startswith("transcriber."))
+        assert count[kind] == encoder and count[Int8DynamicLinear] == linears - encoder > 0
+    else:
+        assert count[kind] == linears
     x = torch.randn(1, 21, 80, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         a, _, _ = rec.model.transcribe_streaming(x, torch.tensor([21]), None)
@@ -99,3 +106,13 @@ def test_surgery_variants_decode_at_every_precision(variant, precision):
     for decoder in ("stock", "exact"):
         res = stream_decode(rec, wave, 3, build_pipeline(rec, decoder, 3))
         assert len(res.encoder_s) == 7 and isinstance(res.text, str)
+
+
+def test_int4_goes_to_the_encoder_only():
+    """The predictor and joiner run at the beam's rows (int8 is no slower there) and a router's
+    top-k is discrete: they stay int8 under precision=int4."""
+    assert int4_weights("transcriber.emformer.layers.0.pos_ff.1")
+    assert int4_weights("transcriber.emformer.layers.3.attention.project_in")
+    assert not int4_weights("transcriber.emformer.layers.0.pos_ff.router")
+    assert not int4_weights("predictor.lstm_layers.0.x2g")
+    assert not int4_weights("joiner.linear")

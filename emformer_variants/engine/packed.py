@@ -367,7 +367,8 @@ class Int8Linear(_FewRowLinear):
 
 
 INT4_GROUP = 64  # k per int4 weight scale (engine.precision's int4)
-INT4_CLIPS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)  # group maxima tried as the int4 range
+# the fractions of a group's largest magnitude tried as its int4 range: 1.0, 0.975, .., 0.5
+INT4_CLIPS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))
 
 
 def quantize_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,9 @@
   largest magnitude, or a clipped fraction of it where that errs less); inputs quantised per row
   to 7 bits as for int8; exact integer sums per group. 0.56 bytes per weight against int8's 1:
   for one stream, whose every call streams the weights from memory. No AMX path (tiles take
-  int8), so many streams run it on AVX-512 VNNI. A MoE router stays int8.
+  int8), so many streams run it on AVX-512 VNNI. Only the encoder (``transcriber``) goes to
+  int4: the predictor and joiner run at the beam's few rows, where int8 is compute-bound and no
+  slower, and their error moves every hypothesis's score; a MoE router stays int8 too.
 - int8-fbgemm: torch's own dynamic quantisation (``torch.ao.quantization.quantize_dynamic``
   with ``per_channel_dynamic_qconfig``, fbgemm: per-channel int8 weights, one activation
   scale per call), kept as the reference method. It was ``int8`` until the packed int8
@@ -107,6 +109,14 @@ def _swap_linears_(model: torch.nn.Module, make) -> int:
     return len(swap_modules_(model, new))
 
 
+def int4_weights(name: str) -> bool:
+    """Whether ``precision=int4`` gives the linear called ``name`` int4 weights (else int8): the
+    encoder's, whose weights one stream reads from memory once per chunk, but not a MoE router's
+    (its few bytes buy nothing at 4 bits, and its top-k is discrete) nor the predictor's and
+    joiner's (run at the beam's rows, compute-bound, and in every hypothesis's score)."""
+    return name.startswith("transcriber.") and not name.endswith("router")
+
+
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UserError(f"precision={precision}: unknown; choose one of {', '.join(PRECISIONS)}")
@@ -133,11 +143,11 @@ def apply_precision_(rec, precision: str) -> dict:
                 "method": "dynamic int8: int8 weights (scale per row), inputs to 7 bits per row and call, "
                           + (f"packed {isa()} int8 kernel" if kernel() is not None else "torch reference")}
     if precision == "int4":
-        # a MoE router stays int8: its few bytes buy nothing at 4 bits, and its top-k is discrete
-        replaced = _swap_linears_(model, lambda m, name: (Int8DynamicLinear(m) if name.endswith("router")
-                                                          else Int4DynamicLinear(m)))
+        replaced = _swap_linears_(model, lambda m, name: (Int4DynamicLinear(m) if int4_weights(name)
+                                                          else Int8DynamicLinear(m)))
         return {"precision": precision, "replaced": replaced,
-                "method": f"int4 weights (groups of {INT4_GROUP} k, a scale each), "
+                "method": f"int4 encoder weights (groups of {INT4_GROUP} k, a scale each; predictor, "
+                          "joiner and routers int8), "
                           "inputs to 7 bits per row and call, "
                           + (f"packed {isa()} int4 kernel" if kernel() is not None else "torch reference")}
     from torch.ao import quantization as tq

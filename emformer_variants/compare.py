@@ -43,9 +43,16 @@ def read_hyps(path: str | Path) -> list[dict]:
     return rows
 
 
+def utterance_key(row: dict) -> tuple:
+    """One utterance, whichever checkout decoded it: the last three parts of its audio path
+    (corpus folder, split, file) and its reference, so runs of the same corpus from a git
+    worktree or a clone pair with runs from the main checkout."""
+    return Path(row["audio"]).parts[-3:], row["ref"]
+
+
 def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) -> dict:
     """WER of each and the paired B - A difference, overall and per speaker (fractions)."""
-    if [r["audio"] for r in a] != [r["audio"] for r in b]:
+    if [utterance_key(r) for r in a] != [utterance_key(r) for r in b]:
         raise UserError("the two evaluations decoded different utterances (or in another order); "
                         "compare runs of the same data, split and max_utterances")
     refs = [r["ref"] for r in a]

@@ -53,6 +53,18 @@ def test_cli_prints_the_difference_and_refuses_other_utterances(tmp_path, capsys
     assert "not an evaluate.py hyps.jsonl" in proc.stderr
 
 
+def test_runs_from_another_checkout_pair_but_other_texts_do_not(tmp_path):
+    """The same corpus decoded from a worktree: other absolute paths, same utterances."""
+    rows = [{"audio": f"/work/main/cache/synthetic-1/test/{i}.flac", "ref": r, "hyp": r}
+            for i, r in enumerate(["a b", "c d"])]
+    moved = [dict(r, audio=r["audio"].replace("/work/main/", "/tmp/worktree/")) for r in rows]
+    assert compare(rows, moved, replicates=50)["delta"].value == 0.0
+    with pytest.raises(UserError, match="different utterances"):
+        compare(rows, [dict(moved[0]), dict(moved[1], ref="c e")], replicates=50)
+    with pytest.raises(UserError, match="different utterances"):
+        compare(rows, [dict(r, audio=r["audio"].replace("synthetic-1", "synthetic-2")) for r in rows])
+
+
 def test_only_pools_the_named_speakers(tmp_path, capsys):
     a = _write(tmp_path / "a", ["a b c d", "e g", "g h i"])      # speaker x: 1 edit of 6; y: 1 of 4
     b = _write(tmp_path / "b", ["a b c d", "e f", "g h i j"])

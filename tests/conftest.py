@@ -212,15 +212,12 @@ def tiny_arch(**kw) -> dict:
 def every_linear_at_(rec, precision: str) -> None:
     """``apply_precision_``, except that ``int4`` puts every linear at int4 (the precision keeps
     the predictor and joiner at int8), so the fused predictor's and searches' int4 paths stay tested."""
-    from emformer_variants.engine.precision import Int4DynamicLinear, apply_precision_
-    from emformer_variants.surgery.swap import swap_modules_
+    from emformer_variants.engine.precision import Int4DynamicLinear, _swap_linears_, apply_precision_
 
     if precision != "int4":
         apply_precision_(rec, precision)
         return
-    rec.model.eval()
-    swap_modules_(rec.model, {name: Int4DynamicLinear(m) for name, m in rec.model.named_modules()
-                              if type(m) is torch.nn.Linear})
+    _swap_linears_(rec.model.eval(), lambda m, _: Int4DynamicLinear(m))
 
 
 def make_tiny_rec(seed: int = 0, **arch_kw):

@@ -38,6 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from emformer_variants.compare import utterance_key
 from emformer_variants.errors import UserError, one_line_errors
 from emformer_variants.metrics.bootstrap import paired_delta_interval, utterance_errors, wer_interval
 from emformer_variants.utils.files import write_json_atomic
@@ -183,11 +184,12 @@ def run_row(row: str, out: Path, sets: list[str], train_extra: list[str], eval_e
 
 # ---------------------------------------------------------------- statistics
 
-def read_errors(ev_dir: str | Path) -> dict[str, tuple[int, int, str]]:
-    """{audio: (word edits, reference words, speaker)} per utterance of an evaluate.py run."""
+def read_errors(ev_dir: str | Path) -> dict[tuple, tuple[int, int, str]]:
+    """{utterance: (word edits, reference words, speaker)} per utterance of an evaluate.py run,
+    keyed as ``compare`` pairs them (``utterance_key``)."""
     rows = [json.loads(line) for line in (Path(ev_dir) / "hyps.jsonl").read_text().splitlines() if line]
     edits, words = utterance_errors([r["ref"] for r in rows], [r["hyp"] for r in rows])
-    return {r["audio"]: (int(e), int(w), r.get("speaker") or "")
+    return {utterance_key(r): (int(e), int(w), r.get("speaker") or "")
             for r, e, w in zip(rows, edits, words, strict=True)}
 
 

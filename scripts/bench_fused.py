@@ -45,7 +45,7 @@ from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.exact import ExactBeamSearch  # noqa: E402
 from emformer_variants.engine.linear import kernel_impl  # noqa: E402
 from emformer_variants.engine.packed import available_isas, isa_report, kernel, use_isa  # noqa: E402
-from emformer_variants.engine.precision import apply_precision_  # noqa: E402
+from emformer_variants.engine.precision import KERNEL_PRECISIONS, apply_precision_  # noqa: E402
 from emformer_variants.engine.predictor import PredictorStep  # noqa: E402
 
 now = time.perf_counter  # or time.thread_time (--clock cpu)
@@ -69,7 +69,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
-                   choices=["fp32", "fp16", "bf16", "int8", "int4"])
+                   choices=KERNEL_PRECISIONS)
     p.add_argument("--chunks", type=int, default=40)
     p.add_argument("--rows", type=int, default=10, help="predictor rows per call")
     p.add_argument("--beam", type=int, default=10, help="exact search beam")

@@ -33,7 +33,7 @@ from emformer_variants.arch_report import load_variant, random_calibration  # no
 from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.packed import isa_report  # noqa: E402
-from emformer_variants.engine.precision import apply_precision_  # noqa: E402
+from emformer_variants.engine.precision import KERNEL_PRECISIONS, apply_precision_  # noqa: E402
 from emformer_variants.surgery.registry import apply_variant_  # noqa: E402
 
 KINDS = ("dense", "packed MoE", "module")
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="emformer_base", choices=["emformer_base", "tiny"])
     p.add_argument("--precision", nargs="+", default=["fp32", "int8"],
-                   choices=["fp32", "fp16", "bf16", "int8", "int4"])
+                   choices=KERNEL_PRECISIONS)
     p.add_argument("--streams", nargs="+", type=int, default=[1, 32])
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)

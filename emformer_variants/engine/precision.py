@@ -44,7 +44,10 @@ from emformer_variants.engine.packed import INT4_GROUP, Int4Linear, Int8Linear, 
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4", "int8-fbgemm")
+# The engine's own kernels (transcribe and the fused-path benchmarks offer these), then torch's
+# reference quantisation.
+KERNEL_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
+PRECISIONS = KERNEL_PRECISIONS + ("int8-fbgemm",)
 
 CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -83,6 +83,20 @@ def test_stream_windows_match_chunk_windows():
     assert len(list(stream_windows([], 2560, 3200))) == 1
 
 
+def test_a_word_boundary_emitted_into_the_pause_is_silence(base_rec):
+    """The stream loop feeds the tracker decoded text: the shipped base emits the word boundary
+    after "daughters" about a second into the pause, which changes the tokens but not the
+    text, so it must not restart the 1.2 s silence clock."""
+    tok = base_rec.tokenizer
+    word = tok.encode("daughters")
+    boundary = tok.encode("daughters nothing")[len(word)]
+    assert tok.decode(word + [boundary]) == tok.decode(word) == "daughters"
+    hyps = [word] * 6 + [word + [boundary]] * 3  # 8 chunks (1.28 s) after the word's last letter
+    by_tokens, by_text = EndpointTracker(EndpointConfig()), EndpointTracker(EndpointConfig())
+    assert [by_tokens.update(h, CHUNK) for h in hyps] == [None] * 9
+    assert [by_text.update(tok.decode(h), CHUNK) for h in hyps] == [None] * 8 + [2]
+
+
 @pytest.mark.parametrize("decoder", ["stock", "exact"])
 def test_endpoint_splits_speech_at_a_pause(decoder, base_rec, two_sentences):
     """Two sentences with 2 s of silence between: two segments; the search restarted (the

@@ -9,8 +9,11 @@ The rules follow the k2 / sherpa-onnx convention (three rules, any one ends a se
 3. the segment has lasted ``rule3_max_segment_s`` (20 s): bound the hypothesis length and the
    search's work however long someone talks without pausing.
 
-"Silence" here is decoder time without a change of the best hypothesis (blank frames): the
-model's own view, so background noise the model ignores counts as silence. It is measured
+"Silence" here is decoder time without a change of the best hypothesis's text (blank frames):
+the model's own view, so background noise the model ignores counts as silence. The streaming
+loop compares decoded text, not tokens: a character model often emits the word boundary after
+a word's last letter well into the pause that follows, which changes the tokens but not the
+text, and would restart the silence clock short of the rule-2 pause. It is measured
 per chunk (the encoder emits a chunk of frames at a time), so every duration is a multiple
 of the chunk length (160 ms for the tiny model).
 
@@ -56,12 +59,14 @@ def endpoint_rule(cfg: EndpointConfig, silence_s: float, segment_s: float, decod
 
 
 class EndpointTracker:
-    """Per-stream bookkeeping for ``endpoint_rule``: feed it each chunk's best tokens.
+    """Per-stream bookkeeping for ``endpoint_rule``: feed it each chunk's best hypothesis, as
+    tokens or as its decoded text (``engine.stream.decode_chunks`` feeds the text).
 
-    ``update(tokens, seconds, speech)`` after each chunk of ``seconds`` of audio returns the
-    rule number that fired (then call ``reset()`` once the search restarted) or None.
-    ``speech``: whether the tokens decode to any text (default: any token); a fresh
-    hypothesis that only emitted a word boundary has decoded no speech yet.
+    ``update(hyp, seconds, speech)`` after each chunk of ``seconds`` of audio returns the
+    rule number that fired (then call ``reset()`` once the search restarted) or None; silence
+    is time over which ``hyp`` did not change. ``speech``: whether the hypothesis decodes to
+    any text (default: any token or character); a fresh hypothesis that only emitted a word
+    boundary has decoded no speech yet.
     """
 
     def __init__(self, cfg: EndpointConfig):
@@ -73,10 +78,10 @@ class EndpointTracker:
         self.silence_s = 0.0
         self.segment_s = 0.0
 
-    def update(self, tokens, seconds: float, speech: bool | None = None) -> int | None:
-        tokens = tuple(tokens)
+    def update(self, hyp, seconds: float, speech: bool | None = None) -> int | None:
+        hyp = tuple(hyp)
         self.segment_s += seconds
-        self.silence_s = 0.0 if tokens != self.last else self.silence_s + seconds
-        self.last = tokens
+        self.silence_s = 0.0 if hyp != self.last else self.silence_s + seconds
+        self.last = hyp
         return endpoint_rule(self.cfg, self.silence_s, self.segment_s,
-                             bool(tokens) if speech is None else speech)
+                             bool(hyp) if speech is None else speech)

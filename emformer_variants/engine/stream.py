@@ -208,7 +208,8 @@ def decode_chunks(rec, windows: Iterable[torch.Tensor], pipeline: Pipeline,
                 first = k if first is None else first
                 last = k
         prev = tokens
-        rule = tracker.update(tokens, chunk_s, bool(text)) if tracker is not None else None
+        # the text, not the tokens: a word boundary emitted into a pause decodes to nothing new
+        rule = tracker.update(text, chunk_s, bool(text)) if tracker is not None else None
         yield ChunkUpdate(k, tokens, text, first, last, rule is not None, rule, compute)
         if rule is not None:
             stream.restart_search(0)

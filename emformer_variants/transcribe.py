@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from emformer_variants.engine.endpoint import EndpointConfig
-from emformer_variants.engine.precision import KERNEL_PRECISIONS
+from emformer_variants.engine.precision_names import KERNEL_PRECISIONS
 from emformer_variants.errors import UserError, one_line_errors
 
 DECODERS = ("stock", "exact", "modified", "greedy")

@@ -33,7 +33,8 @@ from emformer_variants.arch_report import load_variant, random_calibration  # no
 from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.packed import isa_report  # noqa: E402
-from emformer_variants.engine.precision import KERNEL_PRECISIONS, apply_precision_  # noqa: E402
+from emformer_variants.engine.precision import apply_precision_  # noqa: E402
+from emformer_variants.engine.precision_names import KERNEL_PRECISIONS  # noqa: E402
 from emformer_variants.surgery.registry import apply_variant_  # noqa: E402
 
 KINDS = ("dense", "packed MoE", "module")

@@ -41,13 +41,9 @@ import torch
 
 from emformer_variants.engine.moe import split_experts_
 from emformer_variants.engine.packed import INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, isa, kernel
+from emformer_variants.engine.precision_names import PRECISIONS
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
-
-# The engine's own kernels (transcribe and the fused-path benchmarks offer these), then torch's
-# reference quantisation.
-KERNEL_PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int4")
-PRECISIONS = KERNEL_PRECISIONS + ("int8-fbgemm",)
 
 CAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

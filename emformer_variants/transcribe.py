@@ -21,10 +21,8 @@ import sys
 from pathlib import Path
 
 from emformer_variants.engine.endpoint import EndpointConfig
-from emformer_variants.engine.precision_names import KERNEL_PRECISIONS
+from emformer_variants.engine.names import DECODER_NAMES, KERNEL_PRECISIONS
 from emformer_variants.errors import UserError, one_line_errors
-
-DECODERS = ("stock", "exact", "modified", "greedy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("audio", nargs="+", help="audio files, or - for raw 16-bit PCM on stdin")
     ap.add_argument("--ckpt", default="base", help="a project checkpoint, or base (checkpoints/tiny_base.pt)")
-    ap.add_argument("--decoder", default="stock", choices=DECODERS, help="as decoder= of evaluate.py")
+    ap.add_argument("--decoder", default="stock", choices=DECODER_NAMES, help="as decoder= of evaluate.py")
     ap.add_argument("--precision", default="fp32", choices=KERNEL_PRECISIONS)
     ap.add_argument("--beam", type=int, default=10)
     ap.add_argument("--max-symbols", type=int, default=None, help="modified/greedy: symbols per frame")

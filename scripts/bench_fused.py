@@ -44,9 +44,9 @@ from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
 from emformer_variants.engine.exact import ExactBeamSearch  # noqa: E402
 from emformer_variants.engine.linear import kernel_impl  # noqa: E402
+from emformer_variants.engine.names import KERNEL_PRECISIONS  # noqa: E402
 from emformer_variants.engine.packed import available_isas, isa_report, kernel, use_isa  # noqa: E402
 from emformer_variants.engine.precision import apply_precision_  # noqa: E402
-from emformer_variants.engine.precision_names import KERNEL_PRECISIONS  # noqa: E402
 from emformer_variants.engine.predictor import PredictorStep  # noqa: E402
 
 now = time.perf_counter  # or time.thread_time (--clock cpu)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from emformer_variants.arch_report import load_variant, random_calibration  # noqa: E402
 from emformer_variants.bench import build_model  # noqa: E402
 from emformer_variants.engine.encoder import StreamingEncoder  # noqa: E402
+from emformer_variants.engine.names import KERNEL_PRECISIONS  # noqa: E402
 from emformer_variants.engine.packed import isa_report  # noqa: E402
 from emformer_variants.engine.precision import apply_precision_  # noqa: E402
-from emformer_variants.engine.precision_names import KERNEL_PRECISIONS  # noqa: E402
 from emformer_variants.surgery.registry import apply_variant_  # noqa: E402
 
 KINDS = ("dense", "packed MoE", "module")

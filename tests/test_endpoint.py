@@ -52,6 +52,30 @@ def test_rule3_max_segment_while_speaking():
     assert run(EndpointTracker(cfg), hyps) == [None] * 9 + [3, None, None]
 
 
+def test_silence_is_per_hypothesis_when_the_beam_flips():
+    """k2's rule: the best hypothesis's own trailing blanks. A rival that is briefly best
+    inside the pause does not restart the clock of the one that comes back; a hypothesis
+    that left the beam and returns is new (it had to emit again)."""
+    cfg = EndpointConfig()
+    spoken, rival = [5, 6], [5, 7]
+    # [5, 6] best from chunk 0; the rival enters at chunk 3 and is best at chunk 4 only
+    best = [spoken] * 4 + [rival] + [spoken] * 4
+    beams = [[spoken]] * 3 + [[spoken, rival]] * 6
+    tracker, fired = EndpointTracker(cfg), []
+    for hyp, beam in zip(best, beams, strict=True):
+        fired.append(tracker.update(hyp, CHUNK, beam=beam))
+    # 1.2 s = 7.5 chunks after chunk 0: chunk 8, as if the rival had never been best
+    assert fired == [None] * 8 + [2]
+    # tracking only the best hypothesis, the flip restarts the clock
+    assert run(EndpointTracker(cfg), best) == [None] * 9
+    # [5, 6] leaves the beam at chunk 4 and is back at chunk 5: its clock starts again there
+    tracker = EndpointTracker(cfg)
+    beams = [[spoken]] * 4 + [[rival]] + [[spoken, rival]] * 9
+    best = [spoken] * 4 + [rival] + [spoken] * 9
+    fired = [tracker.update(h, CHUNK, beam=b) for h, b in zip(best, beams, strict=True)]
+    assert fired == [None] * 13 + [2]
+
+
 def test_speech_flag_overrides_tokens():
     """A fresh hypothesis that only emitted a word boundary has decoded no speech: rule 1."""
     tracker = EndpointTracker(EndpointConfig())

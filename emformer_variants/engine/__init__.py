@@ -11,5 +11,5 @@
 - ``packed``: the packed small-batch linear kernel, AVX2 or AVX-512 chosen at run time
   (``kernels/packed_linear.cpp``)
 - ``precision``: bf16 / fp16 weights or int8 quantisation of a model's linears
-- ``precision_names``: the names of the precisions, importable without torch (argument parsers)
+- ``names``: the names of the decoders and precisions, importable without torch (argument parsers)
 """

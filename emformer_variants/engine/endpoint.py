@@ -9,11 +9,15 @@ The rules follow the k2 / sherpa-onnx convention (three rules, any one ends a se
 3. the segment has lasted ``rule3_max_segment_s`` (20 s): bound the hypothesis length and the
    search's work however long someone talks without pausing.
 
-"Silence" here is decoder time without a change of the best hypothesis's text (blank frames):
-the model's own view, so background noise the model ignores counts as silence. The streaming
-loop compares decoded text, not tokens: a character model often emits the word boundary after
-a word's last letter well into the pause that follows, which changes the tokens but not the
-text, and would restart the silence clock short of the rule-2 pause. It is measured
+"Silence" here is the best hypothesis's trailing blank time (k2's rule): how long the
+hypothesis that is best now has been in the beam unchanged, the model's own view, so
+background noise the model ignores counts as silence. It is per hypothesis, not a clock of
+the best one's changes: when the beam's order flips inside a pause (another hypothesis is
+briefly best, then the old one again) the old one's silence goes on from where it was. The
+streaming loop keys hypotheses by decoded text, not tokens: a character model often emits
+the word boundary after a word's last letter well into the pause that follows, which
+changes the tokens but not the text, and would restart the clock short of the rule-2
+pause. It is measured
 per chunk (the encoder emits a chunk of frames at a time), so every duration is a multiple
 of the chunk length (160 ms for the tiny model).
 
@@ -62,11 +66,13 @@ class EndpointTracker:
     """Per-stream bookkeeping for ``endpoint_rule``: feed it each chunk's best hypothesis, as
     tokens or as its decoded text (``engine.stream.decode_chunks`` feeds the text).
 
-    ``update(hyp, seconds, speech)`` after each chunk of ``seconds`` of audio returns the
-    rule number that fired (then call ``reset()`` once the search restarted) or None; silence
-    is time over which ``hyp`` did not change. ``speech``: whether the hypothesis decodes to
-    any text (default: any token or character); a fresh hypothesis that only emitted a word
-    boundary has decoded no speech yet.
+    ``update(hyp, seconds, speech, beam)`` after each chunk of ``seconds`` of audio returns
+    the rule number that fired (then call ``reset()`` once the search restarted) or None.
+    ``beam``: every hypothesis in the beam (keyed like ``hyp``); each one's silence runs from
+    the chunk it entered the beam, and ``hyp``'s is the one the rules read. Without ``beam``
+    only ``hyp`` is tracked: silence is time over which the best hypothesis did not change.
+    ``speech``: whether the hypothesis decodes to any text (default: any token or character);
+    a fresh hypothesis that only emitted a word boundary has decoded no speech yet.
     """
 
     def __init__(self, cfg: EndpointConfig):
@@ -74,14 +80,17 @@ class EndpointTracker:
         self.reset()
 
     def reset(self) -> None:
-        self.last: tuple = ()
+        self.entered: dict[tuple, float] = {(): 0.0}  # hypothesis -> segment time it entered the beam
         self.silence_s = 0.0
         self.segment_s = 0.0
 
-    def update(self, hyp, seconds: float, speech: bool | None = None) -> int | None:
+    def update(self, hyp, seconds: float, speech: bool | None = None, beam=None) -> int | None:
         hyp = tuple(hyp)
-        self.segment_s += seconds
-        self.silence_s = 0.0 if hyp != self.last else self.silence_s + seconds
-        self.last = hyp
+        now = self.segment_s + seconds
+        keys = {hyp, *(tuple(h) for h in beam)} if beam is not None else {hyp}
+        # a hypothesis that left the beam and comes back is new: it emitted again to get back
+        self.entered = {k: self.entered.get(k, now) for k in keys}
+        self.segment_s = now
+        self.silence_s = now - self.entered[hyp]
         return endpoint_rule(self.cfg, self.silence_s, self.segment_s,
                              bool(hyp) if speech is None else speech)

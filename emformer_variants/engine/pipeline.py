@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torchaudio.models import RNNTBeamSearch
 
+from emformer_variants.engine.names import DECODER_NAMES
 from emformer_variants.errors import UserError
 from emformer_variants.metrics.memory import tensor_bytes
 
@@ -129,9 +130,8 @@ def _greedy(rec, beam: int, **opts) -> Pipeline:
     return Pipeline("greedy", engine_encoder(rec.model), GreedySearch(rec.model, rec.blank, **opts))
 
 
-DECODERS: dict[str, Callable[..., Pipeline]] = {
-    "stock": _stock, "exact": _exact, "modified": _modified, "greedy": _greedy,
-}
+DECODERS: dict[str, Callable[..., Pipeline]] = dict(
+    zip(DECODER_NAMES, (_stock, _exact, _modified, _greedy), strict=True))
 
 
 def check_decoder(decoder: str, beam: int, max_symbols: int | None = None, lm: bool = False) -> None:

@@ -40,8 +40,8 @@ import warnings
 import torch
 
 from emformer_variants.engine.moe import split_experts_
+from emformer_variants.engine.names import PRECISIONS
 from emformer_variants.engine.packed import INT4_GROUP, Int4Linear, Int8Linear, PackedLinear, isa, kernel
-from emformer_variants.engine.precision_names import PRECISIONS
 from emformer_variants.errors import UserError
 from emformer_variants.surgery.swap import swap_modules_
 

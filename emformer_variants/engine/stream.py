@@ -127,6 +127,10 @@ class Stream:
     def best_tokens(self, i: int = 0) -> list[int]:
         return self.pipe.search.best_tokens(self.beams[i])
 
+    def hypotheses(self, i: int = 0) -> list[tuple[list[int], float]]:
+        """Stream ``i``'s beam, best first: (tokens with the priming blank first, score)."""
+        return self.pipe.search.hypotheses(self.beams[i])
+
     def state_bytes(self) -> int:
         return self.pipe.encoder.state_bytes(self.state)
 
@@ -208,8 +212,11 @@ def decode_chunks(rec, windows: Iterable[torch.Tensor], pipeline: Pipeline,
                 first = k if first is None else first
                 last = k
         prev = tokens
-        # the text, not the tokens: a word boundary emitted into a pause decodes to nothing new
-        rule = tracker.update(text, chunk_s, bool(text)) if tracker is not None else None
+        rule = None
+        if tracker is not None:
+            # texts, not tokens: a word boundary emitted into a pause decodes to nothing new
+            beam = [rec.tokenizer.decode(t[1:]) for t, _ in stream.hypotheses()]
+            rule = tracker.update(text, chunk_s, bool(text), beam)
         yield ChunkUpdate(k, tokens, text, first, last, rule is not None, rule, compute)
         if rule is not None:
             stream.restart_search(0)

@@ -1,8 +1,11 @@
 """Compare two evaluations of the same utterances: WER of each, and the paired difference.
 
 python -m emformer_variants.compare RUN_A RUN_B [--replicates 2000] [--only SPEAKER ...]
+python -m emformer_variants.compare RESULTS_A RESULTS_B     # two bases, every set both scored
 
-RUN_A and RUN_B are evaluate.py run folders (or their hyps.jsonl). Prints each WER with its 95%
+RUN_A and RUN_B are evaluate.py run folders (or their hyps.jsonl); RESULTS_A and RESULTS_B
+are ``emformer_variants.results`` folders (``outputs/results/base-<sha>``, one per base):
+their base rows are paired set by set (``base/base-<set>``). Prints each WER with its 95%
 bootstrap interval over utterances, B - A in points with the paired interval (the same
 resampled utterances for both; ``*`` when the interval excludes 0), and both WERs and their
 paired difference per speaker when there are 2 to ``--speakers`` of them (default 12: held-out
@@ -82,6 +85,15 @@ def only_speakers(rows: list[dict], speakers: list[str], label: str) -> list[dic
     return [r for r in rows if str(r.get("speaker", "")) in set(speakers)]
 
 
+def base_runs(path: str | Path) -> dict[str, Path] | None:
+    """A results folder's evaluations of its base, by set, or None if ``path`` is not one."""
+    path = Path(path)
+    if not (path / "base.json").is_file():
+        return None
+    return {d.name.removeprefix("base-"): d for d in sorted((path / "base").glob("base-*"))
+            if (d / "hyps.jsonl").is_file()}
+
+
 def _fmt(iv) -> str:
     return f"{100 * iv.value:.2f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
@@ -94,25 +106,47 @@ def _delta(iv) -> str:
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("a", help="evaluate.py run folder (or hyps.jsonl): the reference")
-    parser.add_argument("b", help="the other run, on the same utterances")
+    parser.add_argument("a", help="evaluate.py run folder (or hyps.jsonl), or a results folder: "
+                                  "the reference")
+    parser.add_argument("b", help="the other run (same utterances) or results folder")
     parser.add_argument("--replicates", type=int, default=DEFAULT_REPLICATES)
     parser.add_argument("--speakers", type=int, default=12, help="per-speaker lines up to this many speakers")
     parser.add_argument("--only", nargs="+", metavar="SPEAKER", default=None,
-                        help="compare the utterances of these speakers only, pooled")
+                        help="compare the utterances of these speakers only, pooled (with results "
+                             "folders: in the sets that have them)")
     args = parser.parse_args(argv)
-    a, b = read_hyps(args.a), read_hyps(args.b)
-    if args.only:
-        a, b = only_speakers(a, args.only, args.a), only_speakers(b, args.only, args.b)
-    res = compare(a, b, args.replicates)
+    sets_a, sets_b = base_runs(args.a), base_runs(args.b)
+    if (sets_a is None) != (sets_b is None):
+        raise UserError(f"{args.a if sets_a is None else args.b}: not a results folder like the other "
+                        "(base.json); compare two evaluate.py runs or two results folders")
+    if sets_a is None:
+        pairs = [(args.a, args.b)]
+    else:
+        common = [name for name in sets_a if name in sets_b]
+        if not common:
+            raise UserError(f"{args.a} and {args.b} scored no set in common (base/base-<set>); "
+                            "run python -m emformer_variants.results --rows base with the same --sets")
+        pairs = [(sets_a[name], sets_b[name]) for name in common]
+    for run_a, run_b in pairs:
+        a, b = read_hyps(run_a), read_hyps(run_b)
+        if len(pairs) > 1:
+            if args.only and not set(args.only) <= {str(r.get("speaker", "")) for r in a}:
+                continue
+            print(f"== {Path(run_a).name.removeprefix('base-')}")
+        if args.only:
+            a, b = only_speakers(a, args.only, str(run_a)), only_speakers(b, args.only, str(run_b))
+        report(compare(a, b, args.replicates), str(run_a), str(run_b), args.speakers)
+    return 0
+
+
+def report(res: dict, label_a: str, label_b: str, max_speakers: int) -> None:
     print(f"utterances: {res['utterances']}")
-    print(f"A: {_fmt(res['a'])}   {args.a}")
-    print(f"B: {_fmt(res['b'])}   {args.b}")
+    print(f"A: {_fmt(res['a'])}   {label_a}")
+    print(f"B: {_fmt(res['b'])}   {label_b}")
     print(f"B - A: {_delta(res['delta'])}")
-    for s, v in res["speakers"].items() if len(res["speakers"]) <= args.speakers else ():
+    for s, v in res["speakers"].items() if len(res["speakers"]) <= max_speakers else ():
         print(f"  {s}: {100 * v['a']:.2f}% -> {100 * v['b']:.2f}%, {_delta(v['delta'])} "
               f"({v['utterances']} utterances)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Time shallow fusion: the modified beam search with and without the n-gram LM, C++ and Python.
 
     python scripts/bench_lm.py [--ckpt base] [--lm english] [--utterances 40] [--beam 10]
-                               [--max-symbols 4] [--lm-weight 0.2] [--threads 1]
+                               [--max-symbols 4] [--lm-weight 0.1] [--threads 1]
 
 The first ``--utterances`` of the default corpus's ``test`` split (built on first use), each
 decoded by every mode in turn (the first mode rotating), streaming through the engine:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utterances", type=int, default=40)
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--max-symbols", type=int, default=4)
-    p.add_argument("--lm-weight", type=float, default=0.2)
+    p.add_argument("--lm-weight", type=float, default=0.1)  # evaluate.py lm_weight
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

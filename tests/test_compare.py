@@ -73,3 +73,31 @@ def test_only_pools_the_named_speakers(tmp_path, capsys):
     assert "utterances: 1" in out and "A: 25.00%" in out and "B - A: -25.00 points" in out
     with pytest.raises(UserError, match="has no speaker z; it has x, y"):
         only_speakers(read_hyps(a), ["y", "z"], "a")
+
+
+def _results(path, sets: dict[str, list[str]]):
+    """A results folder (``base.json``) whose base row scored ``sets``."""
+    path.mkdir(parents=True)
+    (path / "base.json").write_text("{}")
+    for name, hyps in sets.items():
+        _write(path / "base" / f"base-{name}", hyps)
+    return path
+
+
+def test_two_results_folders_pair_every_set_both_scored(tmp_path, capsys):
+    old = _results(tmp_path / "old", {"test": ["a b c d", "e g", "g h i"],
+                                      "asterisk": ["a", "e f", "g h i j"],
+                                      "test_voice": ["a b c d", "e f", "g h i j"]})
+    new = _results(tmp_path / "new", {"test": ["a b c d", "e f", "g h i j"],
+                                      "asterisk": ["a b c d", "e f", "g"]})
+    assert main([str(old), str(new), "--replicates", "200"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("== asterisk") < out.index("== test") and "test_voice" not in out
+    assert "B - A: -20.00 points" in out.split("== test")[1]  # 2 of 10 words mended
+    assert main([str(old), str(new), "--replicates", "200", "--only", "y"]) == 0
+    assert capsys.readouterr().out.count("==") == 2  # both sets have speaker y
+    for other, message in ((new / "base" / "base-test", "not a results folder like the other"),
+                           (_results(tmp_path / "dev", {"dev": ["a", "e", "g"]}), "no set in common")):
+        with pytest.raises(SystemExit):
+            main([str(old), str(other)])
+        assert message in capsys.readouterr().err

@@ -53,6 +53,11 @@ def utterance_key(row: dict) -> tuple:
     return Path(row["audio"]).parts[-3:], row["ref"]
 
 
+def speaker(row: dict) -> str:
+    """The row's speaker ("" when evaluate.py's data had none)."""
+    return str(row.get("speaker", ""))
+
+
 def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) -> dict:
     """WER of each and the paired B - A difference, overall and per speaker (fractions)."""
     if [utterance_key(r) for r in a] != [utterance_key(r) for r in b]:
@@ -64,10 +69,10 @@ def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) 
     out = {"utterances": len(a), "a": wer_interval(ea, words, replicates=replicates),
            "b": wer_interval(eb, words, replicates=replicates),
            "delta": paired_delta_interval(ea, eb, words, replicates=replicates), "speakers": {}}
-    speakers = sorted({str(r.get("speaker", "")) for r in a})
+    speakers = sorted({speaker(r) for r in a})
     if len(speakers) > 1:
         for s in speakers:
-            idx = np.array([i for i, r in enumerate(a) if str(r.get("speaker", "")) == s])
+            idx = np.array([i for i, r in enumerate(a) if speaker(r) == s])
             out["speakers"][s] = {"utterances": len(idx), "a": ea[idx].sum() / words[idx].sum(),
                                   "b": eb[idx].sum() / words[idx].sum(),
                                   "delta": paired_delta_interval(ea[idx], eb[idx], words[idx],
@@ -77,12 +82,12 @@ def compare(a: list[dict], b: list[dict], replicates: int = DEFAULT_REPLICATES) 
 
 def only_speakers(rows: list[dict], speakers: list[str], label: str) -> list[dict]:
     """The rows of ``speakers``; a ``UserError`` naming any speaker the run does not have."""
-    have = {str(r.get("speaker", "")) for r in rows}
-    missing = sorted(set(speakers) - have)
+    have, wanted = {speaker(r) for r in rows}, set(speakers)
+    missing = sorted(wanted - have)
     if missing:
         raise UserError(f"--only: {label} has no speaker {', '.join(missing)}; "
                         f"it has {', '.join(sorted(have))}")
-    return [r for r in rows if str(r.get("speaker", "")) in set(speakers)]
+    return [r for r in rows if speaker(r) in wanted]
 
 
 def base_runs(path: str | Path) -> dict[str, Path] | None:
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for run_a, run_b in pairs:
         a, b = read_hyps(run_a), read_hyps(run_b)
         if len(pairs) > 1:
-            if args.only and not set(args.only) <= {str(r.get("speaker", "")) for r in a}:
+            if args.only and not set(args.only) <= {speaker(r) for r in a}:
                 continue
             print(f"== {Path(run_a).name.removeprefix('base-')}")
         if args.only:

@@ -70,11 +70,11 @@ def test_the_all_voices_config_repeats_only_kokoro():
     assert cfg.data.augment.enabled and cfg.task_name == "tiny_base_all_voices"
 
 
-def test_stage10_is_every_voice_over_its_own_9600_steps():
+def test_stage10_is_every_voice_over_its_own_19200_steps():
     stage10 = compose_config("train", ["experiment=tiny_base/stage10"])
     every = compose_config("train", ["experiment=tiny_base/every_voice"])
-    assert stage10.trainer.max_steps == stage10.module.scheduler.total_steps == 9600
-    assert stage10.trainer.val_check_interval == 1200
+    assert stage10.trainer.max_steps == stage10.module.scheduler.total_steps == 19200
+    assert stage10.trainer.val_check_interval == 2400
     assert stage10.data == every.data and stage10.module.optimizer == every.module.optimizer
     assert stage10.task_name == "tiny_base_stage10"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from emformer_variants.engine.endpoint import EndpointConfig
 from emformer_variants.engine.names import DECODER_NAMES, KERNEL_PRECISIONS
 from emformer_variants.errors import UserError, one_line_errors
+from emformer_variants.lm import LM_WEIGHT
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-symbols", type=int, default=None, help="modified/greedy: symbols per frame")
     ap.add_argument("--lm", default=None,
                     help="modified decoder: shallow fusion with english (built on first use) or an LM file")
-    ap.add_argument("--lm-weight", type=float, default=0.1, help="the LM's scale (with --lm)")
+    ap.add_argument("--lm-weight", type=float, default=LM_WEIGHT, help="the LM's scale (with --lm)")
     ap.add_argument("--rate", type=int, default=16000, help="stdin PCM sample rate (Hz)")
     ap.add_argument("--channels", type=int, default=1, help="stdin PCM channels (interleaved)")
     ap.add_argument("--json", action="store_true", help="one JSON object per event and line")

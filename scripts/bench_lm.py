@@ -27,6 +27,7 @@ from emformer_variants.data.audio import load_audio  # noqa: E402
 from emformer_variants.engine.packed import isa_report  # noqa: E402
 from emformer_variants.engine.pipeline import build_pipeline  # noqa: E402
 from emformer_variants.engine.stream import stream_decode  # noqa: E402
+from emformer_variants.lm import LM_WEIGHT  # noqa: E402
 from emformer_variants.lm.build import load_lm  # noqa: E402
 from emformer_variants.metrics.wer import error_rates  # noqa: E402
 from emformer_variants.models.recognizer import load_recognizer  # noqa: E402
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utterances", type=int, default=40)
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--max-symbols", type=int, default=4)
-    p.add_argument("--lm-weight", type=float, default=0.1)  # evaluate.py lm_weight
+    p.add_argument("--lm-weight", type=float, default=LM_WEIGHT)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

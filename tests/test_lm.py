@@ -191,3 +191,13 @@ def test_load_lm_by_path(tmp_path):
     NgramLM.build([[0, 1, 2]], rec.tokenizer.vocab_size, 2).save(path)
     lm, info = load_lm(str(path), rec.tokenizer, tmp_path)
     assert info["order"] == 2 and info["path"] == str(path) and lm.vocab == rec.tokenizer.vocab_size
+
+
+def test_one_lm_weight_for_evaluate_transcribe_and_the_benchmark():
+    from emformer_variants.lm import LM_WEIGHT
+    from emformer_variants.transcribe import parse_args
+
+    from tests.conftest import compose_config
+
+    assert compose_config("evaluate", []).lm_weight == LM_WEIGHT
+    assert parse_args(["x.wav"]).lm_weight == LM_WEIGHT

@@ -81,7 +81,7 @@ def transformed(utts: list[Utterance], name: str, out: Path) -> Path:
         y = fn(torch.from_numpy(wave)).numpy()
         path = folder / "audio" / f"{i:05d}.flac"
         sf.write(path, y, SR)
-        rows.append(Utterance(str(path), u.text, round(len(y) / SR, 4), u.speaker))
+        rows.append(Utterance(str(path.relative_to(folder)), u.text, round(len(y) / SR, 4), u.speaker))
     write_manifest(folder / "test.jsonl.tmp", rows)
     (folder / "test.jsonl.tmp").replace(manifest)
     return folder
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         utts, label = read_manifest(args.manifest), args.manifest.stem
     utts = utts[: args.max_utterances]
     names = ["orig", *[t for t in args.transforms if t != "orig"]]
-    out = args.out / f"{label}-{len(utts)}"
+    out = args.out.resolve() / f"{label}-{len(utts)}"  # evaluate.py runs from the project root
     runs = {}
     for name in names:
         runs[name] = evaluate(args.ckpt, transformed(utts, name, out))

@@ -196,7 +196,6 @@ def test_load_lm_by_path(tmp_path):
 def test_one_lm_weight_for_evaluate_transcribe_and_the_benchmark():
     from emformer_variants.lm import LM_WEIGHT
     from emformer_variants.transcribe import parse_args
-
     from tests.conftest import compose_config
 
     assert compose_config("evaluate", []).lm_weight == LM_WEIGHT

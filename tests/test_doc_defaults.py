@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from tests.conftest import ROOT, compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = {"null": None, "all": None, "true": True, "false": False}
 
 
@@ -36,7 +35,7 @@ def parse(value: str):
 
 
 def test_evaluation_md_states_the_config_defaults():
-    conf = OmegaConf.load(ROOT / "conf" / "evaluate.yaml")
+    conf = compose_config("evaluate", [])
     documented = documented_defaults(ROOT / "docs" / "evaluation.md")
     assert {"lm_weight", "beam", "decoder", "threads"} <= set(documented)
     for name, written in documented.items():
